@@ -1,0 +1,126 @@
+//! Plain batch data between the tokenizer and the model, and the packing of tokenized texts into
+//! batches under a token budget. No tensors here, so packing is tested without a model.
+
+/// Texts packed one after the other, as the model consumes them.
+///
+/// Text `i` owns tokens `cu_seq_lengths[i]..cu_seq_lengths[i + 1]` of `input_ids`; its rotary
+/// positions start at 0 at its first token; its vector is taken at `pooled_indices[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub input_ids: Vec<u32>,
+    pub position_ids: Vec<u32>,
+    pub cu_seq_lengths: Vec<u32>,
+    pub max_length: u32,
+    pub pooled_indices: Vec<u32>,
+}
+
+impl Batch {
+    /// Packs token sequences (none of them empty) for last-token pooling.
+    pub fn last_token(seqs: &[&[u32]]) -> Self {
+        let total: usize = seqs.iter().map(|s| s.len()).sum();
+        let mut b = Batch {
+            input_ids: Vec::with_capacity(total),
+            position_ids: Vec::with_capacity(total),
+            cu_seq_lengths: Vec::with_capacity(seqs.len() + 1),
+            max_length: 0,
+            pooled_indices: Vec::with_capacity(seqs.len()),
+        };
+        b.cu_seq_lengths.push(0);
+        for s in seqs {
+            assert!(!s.is_empty(), "an empty text cannot be embedded");
+            b.input_ids.extend_from_slice(s);
+            b.position_ids.extend(0..s.len() as u32);
+            b.cu_seq_lengths.push(b.input_ids.len() as u32);
+            b.max_length = b.max_length.max(s.len() as u32);
+            // NOTE: last-token pooling takes the last real token, which is the appended
+            // <|endoftext|> when the tokenizer's post-processor adds one (gte-Qwen2).
+            b.pooled_indices.push(b.input_ids.len() as u32 - 1);
+        }
+        b
+    }
+
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.cu_seq_lengths.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start and length of text `i` in the packed token list.
+    pub fn span(&self, i: usize) -> (usize, usize) {
+        let start = self.cu_seq_lengths[i] as usize;
+        (start, self.cu_seq_lengths[i + 1] as usize - start)
+    }
+
+    /// Tokens the padded attention rectangle holds: texts × longest text.
+    pub fn padded_tokens(&self) -> usize {
+        self.len() * self.max_length as usize
+    }
+}
+
+/// Splits texts into batches whose padded size (texts × longest) stays within `budget` tokens.
+///
+/// `lengths` are token counts. Returns the batches as lists of indices into `lengths`, longest
+/// texts first, each batch holding texts of similar length so that padding stays small. A text
+/// longer than the budget gets a batch of its own.
+pub fn pack_by_length(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Longest first: the first batch of a window shows the peak memory early.
+    order.sort_by_key(|&i| (std::cmp::Reverse(lengths[i]), i));
+    let mut batches = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for i in order {
+        let len = lengths[i];
+        let new_longest = longest.max(len);
+        if !current.is_empty() && new_longest * (current.len() + 1) > budget {
+            batches.push(std::mem::take(&mut current));
+            longest = 0;
+        }
+        longest = longest.max(len);
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_texts_with_offsets_positions_and_pooled_indices() {
+        let b = Batch::last_token(&[&[5, 6, 7], &[8], &[9, 10]]);
+        assert_eq!(b.input_ids, vec![5, 6, 7, 8, 9, 10]);
+        assert_eq!(b.position_ids, vec![0, 1, 2, 0, 0, 1]);
+        assert_eq!(b.cu_seq_lengths, vec![0, 3, 4, 6]);
+        assert_eq!(b.pooled_indices, vec![2, 3, 5]);
+        assert_eq!(b.max_length, 3);
+        assert_eq!(b.span(2), (4, 2));
+        assert_eq!(b.padded_tokens(), 9);
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_text_once() {
+        let lengths = [10, 3, 7, 7, 1, 12, 5, 2, 9, 4];
+        let batches = pack_by_length(&lengths, 20);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(longest * b.len() <= 20 || b.len() == 1, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn a_text_over_the_budget_is_alone() {
+        let batches = pack_by_length(&[50, 2, 2], 10);
+        assert_eq!(batches[0], vec![0]);
+        assert_eq!(batches[1], vec![1, 2]);
+    }
+}

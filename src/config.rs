@@ -1,0 +1,83 @@
+//! The validated run configuration, built once from the flags. Everything that can be checked
+//! without reading input rows or weights is checked here, so bad flags fail before any work.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::cli::{AttentionArg, DtypeArg, EmbedArgs};
+use crate::device::{DeviceChoice, DtypeChoice};
+use crate::model::{Attention, ModelConfig, ModelFiles};
+
+/// Longest default text: long enough for reviews and most documents, short enough that one
+/// text's attention fits in memory on any device.
+pub const DEFAULT_MAX_TOKENS_CAP: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub struct EmbedConfig {
+    pub inputs: Vec<PathBuf>,
+    pub model: ModelFiles,
+    pub model_config: ModelConfig,
+    pub output: PathBuf,
+    pub text_column: String,
+    /// The attention mode in force (the override, else the config's).
+    pub attention: Attention,
+    pub max_tokens: usize,
+    pub prompt: Option<String>,
+    pub normalize: bool,
+    pub device: DeviceChoice,
+    pub dtype: DtypeChoice,
+    pub batch_tokens: usize,
+    pub rows_per_part: usize,
+    pub quiet: bool,
+}
+
+impl EmbedConfig {
+    pub fn from_args(args: EmbedArgs) -> Result<Self> {
+        let model = ModelFiles::locate(&args.model)?;
+        let model_config = ModelConfig::from_file(&model.config)?;
+        let limit = model_config.max_tokens_limit();
+        let max_tokens = match args.max_tokens {
+            None => limit.min(DEFAULT_MAX_TOKENS_CAP),
+            Some(0) => bail!("--max-tokens must be at least 1"),
+            Some(n) if n > limit => bail!(
+                "--max-tokens {n} is more than the model accepts ({limit}, from {})",
+                model.config.display()
+            ),
+            Some(n) => n,
+        };
+        if args.batch_tokens == 0 {
+            bail!("--batch-tokens must be at least 1");
+        }
+        if args.rows_per_part == 0 {
+            bail!("--rows-per-part must be at least 1");
+        }
+        let attention = match args.attention {
+            AttentionArg::Auto => model_config.default_attention(),
+            AttentionArg::Causal => Attention::Causal,
+            AttentionArg::Bidirectional => Attention::Bidirectional,
+        };
+        let dtype = match args.dtype {
+            DtypeArg::Auto => DtypeChoice::Auto,
+            DtypeArg::F32 => DtypeChoice::F32,
+            DtypeArg::Bf16 => DtypeChoice::Bf16,
+            DtypeArg::F16 => DtypeChoice::F16,
+        };
+        Ok(EmbedConfig {
+            inputs: args.inputs,
+            model,
+            model_config,
+            output: args.output,
+            text_column: args.text_column,
+            attention,
+            max_tokens,
+            prompt: args.prompt.filter(|p| !p.is_empty()),
+            normalize: !args.no_normalize,
+            device: args.device,
+            dtype,
+            batch_tokens: args.batch_tokens,
+            rows_per_part: args.rows_per_part,
+            quiet: args.quiet,
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! Texts in, vectors out: tokenize, pack by length under the token budget, run the model, pool
+//! and normalise. The pipeline feeds it chunks of rows; tests call it directly.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use crate::batch::{pack_by_length, Batch};
+use crate::model::{self, Attention, LoadedModel, ModelConfig, ModelFiles};
+use crate::pool::l2_normalize;
+use crate::tokenize::TextTokenizer;
+
+/// What decides the vectors, besides the texts.
+#[derive(Clone, Debug)]
+pub struct EmbedderOptions {
+    pub attention: Attention,
+    pub max_tokens: usize,
+    pub prompt: Option<String>,
+    pub normalize: bool,
+    pub batch_tokens: usize,
+}
+
+/// Why a row got no vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    NullText,
+    NoTokens,
+}
+
+impl Failure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::NullText => "text is null",
+            Failure::NoTokens => "text tokenizes to no tokens",
+        }
+    }
+}
+
+/// The result for a list of texts, in the order given.
+#[derive(Debug, Default)]
+pub struct Embedded {
+    pub vectors: Vec<Result<Vec<f32>, Failure>>,
+    /// Real tokens run through the model.
+    pub tokens: u64,
+    /// Tokens of the padded attention rectangles (≥ `tokens`).
+    pub padded_tokens: u64,
+    /// Texts cut to `max_tokens`.
+    pub truncated: u64,
+}
+
+pub struct Embedder {
+    tokenizer: TextTokenizer,
+    model: LoadedModel,
+    options: EmbedderOptions,
+}
+
+impl Embedder {
+    pub fn load(
+        files: &ModelFiles,
+        config: &ModelConfig,
+        options: EmbedderOptions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tokenizer =
+            TextTokenizer::from_file(&files.tokenizer, options.max_tokens, options.prompt.clone())?;
+        let model = model::load(files, config, options.attention, dtype, device)?;
+        Ok(Embedder { tokenizer, model, options })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.model.model.hidden_size()
+    }
+
+    pub fn options(&self) -> &EmbedderOptions {
+        &self.options
+    }
+
+    /// Embeds `texts` (`None` for a null value).
+    pub fn embed(&self, texts: &[Option<&str>]) -> Result<Embedded> {
+        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
+        let mut tokenized = self.tokenizer.encode_batch(&present)?.into_iter();
+        let mut out = Embedded::default();
+        let mut seqs: Vec<Vec<u32>> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new(); // seqs[i] belongs to texts[slots[i]]
+        for (i, text) in texts.iter().enumerate() {
+            out.vectors.push(Err(Failure::NullText));
+            if text.is_none() {
+                continue;
+            }
+            let t = tokenized.next().expect("one encoding per present text");
+            if t.ids.is_empty() {
+                out.vectors[i] = Err(Failure::NoTokens);
+                continue;
+            }
+            out.truncated += t.truncated as u64;
+            seqs.push(t.ids);
+            slots.push(i);
+        }
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        for group in pack_by_length(&lengths, self.options.batch_tokens) {
+            let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
+            let batch = Batch::last_token(&refs);
+            out.tokens += batch.input_ids.len() as u64;
+            out.padded_tokens += batch.padded_tokens() as u64;
+            let vectors = self.embed_batch(&batch)?;
+            for (&i, mut v) in group.iter().zip(vectors) {
+                if self.options.normalize {
+                    l2_normalize(&mut v);
+                }
+                out.vectors[slots[i]] = Ok(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one batch through the model: one f32 vector per text, not normalised.
+    pub fn embed_batch(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let tensor = self.model.model.embed(batch).context("model forward pass failed")?;
+        Ok(tensor.to_vec2::<f32>()?)
+    }
+
+    /// Tokenizes texts as the model sees them (prompt, special tokens, truncation).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<crate::tokenize::Tokenized>> {
+        self.tokenizer.encode_batch(texts)
+    }
+}

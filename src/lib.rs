@@ -1,0 +1,18 @@
+//! batch-embed: Parquet text in, embedding vectors out, with gte-Qwen2-class models run locally
+//! by candle on CUDA or CPU.
+//!
+//! The modules follow the data flow of a run (see ARCHITECTURE.md):
+//! `input` → `tokenize` → `batch` → `model` → `pool` → `output`, wired by `pipeline`.
+
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod embed;
+pub mod input;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod pool;
+pub mod progress;
+pub mod tokenize;

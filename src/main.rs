@@ -1,0 +1,31 @@
+//! The `batch-embed` binary: parse flags, hand them to the library, print the error chain once.
+
+use std::process::ExitCode;
+
+use batch_embed::cli::{Cli, Command};
+use batch_embed::config::EmbedConfig;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => embed(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn embed(args: batch_embed::cli::EmbedArgs) -> anyhow::Result<()> {
+    let config = EmbedConfig::from_args(args)?;
+    let quiet = config.quiet;
+    let summary = batch_embed::pipeline::run(&config)?;
+    if !quiet {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}

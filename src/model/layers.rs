@@ -1,0 +1,379 @@
+//! The decoder shared by the Qwen family: RMSNorm, rotary embeddings, grouped-query attention
+//! and the SwiGLU MLP, run for embedding (no KV cache, one pass, pooled rows only).
+//!
+//! Layout: hidden states stay *packed* — `[tokens, hidden]`, the texts of a batch one after the
+//! other with no padding — through every projection and the MLP. Only attention needs a
+//! rectangle: q/k/v are gathered into `[texts, heads, max_len, head_dim]` (padding on the right),
+//! masked, and scattered back. A varlen attention kernel can later replace exactly that step.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::ModelConfig;
+use crate::batch::Batch;
+
+/// `x @ w^T + b` on a 2-D input.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: vb.get(size, "weight")?, eps: eps as f32 })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// Cos/sin tables for every position up to `max_positions`, looked up per token.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &ModelConfig, max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        // NOTE: computed in f32 like transformers (inv_freq and the angle products are f32),
+        // then cast to the model dtype.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_positions, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (max_positions, half), device)?.to_dtype(dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+}
+
+/// Everything about one batch's layout that every layer shares, built once per forward pass.
+struct Layout {
+    texts: usize,
+    tokens: usize,
+    max_len: usize,
+    /// Per-token cos/sin, `[tokens, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    /// For each cell of the padded rectangle, the packed token it holds (padding cells repeat a
+    /// real token; they are masked as keys and their query rows are dropped). `None` when the
+    /// batch has no padding and packed == padded.
+    to_padded: Option<Tensor>,
+    /// For each packed token, its cell in the padded rectangle.
+    to_packed: Option<Tensor>,
+    /// Additive mask `[texts, 1, 1, max_len, max_len]`, `None` when nothing needs masking.
+    mask: Option<Tensor>,
+}
+
+impl Layout {
+    fn new(batch: &Batch, rotary: &Rotary, causal: bool, dtype: DType, device: &Device) -> Result<Self> {
+        let texts = batch.len();
+        let tokens = batch.input_ids.len();
+        let max_len = batch.max_length as usize;
+        let positions = Tensor::new(batch.position_ids.as_slice(), device)?;
+        let cos = rotary.cos.index_select(&positions, 0)?;
+        let sin = rotary.sin.index_select(&positions, 0)?;
+
+        let padded = tokens != texts * max_len;
+        let (to_padded, to_packed) = if padded {
+            let mut to_padded = Vec::with_capacity(texts * max_len);
+            let mut to_packed = Vec::with_capacity(tokens);
+            for b in 0..texts {
+                let (start, len) = batch.span(b);
+                for t in 0..max_len {
+                    // NOTE: right padding; a padding cell points at the text's first token,
+                    // which keeps the gather in bounds and is masked out as a key.
+                    to_padded.push((start + t.min(len - 1)) as u32);
+                }
+                for t in 0..len {
+                    to_packed.push((b * max_len + t) as u32);
+                }
+            }
+            (
+                Some(Tensor::from_vec(to_padded, texts * max_len, device)?),
+                Some(Tensor::from_vec(to_packed, tokens, device)?),
+            )
+        } else {
+            (None, None)
+        };
+
+        let needs_mask = causal && max_len > 1 || padded;
+        let mask = if needs_mask {
+            let mut m = vec![0f32; texts * max_len * max_len];
+            for b in 0..texts {
+                let (_, len) = batch.span(b);
+                for q in 0..max_len {
+                    let row = &mut m[(b * max_len + q) * max_len..][..max_len];
+                    for (k, cell) in row.iter_mut().enumerate() {
+                        if k >= len || (causal && k > q) {
+                            *cell = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            let m = Tensor::from_vec(m, (texts, 1, 1, max_len, max_len), device)?;
+            Some(m.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask })
+    }
+
+    /// `[tokens, width]` packed → `[texts * max_len, width]` padded.
+    fn pad(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.to_padded {
+            Some(idx) => x.index_select(idx, 0),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// `[texts * max_len, width]` padded → `[tokens, width]` packed.
+    fn unpad(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.to_packed {
+            Some(idx) => x.index_select(idx, 0),
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+struct SelfAttention {
+    /// q, k and v projections fused into one matrix `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+    qkv_weight: Tensor,
+    qkv_bias: Option<Tensor>,
+    o_weight: Tensor,
+    /// Qwen3's per-head RMSNorm on q and k, applied before the rotation.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn load(vb: VarBuilder, cfg: &ModelConfig, qk_norm: bool) -> Result<Self> {
+        let (h, kv, d, hidden) =
+            (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+        let q = vb.pp("q_proj");
+        let k = vb.pp("k_proj");
+        let v = vb.pp("v_proj");
+        let qkv_weight = Tensor::cat(
+            &[
+                q.get((h * d, hidden), "weight")?,
+                k.get((kv * d, hidden), "weight")?,
+                v.get((kv * d, hidden), "weight")?,
+            ],
+            0,
+        )?;
+        let qkv_bias = if cfg.attention_bias {
+            Some(Tensor::cat(&[q.get(h * d, "bias")?, k.get(kv * d, "bias")?, v.get(kv * d, "bias")?], 0)?)
+        } else {
+            None
+        };
+        let o_weight = vb.pp("o_proj").get((hidden, h * d), "weight")?;
+        let (q_norm, k_norm) = if qk_norm {
+            (
+                Some(RmsNorm::load(vb.pp("q_norm"), d, cfg.rms_norm_eps)?),
+                Some(RmsNorm::load(vb.pp("k_norm"), d, cfg.rms_norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(SelfAttention {
+            qkv_weight,
+            qkv_bias,
+            o_weight,
+            q_norm,
+            k_norm,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// Projects, normalises and rotates one of q/k/v out of the fused projection, packed:
+    /// `[1, tokens, heads, head_dim]`.
+    fn split(&self, qkv: &Tensor, layout: &Layout, offset: usize, heads: usize) -> Result<Tensor> {
+        let d = self.head_dim;
+        qkv.narrow(1, offset * d, heads * d)?.contiguous()?.reshape((1, layout.tokens, heads, d))
+    }
+
+    /// `[1, tokens, heads, d]` packed → `[texts, heads, max_len, d]` padded.
+    fn to_rect(&self, x: &Tensor, layout: &Layout, heads: usize) -> Result<Tensor> {
+        let d = self.head_dim;
+        layout
+            .pad(&x.reshape((layout.tokens, heads * d))?)?
+            .reshape((layout.texts, layout.max_len, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (b, l) = (layout.texts, layout.max_len);
+        let qkv = linear(x, &self.qkv_weight, self.qkv_bias.as_ref())?;
+        let mut q = self.split(&qkv, layout, 0, h)?;
+        let mut k = self.split(&qkv, layout, h, kv)?;
+        let v = self.split(&qkv, layout, h + kv, kv)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = candle_nn::rotary_emb::rope_thd(&q, &layout.cos, &layout.sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
+
+        let q = self.to_rect(&q, layout, h)?;
+        let k = self.to_rect(&k, layout, kv)?;
+        let v = self.to_rect(&v, layout, kv)?;
+        // NOTE: grouped-query attention without repeating K/V: the `group` query heads that share
+        // a KV head are stacked along the row axis, so one matmul per KV head serves them all
+        // (query head i uses KV head i / group, as transformers' repeat_kv does).
+        let group = h / kv;
+        let q = q.reshape((b, kv, group * l, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match &layout.mask {
+            Some(mask) => scores.reshape((b, kv, group, l, l))?.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kv, group * l, l))?;
+        let out = probs.matmul(&v)?; // [b, kv, group * l, d] == [b, h, l, d]
+        let out = out.reshape((b, h, l, d))?.transpose(1, 2)?.contiguous()?.reshape((b * l, h * d))?;
+        linear(&layout.unpad(&out)?, &self.o_weight, None)
+    }
+}
+
+struct Mlp {
+    /// gate and up projections fused: `[2 * intermediate, hidden]`.
+    gate_up: Tensor,
+    down: Tensor,
+    intermediate: usize,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (i, hidden) = (cfg.intermediate_size, cfg.hidden_size);
+        let gate_up = Tensor::cat(
+            &[vb.pp("gate_proj").get((i, hidden), "weight")?, vb.pp("up_proj").get((i, hidden), "weight")?],
+            0,
+        )?;
+        let down = vb.pp("down_proj").get((hidden, i), "weight")?;
+        Ok(Mlp { gate_up, down, intermediate: i })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = linear(x, &self.gate_up, None)?;
+        let gate = gu.narrow(1, 0, self.intermediate)?;
+        let up = gu.narrow(1, self.intermediate, self.intermediate)?;
+        linear(&(candle_nn::ops::silu(&gate)? * up)?, &self.down, None)
+    }
+}
+
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: SelfAttention,
+    post_attention_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
+        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, layout)?)?;
+        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?)?
+    }
+}
+
+/// Which optional parts an architecture has.
+pub struct DecoderOptions {
+    /// Per-head RMSNorm on q and k (Qwen3).
+    pub qk_norm: bool,
+    /// Causal (`true`) or bidirectional attention.
+    pub causal: bool,
+}
+
+/// A Qwen-family decoder turned embedder.
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rotary: Rotary,
+    causal: bool,
+    hidden_size: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Loads from a `VarBuilder` rooted at the decoder (`embed_tokens`, `layers.N`, `norm`).
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig, opts: DecoderOptions) -> Result<Self> {
+        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(DecoderLayer {
+                    input_norm: RmsNorm::load(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                    attention: SelfAttention::load(vb.pp("self_attn"), cfg, opts.qk_norm)?,
+                    post_attention_norm: RmsNorm::load(
+                        vb.pp("post_attention_layernorm"),
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                    )?,
+                    mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let rotary = Rotary::new(cfg, cfg.max_position_embeddings, vb.dtype(), vb.device())?;
+        Ok(Decoder {
+            embed_tokens,
+            layers,
+            norm,
+            rotary,
+            causal: opts.causal,
+            hidden_size: cfg.hidden_size,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+}
+
+impl super::EmbeddingModel for Decoder {
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        if batch.is_empty() {
+            return Tensor::zeros((0, self.hidden_size), DType::F32, &self.device);
+        }
+        let layout = Layout::new(batch, &self.rotary, self.causal, self.dtype, &self.device)?;
+        let ids = Tensor::new(batch.input_ids.as_slice(), &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &layout)?;
+        }
+        let pooled = Tensor::new(batch.pooled_indices.as_slice(), &self.device)?;
+        // The final norm is per token, so only the pooled rows need it.
+        let x = x.index_select(&pooled, 0)?;
+        self.norm.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+}

@@ -1,0 +1,85 @@
+//! The only place that draws progress: an indicatif bar on a terminal, a plain log line every few
+//! seconds otherwise (spot workers' logs are read, not watched), nothing with `--quiet`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    log_every: Option<Duration>,
+    total_rows: u64,
+    rows: u64,
+    tokens: u64,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    pub fn new(total_rows: u64, quiet: bool) -> Self {
+        let now = Instant::now();
+        let mut p = Progress {
+            bar: None,
+            log_every: None,
+            total_rows,
+            rows: 0,
+            tokens: 0,
+            started: now,
+            last_log: now,
+        };
+        if quiet {
+            return p;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(total_rows), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {msg} ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            p.bar = Some(bar);
+        } else {
+            p.log_every = Some(Duration::from_secs(10));
+        }
+        p
+    }
+
+    /// Records rows finished (embedded or failed) and the tokens they took.
+    pub fn advance(&mut self, rows: u64, tokens: u64) {
+        self.rows += rows;
+        self.tokens += tokens;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let (rps, tps) = (self.rows as f64 / secs, self.tokens as f64 / secs);
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.rows);
+            bar.set_message(format!("{rps:.0} rows/s {tps:.0} tokens/s"));
+        } else if let Some(every) = self.log_every {
+            if self.last_log.elapsed() >= every {
+                self.last_log = Instant::now();
+                let left = self.total_rows.saturating_sub(self.rows) as f64;
+                let eta = if rps > 0.0 { format!("{:.0}s", left / rps) } else { "?".into() };
+                eprintln!(
+                    "progress: {}/{} rows, {rps:.0} rows/s, {tps:.0} tokens/s, ETA {eta}",
+                    self.rows, self.total_rows
+                );
+            }
+        }
+    }
+
+    /// A line that is not progress (start-up facts), shown unless quiet.
+    pub fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if self.log_every.is_some() => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

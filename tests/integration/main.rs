@@ -1,0 +1,6 @@
+//! End-to-end tests: the model against transformers' golden vectors, and the binary as a user
+//! runs it. One test binary, so the crate is linked once.
+
+mod cli;
+mod reference;
+mod util;

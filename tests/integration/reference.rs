@@ -1,0 +1,169 @@
+//! Our vectors against transformers' (tests/fixtures/*/reference.json, made by
+//! scripts/make_fixtures.py), batched against alone, and the attention mode from config or flag.
+
+use batch_embed::embed::{Embedder, EmbedderOptions, Failure};
+use batch_embed::model::{Attention, ModelConfig, ModelFiles};
+use candle_core::{DType, Device};
+use serde::Deserialize;
+
+use crate::util::{fixture, max_abs_diff};
+
+/// Largest difference allowed between our f32 vectors and transformers' f32 vectors.
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    texts: Vec<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    attention: Attention,
+    max_tokens: Option<usize>,
+    prompt: Option<String>,
+    token_ids: Vec<Vec<u32>>,
+    embeddings: Vec<Option<Vec<f32>>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn embedder(
+    name: &str,
+    attention: Attention,
+    max_tokens: Option<usize>,
+    prompt: Option<String>,
+    batch_tokens: usize,
+) -> Embedder {
+    let files = ModelFiles::locate(&fixture(name)).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let options = EmbedderOptions {
+        attention,
+        max_tokens: max_tokens.unwrap_or(config.max_position_embeddings),
+        prompt,
+        normalize: false,
+        batch_tokens,
+    };
+    Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap()
+}
+
+/// Every case of a fixture: same token ids as transformers' tokenizer, vectors within TOLERANCE,
+/// and the same vectors whether texts run all in one padded batch or each alone.
+fn check_fixture(name: &str) {
+    let reference = reference(name);
+    let texts: Vec<Option<&str>> = reference.texts.iter().map(|t| Some(t.as_str())).collect();
+    for case in &reference.cases {
+        let label = format!(
+            "{name} {:?} max_tokens={:?} prompt={}",
+            case.attention,
+            case.max_tokens,
+            case.prompt.is_some()
+        );
+        let batched = embedder(name, case.attention, case.max_tokens, case.prompt.clone(), 1 << 20);
+        let alone = embedder(name, case.attention, case.max_tokens, case.prompt.clone(), 1);
+
+        let strs: Vec<&str> = reference.texts.iter().map(String::as_str).collect();
+        let ids: Vec<Vec<u32>> = batched.tokenize(&strs).unwrap().into_iter().map(|t| t.ids).collect();
+        assert_eq!(ids, case.token_ids, "{label}: token ids differ from transformers'");
+
+        let got = batched.embed(&texts).unwrap();
+        let got_alone = alone.embed(&texts).unwrap();
+        let mut worst = 0f32;
+        for (i, want) in case.embeddings.iter().enumerate() {
+            match want {
+                Some(want) => {
+                    let v =
+                        got.vectors[i].as_ref().unwrap_or_else(|e| panic!("{label}: text {i} failed: {e:?}"));
+                    let d = max_abs_diff(v, want);
+                    worst = worst.max(d);
+                    assert!(d < TOLERANCE, "{label}: text {i} differs from transformers by {d}");
+                    let a = got_alone.vectors[i].as_ref().unwrap();
+                    let d = max_abs_diff(v, a);
+                    assert!(d < 1e-5, "{label}: text {i} batched differs from alone by {d}");
+                }
+                None => assert_eq!(got.vectors[i], Err(Failure::NoTokens), "{label}: text {i}"),
+            }
+        }
+        // Truncation is counted: texts whose full tokenization is longer than the limit.
+        if let Some(limit) = case.max_tokens {
+            let full = &reference.cases[0].token_ids;
+            let expected = full.iter().filter(|ids| ids.len() > limit).count() as u64;
+            assert!(expected > 0, "{label}: the fixture should cut some texts");
+            assert_eq!(got.truncated, expected, "{label}: truncated count");
+        } else {
+            assert_eq!(got.truncated, 0, "{label}");
+        }
+        eprintln!("{label}: max abs diff {worst:.2e}");
+    }
+}
+
+#[test]
+fn qwen2_gqa_sharded_prefixed_4x_config_matches_transformers() {
+    check_fixture("qwen2-gqa");
+}
+
+#[test]
+fn qwen2_mha_bidirectional_5x_config_matches_transformers() {
+    check_fixture("qwen2-mha-bidir");
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_fixture("qwen3");
+}
+
+#[test]
+fn attention_default_comes_from_config() {
+    let gqa = ModelConfig::from_file(&fixture("qwen2-gqa").join("config.json")).unwrap();
+    assert_eq!(gqa.default_attention(), Attention::Causal, "is_causal absent means causal");
+    let bidir = ModelConfig::from_file(&fixture("qwen2-mha-bidir").join("config.json")).unwrap();
+    assert_eq!(bidir.default_attention(), Attention::Bidirectional, "is_causal: false");
+}
+
+#[test]
+fn eos_appending_tokenizer_pools_the_appended_token() {
+    // gte-Qwen2 style: the post-processor appends <|endoftext|>; the plain one does not.
+    let with_eos = embedder("qwen2-gqa", Attention::Causal, None, None, 1 << 20);
+    let plain = embedder("qwen2-mha-bidir", Attention::Causal, None, None, 1 << 20);
+    let a = with_eos.tokenize(&["hello world"]).unwrap().remove(0).ids;
+    let b = plain.tokenize(&["hello world"]).unwrap().remove(0).ids;
+    assert_eq!(a.len(), b.len() + 1);
+    assert_eq!(&a[..b.len()], &b[..]);
+    assert_eq!(*a.last().unwrap(), 0, "<|endoftext|> is id 0 in the fixture tokenizers");
+}
+
+#[test]
+fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
+    let reference = reference("qwen3");
+    let files = ModelFiles::locate(&fixture("qwen3")).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let options = EmbedderOptions {
+        attention: Attention::Causal,
+        max_tokens: 512,
+        prompt: None,
+        normalize: true,
+        batch_tokens: 4096,
+    };
+    let e = Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap();
+    let got = e.embed(&[Some(reference.texts[0].as_str())]).unwrap();
+    let v = got.vectors[0].as_ref().unwrap();
+    let want = reference.cases[0].embeddings[0].as_ref().unwrap();
+    let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
+    assert!(max_abs_diff(v, &want) < TOLERANCE);
+    let len = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((len - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn null_texts_fail_without_stopping_the_rest() {
+    let e = embedder("qwen2-mha-bidir", Attention::Bidirectional, None, None, 4096);
+    let got = e.embed(&[Some("fine"), None, Some(""), Some("also fine")]).unwrap();
+    assert!(got.vectors[0].is_ok());
+    assert_eq!(got.vectors[1], Err(Failure::NullText));
+    assert_eq!(got.vectors[2], Err(Failure::NoTokens));
+    assert!(got.vectors[3].is_ok());
+}
