@@ -33,9 +33,39 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
 
-    /// Folder for the vector shards (part-*.parquet); created if missing.
+    /// Output folder; each worker writes OUTPUT/worker-ID-of-N/ (part-*.parquet,
+    /// checkpoint.json, failures.jsonl). Re-running the same command resumes.
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
+
+    /// This worker's index, 0-based.
+    #[arg(long, env = "BATCH_EMBED_WORKER_ID", default_value_t = 0, value_name = "ID")]
+    pub worker_id: u64,
+
+    /// Number of workers sharing the input; each owns every N-th block of rows.
+    #[arg(long, env = "BATCH_EMBED_NUM_WORKERS", default_value_t = 1, value_name = "N")]
+    pub num_workers: u64,
+
+    /// Rows per stride block: block b (rows b*K..(b+1)*K) belongs to worker b mod N.
+    #[arg(long, default_value_t = crate::partition::DEFAULT_BLOCK, value_name = "K")]
+    pub stride_block: u64,
+
+    /// Column copied to the output as `id`, with its original type.
+    #[arg(long, value_name = "NAME")]
+    pub id_column: Option<String>,
+
+    /// Element type of the output vectors.
+    #[arg(long, value_enum, default_value_t = OutputDtypeArg::F32)]
+    pub output_dtype: OutputDtypeArg,
+
+    /// Discard this worker's earlier output and checkpoint, and start over.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Seconds between checkpoints: a part file is closed at least this often, so a preempted
+    /// worker loses at most this much work.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub checkpoint_every: u64,
 
     /// Name of the string column to embed.
     #[arg(long, default_value = "text", value_name = "NAME")]
@@ -71,9 +101,14 @@ pub struct EmbedArgs {
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub batch_tokens: usize,
 
-    /// Rows per output part file.
+    /// Most rows per output part file.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub rows_per_part: usize,
+
+    /// Test hook: sleep this long before each chunk reaches the model, so tests can interrupt
+    /// a run midway.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub debug_chunk_delay_ms: u64,
 
     /// No progress bar or progress lines; errors are still printed.
     #[arg(long, short)]
@@ -92,5 +127,11 @@ pub enum DtypeArg {
     Auto,
     F32,
     Bf16,
+    F16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputDtypeArg {
+    F32,
     F16,
 }

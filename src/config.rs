@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::cli::{AttentionArg, DtypeArg, EmbedArgs};
+use crate::cli::{AttentionArg, DtypeArg, EmbedArgs, OutputDtypeArg};
 use crate::device::{DeviceChoice, DtypeChoice};
 use crate::model::{Attention, ModelConfig, ModelFiles};
+use crate::output::OutputDtype;
+use crate::partition::Partition;
 
 /// Longest default text: long enough for reviews and most documents, short enough that one
 /// text's attention fits in memory on any device.
@@ -19,7 +21,12 @@ pub struct EmbedConfig {
     pub model: ModelFiles,
     pub model_config: ModelConfig,
     pub output: PathBuf,
+    pub partition: Partition,
     pub text_column: String,
+    pub id_column: Option<String>,
+    pub output_dtype: OutputDtype,
+    pub restart: bool,
+    pub checkpoint_every: std::time::Duration,
     /// The attention mode in force (the override, else the config's).
     pub attention: Attention,
     pub max_tokens: usize,
@@ -30,6 +37,8 @@ pub struct EmbedConfig {
     pub batch_tokens: usize,
     pub rows_per_part: usize,
     pub quiet: bool,
+    /// Test hook (hidden flag): a pause before each chunk reaches the model.
+    pub debug_chunk_delay: std::time::Duration,
 }
 
 impl EmbedConfig {
@@ -48,6 +57,11 @@ impl EmbedConfig {
         };
         if args.batch_tokens == 0 {
             bail!("--batch-tokens must be at least 1");
+        }
+        let partition = Partition::new(args.worker_id, args.num_workers, args.stride_block)
+            .map_err(anyhow::Error::msg)?;
+        if args.id_column.as_deref() == Some(args.text_column.as_str()) {
+            bail!("--id-column and --text-column name the same column \"{}\"", args.text_column);
         }
         if args.rows_per_part == 0 {
             bail!("--rows-per-part must be at least 1");
@@ -68,7 +82,15 @@ impl EmbedConfig {
             model,
             model_config,
             output: args.output,
+            partition,
             text_column: args.text_column,
+            id_column: args.id_column,
+            output_dtype: match args.output_dtype {
+                OutputDtypeArg::F32 => OutputDtype::F32,
+                OutputDtypeArg::F16 => OutputDtype::F16,
+            },
+            restart: args.restart,
+            checkpoint_every: std::time::Duration::from_secs(args.checkpoint_every),
             attention,
             max_tokens,
             prompt: args.prompt.filter(|p| !p.is_empty()),
@@ -78,6 +100,13 @@ impl EmbedConfig {
             batch_tokens: args.batch_tokens,
             rows_per_part: args.rows_per_part,
             quiet: args.quiet,
+            debug_chunk_delay: std::time::Duration::from_millis(args.debug_chunk_delay_ms),
         })
+    }
+
+    /// This worker's folder: `OUTPUT/worker-{id:05}-of-{N:05}`.
+    pub fn worker_dir(&self) -> PathBuf {
+        self.output
+            .join(format!("worker-{:05}-of-{:05}", self.partition.worker_id, self.partition.num_workers))
     }
 }

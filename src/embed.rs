@@ -47,6 +47,15 @@ pub struct Embedded {
     pub truncated: u64,
 }
 
+/// Texts tokenized and packed, ready for the model.
+pub struct Prepared {
+    /// Per text: why it cannot be embedded, or `None`.
+    failures: Vec<Option<Failure>>,
+    /// Each batch with, per text in it, the index of that text in the input.
+    batches: Vec<(Batch, Vec<usize>)>,
+    truncated: u64,
+}
+
 pub struct Embedder {
     tokenizer: TextTokenizer,
     model: LoadedModel,
@@ -77,37 +86,59 @@ impl Embedder {
 
     /// Embeds `texts` (`None` for a null value).
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Embedded> {
+        self.run(self.prepare(texts)?)
+    }
+
+    /// The host half: tokenize, sort by length and pack into batches. Runs on a different
+    /// thread than [`Embedder::run`] in the pipeline.
+    pub fn prepare(&self, texts: &[Option<&str>]) -> Result<Prepared> {
         let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
         let mut tokenized = self.tokenizer.encode_batch(&present)?.into_iter();
-        let mut out = Embedded::default();
+        let mut failures = vec![None; texts.len()];
+        let mut truncated = 0;
         let mut seqs: Vec<Vec<u32>> = Vec::new();
         let mut slots: Vec<usize> = Vec::new(); // seqs[i] belongs to texts[slots[i]]
         for (i, text) in texts.iter().enumerate() {
-            out.vectors.push(Err(Failure::NullText));
             if text.is_none() {
+                failures[i] = Some(Failure::NullText);
                 continue;
             }
             let t = tokenized.next().expect("one encoding per present text");
             if t.ids.is_empty() {
-                out.vectors[i] = Err(Failure::NoTokens);
+                failures[i] = Some(Failure::NoTokens);
                 continue;
             }
-            out.truncated += t.truncated as u64;
+            truncated += t.truncated as u64;
             seqs.push(t.ids);
             slots.push(i);
         }
         let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        for group in pack_by_length(&lengths, self.options.batch_tokens) {
-            let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
-            let batch = Batch::last_token(&refs);
+        let batches = pack_by_length(&lengths, self.options.batch_tokens)
+            .into_iter()
+            .map(|group| {
+                let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
+                (Batch::last_token(&refs), group.iter().map(|&i| slots[i]).collect())
+            })
+            .collect();
+        Ok(Prepared { failures, batches, truncated })
+    }
+
+    /// The device half: run the prepared batches through the model, pool and normalise.
+    pub fn run(&self, prepared: Prepared) -> Result<Embedded> {
+        let mut out = Embedded {
+            vectors: prepared.failures.into_iter().map(|f| f.map_or(Ok(Vec::new()), Err)).collect(),
+            truncated: prepared.truncated,
+            ..Embedded::default()
+        };
+        for (batch, slots) in &prepared.batches {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens += batch.padded_tokens() as u64;
-            let vectors = self.embed_batch(&batch)?;
-            for (&i, mut v) in group.iter().zip(vectors) {
+            let vectors = self.embed_batch(batch)?;
+            for (&slot, mut v) in slots.iter().zip(vectors) {
                 if self.options.normalize {
                     l2_normalize(&mut v);
                 }
-                out.vectors[slots[i]] = Ok(v);
+                out.vectors[slot] = Ok(v);
             }
         }
         Ok(out)

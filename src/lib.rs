@@ -5,6 +5,7 @@
 //! `input` → `tokenize` → `batch` → `model` → `pool` → `output`, wired by `pipeline`.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod device;
@@ -12,6 +13,7 @@ pub mod embed;
 pub mod input;
 pub mod model;
 pub mod output;
+pub mod partition;
 pub mod pipeline;
 pub mod pool;
 pub mod progress;

@@ -1,53 +1,87 @@
-//! One `embed` run: check everything, then stream rows from the input files through the
-//! embedder into vector shards, recording rows that cannot be embedded.
+//! One `embed` run of one worker: check everything, pick up the checkpoint, then stream the
+//! owned rows through four stages joined by bounded channels:
+//!
+//! ```text
+//! reader thread ──chunks──▶ tokenizer thread ──packed batches──▶ model (this thread) ──vectors──▶ writer thread
+//! (Parquet, owned rows)     (rayon, length sort)                  (candle)                     (parts, failures, checkpoint)
+//! ```
+//!
+//! The queues hold a few chunks each, so memory stays bounded whatever the input size, and the
+//! model never waits on I/O or tokenization while the queue ahead of it is full.
 
 use std::collections::HashMap;
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use arrow::array::Array;
+use arrow::array::{Array, UInt32Array};
 
+use crate::checkpoint::{self, Checkpoint, Fingerprint, InputFingerprint};
 use crate::config::EmbedConfig;
-use crate::embed::{Embedder, EmbedderOptions};
-use crate::input;
-use crate::output::ShardWriter;
+use crate::embed::{Embedded, Embedder, EmbedderOptions, Prepared};
+use crate::input::{self, Chunk};
+use crate::output::{part_seq, ShardWriter};
 use crate::pool::Pooling;
 use crate::progress::Progress;
 
-/// Rows read and embedded together; large enough that length sorting keeps padding small.
+/// Rows read and tokenized together: the window sorted by length before packing.
 const CHUNK_ROWS: usize = 4096;
+/// Chunks waiting between two stages.
+const QUEUE: usize = 2;
+pub const FAILURES_FILE: &str = "failures.jsonl";
 
 /// What a run did, for the closing summary.
 #[derive(Debug, Default)]
 pub struct Summary {
-    pub rows: u64,
+    pub worker: String,
+    /// Rows this worker owns.
+    pub rows_owned: u64,
+    /// Owned rows already done by earlier runs (resumed).
+    pub rows_before: u64,
+    /// Totals over all runs of this worker.
     pub embedded: u64,
     pub failed: u64,
     pub truncated: u64,
+    /// This run only.
+    pub rows_this_run: u64,
     pub tokens: u64,
     pub padded_tokens: u64,
     pub parts: usize,
     pub elapsed: Duration,
     pub device: String,
+    pub already_complete: bool,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.already_complete {
+            return write!(
+                f,
+                "{}: already complete ({} rows: {} embedded, {} failed); nothing to do",
+                self.worker, self.rows_owned, self.embedded, self.failed
+            );
+        }
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let padding =
             if self.padded_tokens > 0 { 1.0 - self.tokens as f64 / self.padded_tokens as f64 } else { 0.0 };
-        writeln!(f, "rows:       {} ({} embedded, {} failed)", self.rows, self.embedded, self.failed)?;
+        writeln!(f, "{}: done", self.worker)?;
+        writeln!(f, "rows:       {} ({} embedded, {} failed)", self.rows_owned, self.embedded, self.failed)?;
+        if self.rows_before > 0 {
+            writeln!(f, "resumed:    {} rows were done before this run", self.rows_before)?;
+        }
         writeln!(f, "truncated:  {} texts", self.truncated)?;
-        writeln!(f, "tokens:     {} (padding {:.1}% of computed)", self.tokens, padding * 100.0)?;
+        writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
         write!(
             f,
             "time:       {:.2}s on {} ({:.1} rows/s, {:.0} tokens/s)",
             secs,
             self.device,
-            self.rows as f64 / secs,
+            self.rows_this_run as f64 / secs,
             self.tokens as f64 / secs
         )
     }
@@ -57,12 +91,66 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
     let started = Instant::now();
     // Check every input before anything is written.
     let paths = input::discover(&cfg.inputs)?;
-    let files = input::open_all(&paths, &cfg.text_column)?;
-    let total_rows: u64 = files.iter().map(|f| f.rows).sum();
-    prepare_output(&cfg.output)?;
+    let inputs = input::open_all(&paths, &cfg.text_column, cfg.id_column.as_deref())?;
+    let plan: Vec<(usize, Vec<Range<u64>>)> = inputs
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i, cfg.partition.owned_ranges(f.global_rows())))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    let rows_owned: u64 = plan.iter().flat_map(|(_, r)| r).map(|r| r.end - r.start).sum();
 
     let device = crate::device::open(cfg.device)?;
     let dtype = crate::device::dtype(cfg.dtype, &device);
+    let device_name = crate::device::describe(&device);
+    let model_hash = checkpoint::model_hash(
+        &cfg.model.config,
+        &cfg.model.tokenizer,
+        &cfg.model.weights,
+        cfg.model.index.as_deref(),
+    )?;
+    let fingerprint = Fingerprint {
+        inputs: inputs
+            .files
+            .iter()
+            .map(|f| InputFingerprint { path: canonical(&f.path), bytes: f.bytes, rows: f.rows })
+            .collect(),
+        text_column: cfg.text_column.clone(),
+        id_column: cfg.id_column.clone(),
+        model: canonical(&cfg.model.dir),
+        model_hash: model_hash.clone(),
+        attention: cfg.attention.as_str().to_string(),
+        max_tokens: cfg.max_tokens,
+        prompt: cfg.prompt.clone(),
+        normalize: cfg.normalize,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        output_dtype: cfg.output_dtype.as_str().to_string(),
+        num_workers: cfg.partition.num_workers,
+        worker_id: cfg.partition.worker_id,
+        stride_block: cfg.partition.block,
+    };
+    let dir = cfg.worker_dir();
+    let worker = format!("worker {} of {}", cfg.partition.worker_id, cfg.partition.num_workers);
+    let mut ckpt = open_worker_dir(&dir, fingerprint, rows_owned, cfg.restart)?;
+    let rows_before = ckpt.rows_done;
+    if ckpt.complete {
+        return Ok(Summary {
+            worker,
+            rows_owned,
+            rows_before,
+            embedded: ckpt.rows_embedded,
+            failed: ckpt.rows_failed,
+            truncated: ckpt.texts_truncated,
+            parts: ckpt.parts.len(),
+            device: device_name,
+            already_complete: true,
+            elapsed: started.elapsed(),
+            ..Summary::default()
+        });
+    }
+    let plan = skip_owned(plan, ckpt.rows_done);
+
     let options = EmbedderOptions {
         attention: cfg.attention,
         max_tokens: cfg.max_tokens,
@@ -70,91 +158,327 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         normalize: cfg.normalize,
         batch_tokens: cfg.batch_tokens,
     };
+    let load_started = Instant::now();
     let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, &device)?;
-    let mut progress = Progress::new(total_rows, cfg.quiet);
-    let device_name = crate::device::describe(&device);
+    let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet);
     progress.note(&format!(
-        "batch-embed: {} rows in {} files, model {} ({}, {} attention, dim {}), {} {:?}",
-        total_rows,
-        files.len(),
+        "batch-embed: {worker}: {rows_owned} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s",
+        inputs.total_rows(),
+        inputs.files.len(),
+        if rows_before > 0 { format!(", resuming after {rows_before} done") } else { String::new() },
         cfg.model.dir.display(),
         cfg.model_config.architecture.as_str(),
         cfg.attention.as_str(),
         embedder.dim(),
         device_name,
-        dtype
+        dtype,
+        load_started.elapsed().as_secs_f64()
     ));
 
-    let mut writer =
-        ShardWriter::new(&cfg.output, embedder.dim(), cfg.rows_per_part, metadata(cfg, embedder.dim()));
-    let failures_path = cfg.output.join("failures.jsonl");
-    let mut failures: Vec<u8> = Vec::new();
-    let mut summary = Summary { rows: total_rows, device: device_name, ..Summary::default() };
-    for file in &files {
-        for chunk in input::read_texts(file, CHUNK_ROWS)? {
-            let chunk = chunk?;
-            let texts: Vec<Option<&str>> = (0..chunk.texts.len())
-                .map(|i| (!chunk.texts.is_null(i)).then(|| chunk.texts.value(i)))
-                .collect();
-            let embedded = embedder.embed(&texts)?;
-            for (i, result) in embedded.vectors.iter().enumerate() {
-                let row = chunk.first_row + i as u64;
-                match result {
-                    Ok(v) => {
-                        writer.push(row, v)?;
-                        summary.embedded += 1;
-                    }
-                    Err(f) => {
-                        let line = serde_json::json!({"row": row, "reason": f.reason()});
-                        writeln!(failures, "{line}")?;
-                        summary.failed += 1;
+    let mut writer = ShardWriter::new(
+        &dir,
+        embedder.dim(),
+        cfg.output_dtype,
+        inputs.id_type.clone(),
+        ckpt.next_part(),
+        metadata(cfg, embedder.dim(), &model_hash),
+    );
+    let chunk_rows = CHUNK_ROWS.min(cfg.rows_per_part);
+    let mut stats = RunStats::default();
+
+    let outcome: Result<()> = std::thread::scope(|s| {
+        let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(QUEUE);
+        let (prep_tx, prep_rx) = sync_channel::<(Chunk, Prepared)>(QUEUE);
+        let (done_tx, done_rx) = sync_channel::<(Chunk, Embedded)>(QUEUE);
+        let files = &inputs.files;
+        let reader = s.spawn(move || -> Result<()> {
+            for (i, ranges) in &plan {
+                for chunk in input::read_rows(&files[*i], ranges, chunk_rows)? {
+                    if chunk_tx.send(chunk?).is_err() {
+                        return Ok(()); // a later stage stopped; it reports why
                     }
                 }
             }
-            summary.tokens += embedded.tokens;
-            summary.padded_tokens += embedded.padded_tokens;
-            summary.truncated += embedded.truncated;
-            progress.advance(texts.len() as u64, embedded.tokens);
-        }
-    }
-    summary.parts = writer.finish()?.len();
-    if !failures.is_empty() {
-        std::fs::write(&failures_path, &failures)
-            .with_context(|| format!("cannot write {}", failures_path.display()))?;
-    }
-    progress.finish();
-    summary.elapsed = started.elapsed();
-    Ok(summary)
-}
-
-/// Creates the output folder; refuses one that already holds vector shards.
-fn prepare_output(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    let existing = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list output folder {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("part-") && name.ends_with(".parquet")
+            Ok(())
         });
-    if existing {
+        let embedder = &embedder;
+        let tokenizer = s.spawn(move || -> Result<()> {
+            for chunk in chunk_rx {
+                let texts: Vec<Option<&str>> = (0..chunk.texts.len())
+                    .map(|i| (!chunk.texts.is_null(i)).then(|| chunk.texts.value(i)))
+                    .collect();
+                let prepared = embedder.prepare(&texts)?;
+                drop(texts);
+                if prep_tx.send((chunk, prepared)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let (ckpt, writer, dir, every, rows_per_part) =
+            (&mut ckpt, &mut writer, &dir, cfg.checkpoint_every, cfg.rows_per_part);
+        let writing = s.spawn(move || write_stage(done_rx, writer, ckpt, dir, every, rows_per_part));
+
+        let model = || -> Result<()> {
+            for (chunk, prepared) in prep_rx {
+                std::thread::sleep(cfg.debug_chunk_delay);
+                let embedded = embedder.run(prepared)?;
+                stats.tokens += embedded.tokens;
+                stats.padded_tokens += embedded.padded_tokens;
+                stats.rows += chunk.rows.len() as u64;
+                progress.advance(chunk.rows.len() as u64, embedded.tokens);
+                if done_tx.send((chunk, embedded)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let model_result = model();
+        drop(done_tx);
+        // The first stage to fail is the cause; later ones only saw their input end.
+        let results = [
+            reader.join().expect("reader thread panicked"),
+            tokenizer.join().expect("tokenizer thread panicked"),
+            model_result,
+            writing.join().expect("writer thread panicked"),
+        ];
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    });
+    progress.finish();
+    outcome?;
+    if ckpt.rows_done != ckpt.rows_owned {
         bail!(
-            "output folder {} already holds part-*.parquet files; choose another --output or remove them",
+            "internal error: {} of {} owned rows accounted for; the checkpoint in {} is kept, run again to resume",
+            ckpt.rows_done,
+            ckpt.rows_owned,
             dir.display()
         );
     }
-    Ok(())
+    Ok(Summary {
+        worker,
+        rows_owned,
+        rows_before,
+        embedded: ckpt.rows_embedded,
+        failed: ckpt.rows_failed,
+        truncated: ckpt.texts_truncated,
+        rows_this_run: stats.rows,
+        tokens: stats.tokens,
+        padded_tokens: stats.padded_tokens,
+        parts: ckpt.parts.len(),
+        elapsed: started.elapsed(),
+        device: device_name,
+        already_complete: false,
+    })
+}
+
+#[derive(Default)]
+struct RunStats {
+    rows: u64,
+    tokens: u64,
+    padded_tokens: u64,
+}
+
+/// The writer stage: buffers vectors and failures, and commits (part, failures, checkpoint)
+/// every `rows_per_part` rows or `every` seconds, and at the end.
+fn write_stage(
+    done: std::sync::mpsc::Receiver<(Chunk, Embedded)>,
+    writer: &mut ShardWriter,
+    ckpt: &mut Checkpoint,
+    dir: &Path,
+    every: Duration,
+    rows_per_part: usize,
+) -> Result<()> {
+    let failures_path = dir.join(FAILURES_FILE);
+    let mut failures = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&failures_path)
+        .with_context(|| format!("cannot open {}", failures_path.display()))?;
+    let mut pending = Pending::default();
+    let mut last_commit = Instant::now();
+    let mut commit = |writer: &mut ShardWriter, pending: &mut Pending, ckpt: &mut Checkpoint| -> Result<()> {
+        if let Some(part) = writer.write_part()? {
+            ckpt.parts.push(part);
+        }
+        if !pending.failure_lines.is_empty() {
+            failures
+                .write_all(&pending.failure_lines)
+                .and_then(|_| failures.sync_data())
+                .with_context(|| format!("cannot write {}", failures_path.display()))?;
+            ckpt.failures_bytes += pending.failure_lines.len() as u64;
+        }
+        ckpt.rows_done += pending.rows;
+        ckpt.rows_embedded += pending.embedded;
+        ckpt.rows_failed += pending.failed;
+        ckpt.texts_truncated += pending.truncated;
+        ckpt.tokens += pending.tokens;
+        ckpt.complete = ckpt.rows_done == ckpt.rows_owned;
+        ckpt.save(dir)?;
+        *pending = Pending::default();
+        Ok(())
+    };
+    for (chunk, embedded) in done {
+        let mut keep: Vec<u32> = Vec::with_capacity(chunk.rows.len());
+        let mut vectors: Vec<&[f32]> = Vec::with_capacity(chunk.rows.len());
+        let mut rows: Vec<u64> = Vec::with_capacity(chunk.rows.len());
+        for (i, result) in embedded.vectors.iter().enumerate() {
+            match result {
+                Ok(v) => {
+                    keep.push(i as u32);
+                    vectors.push(v);
+                    rows.push(chunk.rows[i]);
+                }
+                Err(f) => {
+                    let line = serde_json::json!({"row": chunk.rows[i], "reason": f.reason()});
+                    writeln!(pending.failure_lines, "{line}")?;
+                    pending.failed += 1;
+                }
+            }
+        }
+        let ids = match &chunk.ids {
+            Some(ids) if keep.len() == ids.len() => Some(ids.clone()),
+            Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
+            None => None,
+        };
+        writer.push(&rows, &vectors, ids);
+        pending.embedded += rows.len() as u64;
+        pending.rows += chunk.rows.len() as u64;
+        pending.truncated += embedded.truncated;
+        pending.tokens += embedded.tokens;
+        if writer.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
+            commit(writer, &mut pending, ckpt)?;
+            last_commit = Instant::now();
+        }
+    }
+    commit(writer, &mut pending, ckpt)
+}
+
+#[derive(Default)]
+struct Pending {
+    rows: u64,
+    embedded: u64,
+    failed: u64,
+    truncated: u64,
+    tokens: u64,
+    failure_lines: Vec<u8>,
+}
+
+/// An absolute path for the fingerprint, so `data/x.parquet` and `/work/data/x.parquet` agree.
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// Drops the first `done` owned rows from the plan.
+fn skip_owned(plan: Vec<(usize, Vec<Range<u64>>)>, mut done: u64) -> Vec<(usize, Vec<Range<u64>>)> {
+    let mut out = Vec::new();
+    for (file, ranges) in plan {
+        let mut kept = Vec::new();
+        for r in ranges {
+            let len = r.end - r.start;
+            if done >= len {
+                done -= len;
+            } else {
+                kept.push(r.start + done..r.end);
+                done = 0;
+            }
+        }
+        if !kept.is_empty() {
+            out.push((file, kept));
+        }
+    }
+    out
+}
+
+/// Creates or reopens a worker folder and returns the checkpoint to continue from, after
+/// removing what an interrupted commit left behind.
+fn open_worker_dir(
+    dir: &Path,
+    fingerprint: Fingerprint,
+    rows_owned: u64,
+    restart: bool,
+) -> Result<Checkpoint> {
+    if restart && dir.exists() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let ours = part_seq(&name).is_some()
+                || name.ends_with(".tmp")
+                || name == checkpoint::FILE_NAME
+                || name == FAILURES_FILE;
+            if ours {
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let start_over =
+        "pass --restart to discard this worker's output and start over, or choose another --output";
+    let Some(ckpt) = Checkpoint::load(dir)? else {
+        let leftovers = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .any(|e| part_seq(&e.file_name().to_string_lossy()).is_some());
+        if leftovers {
+            bail!("{} holds part files but no {}; {start_over}", dir.display(), checkpoint::FILE_NAME);
+        }
+        let mut fresh = Checkpoint::new(fingerprint, rows_owned);
+        let _ = std::fs::remove_file(dir.join(FAILURES_FILE));
+        fresh.save(dir)?;
+        return Ok(fresh);
+    };
+    let differences = fingerprint.differences(&ckpt.fingerprint);
+    if !differences.is_empty() {
+        bail!(
+            "{} was written by a different run: {}; re-run with the same inputs, model and options to resume, or {start_over}",
+            dir.join(checkpoint::FILE_NAME).display(),
+            differences.join("; ")
+        );
+    }
+    // Leftovers of an interrupted commit: parts past the checkpoint, temporary files, and
+    // failure lines past the committed length.
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let stray = part_seq(&name).is_some_and(|seq| seq >= ckpt.next_part()) || name.ends_with(".tmp");
+        if stray {
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    for part in &ckpt.parts {
+        if !dir.join(&part.file).is_file() {
+            bail!(
+                "{} lists {}, which is missing; {start_over}",
+                dir.join(checkpoint::FILE_NAME).display(),
+                part.file
+            );
+        }
+    }
+    let failures = dir.join(FAILURES_FILE);
+    if failures.exists() || ckpt.failures_bytes > 0 {
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&failures)
+            .with_context(|| format!("cannot open {}", failures.display()))?;
+        let len = f.metadata()?.len();
+        if len < ckpt.failures_bytes {
+            bail!("{} is shorter than its checkpoint says; {start_over}", failures.display());
+        }
+        f.set_len(ckpt.failures_bytes).with_context(|| format!("cannot truncate {}", failures.display()))?;
+    }
+    Ok(ckpt)
 }
 
 /// Key-value metadata stored in every shard: what produced these vectors.
-fn metadata(cfg: &EmbedConfig, dim: usize) -> HashMap<String, String> {
+fn metadata(cfg: &EmbedConfig, dim: usize, model_hash: &str) -> HashMap<String, String> {
     let mut m = HashMap::new();
     let mut put = |k: &str, v: String| {
         m.insert(format!("batch_embed.{k}"), v);
     };
     put("version", env!("CARGO_PKG_VERSION").to_string());
     put("model", cfg.model.dir.display().to_string());
+    put("model_hash", model_hash.to_string());
     put("model_type", cfg.model_config.architecture.as_str().to_string());
     put("dim", dim.to_string());
     put("pooling", Pooling::LastToken.as_str().to_string());
@@ -162,5 +486,23 @@ fn metadata(cfg: &EmbedConfig, dim: usize) -> HashMap<String, String> {
     put("attention", cfg.attention.as_str().to_string());
     put("max_tokens", cfg.max_tokens.to_string());
     put("prompt", cfg.prompt.clone().unwrap_or_default());
+    put("output_dtype", cfg.output_dtype.as_str().to_string());
+    put("worker_id", cfg.partition.worker_id.to_string());
+    put("num_workers", cfg.partition.num_workers.to_string());
+    put("stride_block", cfg.partition.block.to_string());
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_the_first_done_rows_across_files() {
+        let plan = vec![(0, vec![0..4, 8..12]), (1, vec![16..20])];
+        assert_eq!(skip_owned(plan.clone(), 0), plan);
+        assert_eq!(skip_owned(plan.clone(), 5), vec![(0, vec![9..12]), (1, vec![16..20])]);
+        assert_eq!(skip_owned(plan.clone(), 8), vec![(1, vec![16..20])]);
+        assert_eq!(skip_owned(plan, 12), vec![]);
+    }
 }

@@ -10,6 +10,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     log_every: Option<Duration>,
     total_rows: u64,
+    /// Rows done by earlier runs (resume); not counted in rates.
+    before: u64,
     rows: u64,
     tokens: u64,
     started: Instant,
@@ -17,12 +19,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(total_rows: u64, quiet: bool) -> Self {
+    /// `total_rows` this worker owns, of which `before` were done by earlier runs.
+    pub fn new(total_rows: u64, before: u64, quiet: bool) -> Self {
         let now = Instant::now();
         let mut p = Progress {
             bar: None,
             log_every: None,
             total_rows,
+            before,
             rows: 0,
             tokens: 0,
             started: now,
@@ -33,6 +37,8 @@ impl Progress {
         }
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total_rows), ProgressDrawTarget::stderr());
+            bar.set_position(before);
+            bar.reset_eta();
             bar.set_style(
                 ProgressStyle::with_template(
                     "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {msg} ETA {eta}",
@@ -53,16 +59,17 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let (rps, tps) = (self.rows as f64 / secs, self.tokens as f64 / secs);
         if let Some(bar) = &self.bar {
-            bar.set_position(self.rows);
+            bar.set_position(self.before + self.rows);
             bar.set_message(format!("{rps:.0} rows/s {tps:.0} tokens/s"));
         } else if let Some(every) = self.log_every {
             if self.last_log.elapsed() >= every {
                 self.last_log = Instant::now();
-                let left = self.total_rows.saturating_sub(self.rows) as f64;
+                let left = self.total_rows.saturating_sub(self.before + self.rows) as f64;
                 let eta = if rps > 0.0 { format!("{:.0}s", left / rps) } else { "?".into() };
                 eprintln!(
                     "progress: {}/{} rows, {rps:.0} rows/s, {tps:.0} tokens/s, ETA {eta}",
-                    self.rows, self.total_rows
+                    self.before + self.rows,
+                    self.total_rows
                 );
             }
         }

@@ -79,8 +79,7 @@ fn run_against_reference(model: &str, extra: &[&str], pick: impl Fn(&Case) -> bo
         assert!(d < 1e-4, "{model} {extra:?}: row {row} differs by {d}");
     }
     let failed = case.embeddings.iter().filter(|e| e.is_none()).count();
-    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap_or_default();
-    assert_eq!(failures.lines().count(), failed);
+    assert_eq!(read_failures(&out).len(), failed);
 }
 
 #[test]
@@ -121,7 +120,7 @@ fn null_and_empty_texts_are_recorded_as_failures() {
         .stderr(contains("2 embedded, 2 failed"));
     let rows: Vec<u64> = read_vectors(&out).iter().map(|(r, _)| *r).collect();
     assert_eq!(rows, vec![0, 3]);
-    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
+    let failures = std::fs::read_to_string(worker0(&out).join("failures.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = failures.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["row"], 1);
     assert_eq!(lines[0]["reason"], "text is null");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{Float32Type, UInt64Type};
+use arrow::datatypes::{Float16Type, Float32Type, UInt64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
@@ -42,17 +42,28 @@ pub fn write_texts(path: &Path, texts: &[Option<&str>]) {
     write_parquet(path, vec![("text", Arc::new(StringArray::from(texts.to_vec())) as ArrayRef)]);
 }
 
+/// Every `part-*.parquet` under `dir` (worker folders included), sorted.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if n.starts_with("part-") && n.ends_with(".parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    walk(dir, &mut parts);
+    parts.sort();
+    parts
+}
+
 /// All (row, vector) pairs of the part files under `dir`, sorted by row.
 pub fn read_vectors(dir: &Path) -> Vec<(u64, Vec<f32>)> {
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("part-") && n.ends_with(".parquet")
-        })
-        .collect();
-    parts.sort();
+    let parts = part_files(dir);
     let mut out = Vec::new();
     for p in parts {
         let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap())
@@ -65,7 +76,13 @@ pub fn read_vectors(dir: &Path) -> Vec<(u64, Vec<f32>)> {
             let emb = batch.column_by_name("embedding").unwrap().as_fixed_size_list().clone();
             for i in 0..rows.len() {
                 let v = emb.value(i);
-                out.push((rows.value(i), v.as_primitive::<Float32Type>().values().to_vec()));
+                let v: Vec<f32> = match v.data_type() {
+                    arrow::datatypes::DataType::Float16 => {
+                        v.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect()
+                    }
+                    _ => v.as_primitive::<Float32Type>().values().to_vec(),
+                };
+                out.push((rows.value(i), v));
             }
         }
     }
@@ -85,4 +102,25 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
     }
+}
+
+/// The failures.jsonl lines under `dir` (all worker folders), as (row, reason).
+pub fn read_failures(dir: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let f = e.unwrap().path().join("failures.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                out.push((v["row"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The single worker folder of a one-worker run.
+pub fn worker0(out: &Path) -> PathBuf {
+    out.join("worker-00000-of-00001")
 }
