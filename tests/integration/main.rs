@@ -2,5 +2,6 @@
 //! runs it. One test binary, so the crate is linked once.
 
 mod cli;
+mod pipeline;
 mod reference;
 mod util;

@@ -1,0 +1,321 @@
+//! The pipeline at scale: workers, resume after a kill, fingerprints, shard schema, input types.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, DictionaryArray, Int32Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+};
+use arrow::datatypes::{DataType, Int32Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use predicates::str::contains;
+
+use crate::util::*;
+
+/// A corpus of `n` rows over three files (plus an empty one), with ids and a few nulls/empties.
+fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let words = ["book", "great", "slow", "plot", "loved", "the", "ending", "café", "😀", "pages"];
+    let texts: Vec<Option<String>> = (0..n)
+        .map(|i| match i % 97 {
+            13 => None,
+            41 => Some(String::new()),
+            _ => Some((0..(3 + i % 23)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ")),
+        })
+        .collect();
+    let ids: Vec<i64> = (0..n as i64).map(|i| 1000 + i).collect();
+    let cuts = [0, n / 3, n / 3, (2 * n / 3 + 5).min(n), n];
+    for f in 0..4 {
+        let (a, b) = (cuts[f], cuts[f + 1]);
+        let t: Vec<Option<&str>> = texts[a..b].iter().map(|t| t.as_deref()).collect();
+        write_parquet(
+            &input.join(format!("shard-{f}.parquet")),
+            vec![
+                ("id", Arc::new(Int64Array::from(ids[a..b].to_vec())) as ArrayRef),
+                ("text", Arc::new(StringArray::from(t)) as ArrayRef),
+            ],
+        );
+    }
+    input
+}
+
+fn embed_cmd(input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = batch_embed();
+    cmd.args(["embed", "--quiet", "--model"]).arg(fixture("qwen2-gqa")).arg("--output").arg(out).args(extra).arg(input);
+    cmd
+}
+
+fn assert_same_vectors(a: &[(u64, Vec<f32>)], b: &[(u64, Vec<f32>)]) {
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for ((ra, va), (rb, vb)) in a.iter().zip(b) {
+        assert_eq!(ra, rb);
+        let d = max_abs_diff(va, vb);
+        assert!(d < 1e-5, "row {ra} differs by {d}");
+    }
+}
+
+fn rows_of(v: &[(u64, Vec<f32>)]) -> Vec<u64> {
+    v.iter().map(|(r, _)| *r).collect()
+}
+
+#[test]
+fn three_workers_give_the_rows_and_vectors_of_one() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 300);
+    let one = dir.path().join("one");
+    embed_cmd(&input, &one, &[]).assert().success();
+    let three = dir.path().join("three");
+    for w in 0..3 {
+        embed_cmd(&input, &three, &["--num-workers", "3", "--worker-id", &w.to_string(), "--stride-block", "7"])
+            .assert()
+            .success();
+    }
+    let a = read_vectors(&one);
+    let b = read_vectors(&three);
+    let mut rows = rows_of(&b);
+    rows.dedup();
+    assert_eq!(rows.len(), b.len(), "a row was written twice");
+    assert_same_vectors(&a, &b);
+    // Vectors + failures = all rows, with each worker holding only its own blocks.
+    let failures = read_failures(&three);
+    assert_eq!(failures, read_failures(&one));
+    assert_eq!(a.len() + failures.len(), 300);
+    for w in 0..3u64 {
+        let wdir = three.join(format!("worker-{w:05}-of-00003"));
+        for (row, _) in read_vectors(&wdir) {
+            assert_eq!((row / 7) % 3, w, "row {row} in worker {w}");
+        }
+    }
+}
+
+#[test]
+fn worker_identity_comes_from_the_environment() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 60);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &["--stride-block", "5"])
+        .env("BATCH_EMBED_WORKER_ID", "1")
+        .env("BATCH_EMBED_NUM_WORKERS", "2")
+        .assert()
+        .success();
+    let got = read_vectors(&out.join("worker-00001-of-00002"));
+    assert!(!got.is_empty());
+    assert!(got.iter().all(|(r, _)| (r / 5) % 2 == 1));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_output() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 400);
+    let clean = dir.path().join("clean");
+    embed_cmd(&input, &clean, &["--id-column", "id"]).assert().success();
+
+    let out = dir.path().join("out");
+    let args = ["--id-column", "id", "--rows-per-part", "16", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "40"];
+    let checkpoint = worker0(&out).join("checkpoint.json");
+    for round in 0..3 {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
+            .args(["embed", "--quiet", "--model"])
+            .arg(fixture("qwen2-gqa"))
+            .arg("--output")
+            .arg(&out)
+            .args(args)
+            .arg(&input)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until this run has committed something, then kill it without warning.
+        let before = done(&checkpoint);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done(&checkpoint) <= before + 16 * (round + 1) {
+            assert!(Instant::now() < deadline, "no progress");
+            assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be interrupted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+        assert_eq!(ck["complete"], false, "killed mid-run");
+    }
+    embed_cmd(&input, &out, &args).assert().success();
+    assert_same_vectors(&read_vectors(&clean), &read_vectors(&out));
+    assert_eq!(read_failures(&clean), read_failures(&out));
+    let leftovers: Vec<_> = std::fs::read_dir(worker0(&out))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A finished worker run again does nothing.
+    batch_embed()
+        .args(["embed", "--model"])
+        .arg(fixture("qwen2-gqa"))
+        .arg("--output")
+        .arg(&out)
+        .args(args)
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(contains("already complete"));
+}
+
+fn done(checkpoint: &Path) -> u64 {
+    std::fs::read_to_string(checkpoint)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["rows_done"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_different_run_in_the_same_folder_is_refused() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 30);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &[]).assert().success();
+    embed_cmd(&input, &out, &["--max-tokens", "100"])
+        .assert()
+        .failure()
+        .stderr(contains("was written by a different run: max_tokens was 512 and is now 100"))
+        .stderr(contains("--restart"));
+    embed_cmd(&input, &out, &["--attention", "bidirectional", "--prompt", "q: "])
+        .assert()
+        .failure()
+        .stderr(contains("attention was \"causal\" and is now \"bidirectional\""))
+        .stderr(contains("prompt was null and is now \"q: \""));
+    // Changing an input file is noticed too.
+    write_texts(&input.join("shard-9.parquet"), &[Some("new")]);
+    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("the input files changed (4 files before, 5 now)"));
+    embed_cmd(&input, &out, &["--restart"]).assert().success();
+    assert_eq!(read_vectors(&out).len() + read_failures(&out).len(), 31);
+}
+
+#[test]
+fn shards_have_the_documented_schema_and_metadata() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 50);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &["--id-column", "id", "--output-dtype", "f16", "--prompt", "Query: "]).assert().success();
+    let parts = part_files(&out);
+    assert!(!parts.is_empty());
+    for p in &parts {
+        assert!(p.parent().unwrap().ends_with("worker-00000-of-00001"));
+    }
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&parts[0]).unwrap()).unwrap();
+    let schema = reader.schema().clone();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["row", "id", "embedding"]);
+    assert_eq!(schema.field(0).data_type(), &DataType::UInt64);
+    assert_eq!(schema.field(1).data_type(), &DataType::Int64, "id keeps its type");
+    match schema.field(2).data_type() {
+        DataType::FixedSizeList(item, 64) => assert_eq!(item.data_type(), &DataType::Float16),
+        other => panic!("embedding is {other}"),
+    }
+    let meta = schema.metadata();
+    for (k, v) in [
+        ("batch_embed.dim", "64"),
+        ("batch_embed.pooling", "last_token"),
+        ("batch_embed.normalized", "true"),
+        ("batch_embed.attention", "causal"),
+        ("batch_embed.max_tokens", "512"),
+        ("batch_embed.prompt", "Query: "),
+        ("batch_embed.model_type", "qwen2"),
+        ("batch_embed.version", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert_eq!(meta.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(meta["batch_embed.model_hash"].len(), 32);
+    assert!(meta["batch_embed.model"].ends_with("qwen2-gqa"));
+    // f16 vectors are the f32 ones rounded.
+    let f32_out = dir.path().join("f32");
+    embed_cmd(&input, &f32_out, &["--prompt", "Query: "]).assert().success();
+    for ((_, a), (_, b)) in read_vectors(&out).iter().zip(read_vectors(&f32_out)) {
+        assert!(max_abs_diff(a, &b) < 1e-3);
+    }
+    // No temporary files are left.
+    assert!(!std::fs::read_dir(worker0(&out)).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+}
+
+#[test]
+fn every_string_encoding_is_read_and_empty_files_are_fine() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let words = vec![Some("alpha beta"), None, Some("gamma")];
+    write_parquet(&input.join("a.parquet"), vec![("text", Arc::new(StringArray::from(words.clone())) as ArrayRef)]);
+    write_parquet(&input.join("b.parquet"), vec![("text", Arc::new(LargeStringArray::from(words.clone())) as ArrayRef)]);
+    write_parquet(&input.join("c.parquet"), vec![("text", Arc::new(StringViewArray::from(words.clone())) as ArrayRef)]);
+    let dict: DictionaryArray<Int32Type> = words.iter().copied().collect();
+    write_parquet(&input.join("d.parquet"), vec![("text", Arc::new(dict) as ArrayRef)]);
+    write_parquet(&input.join("e.parquet"), vec![("text", Arc::new(StringArray::from(Vec::<Option<&str>>::new())) as ArrayRef)]);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &[]).assert().success();
+    let got = read_vectors(&out);
+    assert_eq!(rows_of(&got), vec![0, 2, 3, 5, 6, 8, 9, 11]);
+    // Same text, same vector, whatever the encoding.
+    assert_same_vectors(&[got[0].clone()].map(|(_, v)| (0, v)), &[got[2].clone()].map(|(_, v)| (0, v)));
+    assert_same_vectors(&[got[0].clone()].map(|(_, v)| (0, v)), &[got[6].clone()].map(|(_, v)| (0, v)));
+    let failed: Vec<u64> = read_failures(&out).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(failed, vec![1, 4, 7, 10]);
+}
+
+#[test]
+fn id_column_problems_fail_before_writing() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    write_parquet(
+        &input.join("a.parquet"),
+        vec![
+            ("text", Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
+            ("id", Arc::new(Int32Array::from(vec![1])) as ArrayRef),
+        ],
+    );
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &["--id-column", "key"])
+        .assert()
+        .failure()
+        .stderr(contains("has no column \"key\" (--id-column); its columns are: text, id"));
+    write_parquet(
+        &input.join("b.parquet"),
+        vec![
+            ("text", Arc::new(StringArray::from(vec!["y"])) as ArrayRef),
+            ("id", Arc::new(StringArray::from(vec!["k"])) as ArrayRef),
+        ],
+    );
+    embed_cmd(&input, &out, &["--id-column", "id"])
+        .assert()
+        .failure()
+        .stderr(contains("column \"id\" has type Int32 in"))
+        .stderr(contains("but Utf8 in"));
+    embed_cmd(&input, &out, &["--id-column", "text"]).assert().failure().stderr(contains("name the same column"));
+    assert!(!out.exists(), "nothing may be written for bad input");
+}
+
+#[test]
+fn a_truncated_parquet_file_is_named() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 40);
+    let f = input.join("shard-1.parquet");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("shard-1.parquet is not a readable Parquet file"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_worker_flags_are_refused() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 10);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &["--num-workers", "3", "--worker-id", "3"])
+        .assert()
+        .failure()
+        .stderr(contains("--worker-id 3 is out of range for --num-workers 3"));
+    embed_cmd(&input, &out, &["--stride-block", "0"]).assert().failure().stderr(contains("--stride-block must be at least 1"));
+}
