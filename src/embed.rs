@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::batch::{pack_by_length, Batch};
-use crate::model::{self, Attention, LoadedModel, ModelConfig, ModelFiles};
+use crate::model::{self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles};
 use crate::pool::l2_normalize;
 use crate::tokenize::TextTokenizer;
 
@@ -17,6 +17,8 @@ pub struct EmbedderOptions {
     pub prompt: Option<String>,
     pub normalize: bool,
     pub batch_tokens: usize,
+    /// How attention is computed (tests pin both ways; users leave it on auto).
+    pub attention_impl: AttentionImpl,
 }
 
 /// Why a row got no vector.
@@ -72,7 +74,7 @@ impl Embedder {
     ) -> Result<Self> {
         let tokenizer =
             TextTokenizer::from_file(&files.tokenizer, options.max_tokens, options.prompt.clone())?;
-        let model = model::load(files, config, options.attention, dtype, device)?;
+        let model = model::load(files, config, options.attention, options.attention_impl, dtype, device)?;
         Ok(Embedder { tokenizer, model, options })
     }
 

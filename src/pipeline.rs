@@ -157,6 +157,7 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         prompt: cfg.prompt.clone(),
         normalize: cfg.normalize,
         batch_tokens: cfg.batch_tokens,
+        attention_impl: Default::default(),
     };
     let load_started = Instant::now();
     let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, &device)?;

@@ -83,16 +83,46 @@ struct Layout {
     to_packed: Option<Tensor>,
     /// Additive mask `[texts, 1, 1, max_len, max_len]`, `None` when nothing needs masking.
     mask: Option<Tensor>,
+    /// Attention runs on the packed tokens (CPU, f32) instead of the padded rectangle.
+    packed: Option<Packed>,
+}
+
+/// What packed attention needs: each text's (start, len).
+struct Packed {
+    spans: Vec<(usize, usize)>,
+    causal: bool,
 }
 
 impl Layout {
-    fn new(batch: &Batch, rotary: &Rotary, causal: bool, dtype: DType, device: &Device) -> Result<Self> {
+    fn new(
+        batch: &Batch,
+        rotary: &Rotary,
+        causal: bool,
+        packed: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let texts = batch.len();
         let tokens = batch.input_ids.len();
         let max_len = batch.max_length as usize;
         let positions = Tensor::new(batch.position_ids.as_slice(), device)?;
         let cos = rotary.cos.index_select(&positions, 0)?;
         let sin = rotary.sin.index_select(&positions, 0)?;
+        if packed {
+            let spans = (0..texts).map(|b| batch.span(b)).collect();
+            let packed = Some(Packed { spans, causal });
+            return Ok(Layout {
+                texts,
+                tokens,
+                max_len,
+                cos,
+                sin,
+                to_padded: None,
+                to_packed: None,
+                mask: None,
+                packed,
+            });
+        }
 
         let padded = tokens != texts * max_len;
         let (to_padded, to_packed) = if padded {
@@ -136,7 +166,7 @@ impl Layout {
         } else {
             None
         };
-        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask })
+        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask, packed: None })
     }
 
     /// `[tokens, width]` packed → `[texts * max_len, width]` padded.
@@ -240,6 +270,17 @@ impl SelfAttention {
         }
         let q = candle_nn::rotary_emb::rope_thd(&q, &layout.cos, &layout.sin)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
+        if let Some(packed) = &layout.packed {
+            let n = layout.tokens;
+            let out = super::varlen_cpu::attention(
+                &q.reshape((n, h, d))?,
+                &k.reshape((n, kv, d))?,
+                &v.reshape((n, kv, d))?,
+                &packed.spans,
+                packed.causal,
+            )?;
+            return linear(&out, &self.o_weight, None);
+        }
 
         let q = self.to_rect(&q, layout, h)?;
         let k = self.to_rect(&k, layout, kv)?;
@@ -308,6 +349,8 @@ pub struct DecoderOptions {
     pub qk_norm: bool,
     /// Causal (`true`) or bidirectional attention.
     pub causal: bool,
+    /// Per-text attention on packed tokens (CPU f32) instead of the padded rectangle.
+    pub packed: bool,
 }
 
 /// A Qwen-family decoder turned embedder.
@@ -317,6 +360,7 @@ pub struct Decoder {
     norm: RmsNorm,
     rotary: Rotary,
     causal: bool,
+    packed: bool,
     hidden_size: usize,
     dtype: DType,
     device: Device,
@@ -349,6 +393,7 @@ impl Decoder {
             norm,
             rotary,
             causal: opts.causal,
+            packed: opts.packed,
             hidden_size: cfg.hidden_size,
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -361,7 +406,7 @@ impl super::EmbeddingModel for Decoder {
         if batch.is_empty() {
             return Tensor::zeros((0, self.hidden_size), DType::F32, &self.device);
         }
-        let layout = Layout::new(batch, &self.rotary, self.causal, self.dtype, &self.device)?;
+        let layout = Layout::new(batch, &self.rotary, self.causal, self.packed, self.dtype, &self.device)?;
         let ids = Tensor::new(batch.input_ids.as_slice(), &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
         for layer in &self.layers {

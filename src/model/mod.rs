@@ -9,6 +9,7 @@ mod config;
 mod layers;
 mod qwen2;
 mod qwen3;
+mod varlen_cpu;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,18 @@ impl Attention {
             Attention::Bidirectional => "bidirectional",
         }
     }
+}
+
+/// How attention is computed; both give the same vectors (within float rounding).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// Packed on the CPU in f32, padded elsewhere.
+    #[default]
+    Auto,
+    /// Gather q/k/v into a right-padded rectangle and mask (what runs on CUDA).
+    Padded,
+    /// Per-text attention over the packed tokens (CPU, f32 only).
+    Packed,
 }
 
 /// What every architecture offers to the pipeline.
@@ -88,15 +101,23 @@ pub fn load(
     files: &ModelFiles,
     config: &ModelConfig,
     attention: Attention,
+    kernel: AttentionImpl,
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedModel> {
+    let cpu_f32 = device.is_cpu() && dtype == DType::F32;
+    let packed = match kernel {
+        AttentionImpl::Auto => cpu_f32,
+        AttentionImpl::Padded => false,
+        AttentionImpl::Packed if cpu_f32 => true,
+        AttentionImpl::Packed => anyhow::bail!("packed attention runs only on the CPU in f32"),
+    };
     let vb = weights::var_builder(files, dtype, device)?;
-    let causal = attention == Attention::Causal;
+    let opts = layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
     let context = || format!("loading the weights of {}", files.dir.display());
     let model: Box<dyn EmbeddingModel> = match config.architecture {
-        Architecture::Qwen2 => Box::new(qwen2::load(config, vb, causal).with_context(context)?),
-        Architecture::Qwen3 => Box::new(qwen3::load(config, vb, causal).with_context(context)?),
+        Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
+        Architecture::Qwen3 => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
     };
     Ok(LoadedModel { model, config: config.clone(), attention, dtype })
 }

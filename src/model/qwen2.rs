@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use super::layers::{Decoder, DecoderOptions};
 use super::ModelConfig;
 
-pub fn load(cfg: &ModelConfig, vb: VarBuilder, causal: bool) -> Result<Decoder> {
-    Decoder::load(vb, cfg, DecoderOptions { qk_norm: false, causal })
+/// `opts` carries the run's attention choices; the architecture sets `qk_norm`.
+pub fn load(cfg: &ModelConfig, vb: VarBuilder, opts: DecoderOptions) -> Result<Decoder> {
+    Decoder::load(vb, cfg, DecoderOptions { qk_norm: false, ..opts })
 }

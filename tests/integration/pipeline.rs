@@ -23,7 +23,9 @@ fn corpus(dir: &Path, n: usize) -> PathBuf {
         .map(|i| match i % 97 {
             13 => None,
             41 => Some(String::new()),
-            _ => Some((0..(3 + i % 23)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ")),
+            _ => Some(
+                (0..(3 + i % 23)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "),
+            ),
         })
         .collect();
     let ids: Vec<i64> = (0..n as i64).map(|i| 1000 + i).collect();
@@ -44,7 +46,12 @@ fn corpus(dir: &Path, n: usize) -> PathBuf {
 
 fn embed_cmd(input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = batch_embed();
-    cmd.args(["embed", "--quiet", "--model"]).arg(fixture("qwen2-gqa")).arg("--output").arg(out).args(extra).arg(input);
+    cmd.args(["embed", "--quiet", "--model"])
+        .arg(fixture("qwen2-gqa"))
+        .arg("--output")
+        .arg(out)
+        .args(extra)
+        .arg(input);
     cmd
 }
 
@@ -69,9 +76,13 @@ fn three_workers_give_the_rows_and_vectors_of_one() {
     embed_cmd(&input, &one, &[]).assert().success();
     let three = dir.path().join("three");
     for w in 0..3 {
-        embed_cmd(&input, &three, &["--num-workers", "3", "--worker-id", &w.to_string(), "--stride-block", "7"])
-            .assert()
-            .success();
+        embed_cmd(
+            &input,
+            &three,
+            &["--num-workers", "3", "--worker-id", &w.to_string(), "--stride-block", "7"],
+        )
+        .assert()
+        .success();
     }
     let a = read_vectors(&one);
     let b = read_vectors(&three);
@@ -114,7 +125,16 @@ fn a_killed_run_resumes_to_the_uninterrupted_output() {
     embed_cmd(&input, &clean, &["--id-column", "id"]).assert().success();
 
     let out = dir.path().join("out");
-    let args = ["--id-column", "id", "--rows-per-part", "16", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "40"];
+    let args = [
+        "--id-column",
+        "id",
+        "--rows-per-part",
+        "16",
+        "--checkpoint-every",
+        "0",
+        "--debug-chunk-delay-ms",
+        "40",
+    ];
     let checkpoint = worker0(&out).join("checkpoint.json");
     for round in 0..3 {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
@@ -138,7 +158,8 @@ fn a_killed_run_resumes_to_the_uninterrupted_output() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+        let ck: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
         assert_eq!(ck["complete"], false, "killed mid-run");
     }
     embed_cmd(&input, &out, &args).assert().success();
@@ -189,7 +210,10 @@ fn a_different_run_in_the_same_folder_is_refused() {
         .stderr(contains("prompt was null and is now \"q: \""));
     // Changing an input file is noticed too.
     write_texts(&input.join("shard-9.parquet"), &[Some("new")]);
-    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("the input files changed (4 files before, 5 now)"));
+    embed_cmd(&input, &out, &[])
+        .assert()
+        .failure()
+        .stderr(contains("the input files changed (4 files before, 5 now)"));
     embed_cmd(&input, &out, &["--restart"]).assert().success();
     assert_eq!(read_vectors(&out).len() + read_failures(&out).len(), 31);
 }
@@ -199,7 +223,9 @@ fn shards_have_the_documented_schema_and_metadata() {
     let dir = tempdir();
     let input = corpus(dir.path(), 50);
     let out = dir.path().join("out");
-    embed_cmd(&input, &out, &["--id-column", "id", "--output-dtype", "f16", "--prompt", "Query: "]).assert().success();
+    embed_cmd(&input, &out, &["--id-column", "id", "--output-dtype", "f16", "--prompt", "Query: "])
+        .assert()
+        .success();
     let parts = part_files(&out);
     assert!(!parts.is_empty());
     for p in &parts {
@@ -237,7 +263,11 @@ fn shards_have_the_documented_schema_and_metadata() {
         assert!(max_abs_diff(a, &b) < 1e-3);
     }
     // No temporary files are left.
-    assert!(!std::fs::read_dir(worker0(&out)).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(!std::fs::read_dir(worker0(&out)).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
 }
 
 #[test]
@@ -246,12 +276,24 @@ fn every_string_encoding_is_read_and_empty_files_are_fine() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     let words = vec![Some("alpha beta"), None, Some("gamma")];
-    write_parquet(&input.join("a.parquet"), vec![("text", Arc::new(StringArray::from(words.clone())) as ArrayRef)]);
-    write_parquet(&input.join("b.parquet"), vec![("text", Arc::new(LargeStringArray::from(words.clone())) as ArrayRef)]);
-    write_parquet(&input.join("c.parquet"), vec![("text", Arc::new(StringViewArray::from(words.clone())) as ArrayRef)]);
+    write_parquet(
+        &input.join("a.parquet"),
+        vec![("text", Arc::new(StringArray::from(words.clone())) as ArrayRef)],
+    );
+    write_parquet(
+        &input.join("b.parquet"),
+        vec![("text", Arc::new(LargeStringArray::from(words.clone())) as ArrayRef)],
+    );
+    write_parquet(
+        &input.join("c.parquet"),
+        vec![("text", Arc::new(StringViewArray::from(words.clone())) as ArrayRef)],
+    );
     let dict: DictionaryArray<Int32Type> = words.iter().copied().collect();
     write_parquet(&input.join("d.parquet"), vec![("text", Arc::new(dict) as ArrayRef)]);
-    write_parquet(&input.join("e.parquet"), vec![("text", Arc::new(StringArray::from(Vec::<Option<&str>>::new())) as ArrayRef)]);
+    write_parquet(
+        &input.join("e.parquet"),
+        vec![("text", Arc::new(StringArray::from(Vec::<Option<&str>>::new())) as ArrayRef)],
+    );
     let out = dir.path().join("out");
     embed_cmd(&input, &out, &[]).assert().success();
     let got = read_vectors(&out);
@@ -292,7 +334,10 @@ fn id_column_problems_fail_before_writing() {
         .failure()
         .stderr(contains("column \"id\" has type Int32 in"))
         .stderr(contains("but Utf8 in"));
-    embed_cmd(&input, &out, &["--id-column", "text"]).assert().failure().stderr(contains("name the same column"));
+    embed_cmd(&input, &out, &["--id-column", "text"])
+        .assert()
+        .failure()
+        .stderr(contains("name the same column"));
     assert!(!out.exists(), "nothing may be written for bad input");
 }
 
@@ -304,7 +349,10 @@ fn a_truncated_parquet_file_is_named() {
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
     let out = dir.path().join("out");
-    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("shard-1.parquet is not a readable Parquet file"));
+    embed_cmd(&input, &out, &[])
+        .assert()
+        .failure()
+        .stderr(contains("shard-1.parquet is not a readable Parquet file"));
     assert!(!out.exists());
 }
 
@@ -317,5 +365,8 @@ fn bad_worker_flags_are_refused() {
         .assert()
         .failure()
         .stderr(contains("--worker-id 3 is out of range for --num-workers 3"));
-    embed_cmd(&input, &out, &["--stride-block", "0"]).assert().failure().stderr(contains("--stride-block must be at least 1"));
+    embed_cmd(&input, &out, &["--stride-block", "0"])
+        .assert()
+        .failure()
+        .stderr(contains("--stride-block must be at least 1"));
 }

@@ -2,7 +2,7 @@
 //! scripts/make_fixtures.py), batched against alone, and the attention mode from config or flag.
 
 use batch_embed::embed::{Embedder, EmbedderOptions, Failure};
-use batch_embed::model::{Attention, ModelConfig, ModelFiles};
+use batch_embed::model::{Attention, AttentionImpl, ModelConfig, ModelFiles};
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
@@ -38,6 +38,17 @@ fn embedder(
     prompt: Option<String>,
     batch_tokens: usize,
 ) -> Embedder {
+    embedder_with(name, attention, max_tokens, prompt, batch_tokens, AttentionImpl::Auto)
+}
+
+fn embedder_with(
+    name: &str,
+    attention: Attention,
+    max_tokens: Option<usize>,
+    prompt: Option<String>,
+    batch_tokens: usize,
+    attention_impl: AttentionImpl,
+) -> Embedder {
     let files = ModelFiles::locate(&fixture(name)).unwrap();
     let config = ModelConfig::from_file(&files.config).unwrap();
     let options = EmbedderOptions {
@@ -46,24 +57,32 @@ fn embedder(
         prompt,
         normalize: false,
         batch_tokens,
+        attention_impl,
     };
     Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap()
 }
 
 /// Every case of a fixture: same token ids as transformers' tokenizer, vectors within TOLERANCE,
-/// and the same vectors whether texts run all in one padded batch or each alone.
+/// and the same vectors whether texts run all in one padded batch or each alone — for both
+/// attention implementations (packed is the CPU default; padded is what CUDA runs).
 fn check_fixture(name: &str) {
+    check_fixture_with(name, AttentionImpl::Packed);
+    check_fixture_with(name, AttentionImpl::Padded);
+}
+
+fn check_fixture_with(name: &str, attention_impl: AttentionImpl) {
     let reference = reference(name);
     let texts: Vec<Option<&str>> = reference.texts.iter().map(|t| Some(t.as_str())).collect();
     for case in &reference.cases {
         let label = format!(
-            "{name} {:?} max_tokens={:?} prompt={}",
+            "{name} {attention_impl:?} {:?} max_tokens={:?} prompt={}",
             case.attention,
             case.max_tokens,
             case.prompt.is_some()
         );
-        let batched = embedder(name, case.attention, case.max_tokens, case.prompt.clone(), 1 << 20);
-        let alone = embedder(name, case.attention, case.max_tokens, case.prompt.clone(), 1);
+        let (p, m) = (case.prompt.clone(), case.max_tokens);
+        let batched = embedder_with(name, case.attention, m, p.clone(), 1 << 20, attention_impl);
+        let alone = embedder_with(name, case.attention, m, p, 1, attention_impl);
 
         let strs: Vec<&str> = reference.texts.iter().map(String::as_str).collect();
         let ids: Vec<Vec<u32>> = batched.tokenize(&strs).unwrap().into_iter().map(|t| t.ids).collect();
@@ -146,6 +165,7 @@ fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
         prompt: None,
         normalize: true,
         batch_tokens: 4096,
+        attention_impl: AttentionImpl::Auto,
     };
     let e = Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap();
     let got = e.embed(&[Some(reference.texts[0].as_str())]).unwrap();
