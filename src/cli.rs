@@ -110,6 +110,10 @@ pub struct EmbedArgs {
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_chunk_delay_ms: u64,
 
+    /// Bench hook: skip the model (zero vectors) to measure the pipeline alone.
+    #[arg(long, hide = true)]
+    pub debug_noop_model: bool,
+
     /// No progress bar or progress lines; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,

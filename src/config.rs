@@ -39,6 +39,8 @@ pub struct EmbedConfig {
     pub quiet: bool,
     /// Test hook (hidden flag): a pause before each chunk reaches the model.
     pub debug_chunk_delay: std::time::Duration,
+    /// Bench hook (hidden flag): no model, zero vectors.
+    pub debug_noop_model: bool,
 }
 
 impl EmbedConfig {
@@ -101,6 +103,7 @@ impl EmbedConfig {
             rows_per_part: args.rows_per_part,
             quiet: args.quiet,
             debug_chunk_delay: std::time::Duration::from_millis(args.debug_chunk_delay_ms),
+            debug_noop_model: args.debug_noop_model,
         })
     }
 

@@ -134,7 +134,8 @@ impl Embedder {
         };
         for (batch, slots) in &prepared.batches {
             out.tokens += batch.input_ids.len() as u64;
-            out.padded_tokens += batch.padded_tokens() as u64;
+            out.padded_tokens +=
+                if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
             let vectors = self.embed_batch(batch)?;
             for (&slot, mut v) in slots.iter().zip(vectors) {
                 if self.options.normalize {

@@ -24,6 +24,7 @@ use crate::checkpoint::{self, Checkpoint, Fingerprint, InputFingerprint};
 use crate::config::EmbedConfig;
 use crate::embed::{Embedded, Embedder, EmbedderOptions, Prepared};
 use crate::input::{self, Chunk};
+use crate::model::AttentionImpl;
 use crate::output::{part_seq, ShardWriter};
 use crate::pool::Pooling;
 use crate::progress::Progress;
@@ -52,6 +53,8 @@ pub struct Summary {
     pub padded_tokens: u64,
     pub parts: usize,
     pub elapsed: Duration,
+    /// Part of `elapsed` spent loading the model.
+    pub load: Duration,
     pub device: String,
     pub already_complete: bool,
 }
@@ -76,13 +79,15 @@ impl std::fmt::Display for Summary {
         writeln!(f, "truncated:  {} texts", self.truncated)?;
         writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
+        let work = (secs - self.load.as_secs_f64()).max(1e-9);
         write!(
             f,
-            "time:       {:.2}s on {} ({:.1} rows/s, {:.0} tokens/s)",
+            "time:       {:.2}s on {} (model load {:.2}s); after load {:.1} rows/s, {:.0} tokens/s",
             secs,
             self.device,
-            self.rows_this_run as f64 / secs,
-            self.tokens as f64 / secs
+            self.load.as_secs_f64(),
+            self.rows_this_run as f64 / work,
+            self.tokens as f64 / work
         )
     }
 }
@@ -157,10 +162,11 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         prompt: cfg.prompt.clone(),
         normalize: cfg.normalize,
         batch_tokens: cfg.batch_tokens,
-        attention_impl: Default::default(),
+        attention_impl: if cfg.debug_noop_model { AttentionImpl::Noop } else { AttentionImpl::Auto },
     };
     let load_started = Instant::now();
     let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, &device)?;
+    let load = load_started.elapsed();
     let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet);
     progress.note(&format!(
         "batch-embed: {worker}: {rows_owned} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s",
@@ -267,6 +273,7 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         padded_tokens: stats.padded_tokens,
         parts: ckpt.parts.len(),
         elapsed: started.elapsed(),
+        load,
         device: device_name,
         already_complete: false,
     })

@@ -47,6 +47,24 @@ pub enum AttentionImpl {
     Padded,
     /// Per-text attention over the packed tokens (CPU, f32 only).
     Packed,
+    /// No model at all: zero vectors, to measure the pipeline alone (hidden bench flag).
+    Noop,
+}
+
+/// The stand-in for `AttentionImpl::Noop`.
+struct Noop {
+    hidden: usize,
+    device: Device,
+}
+
+impl EmbeddingModel for Noop {
+    fn embed(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        Tensor::zeros((batch.len(), self.hidden), DType::F32, &self.device)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
 }
 
 /// What every architecture offers to the pipeline.
@@ -89,6 +107,8 @@ impl ModelFiles {
 /// A loaded model with what the pipeline needs to know about it.
 pub struct LoadedModel {
     pub model: Box<dyn EmbeddingModel>,
+    /// Attention runs on packed tokens: padding costs nothing.
+    pub packed: bool,
     pub config: ModelConfig,
     pub attention: Attention,
     pub dtype: DType,
@@ -106,11 +126,16 @@ pub fn load(
     device: &Device,
 ) -> Result<LoadedModel> {
     let cpu_f32 = device.is_cpu() && dtype == DType::F32;
+    if kernel == AttentionImpl::Noop {
+        let model = Box::new(Noop { hidden: config.hidden_size, device: device.clone() });
+        return Ok(LoadedModel { model, packed: true, config: config.clone(), attention, dtype });
+    }
     let packed = match kernel {
         AttentionImpl::Auto => cpu_f32,
         AttentionImpl::Padded => false,
         AttentionImpl::Packed if cpu_f32 => true,
         AttentionImpl::Packed => anyhow::bail!("packed attention runs only on the CPU in f32"),
+        AttentionImpl::Noop => unreachable!("handled above"),
     };
     let vb = weights::var_builder(files, dtype, device)?;
     let opts = layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
@@ -119,5 +144,5 @@ pub fn load(
         Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
         Architecture::Qwen3 => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
     };
-    Ok(LoadedModel { model, config: config.clone(), attention, dtype })
+    Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype })
 }
