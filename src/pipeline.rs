@@ -506,6 +506,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn skips_the_first_done_rows_across_files() {
         let plan = vec![(0, vec![0..4, 8..12]), (1, vec![16..20])];
         assert_eq!(skip_owned(plan.clone(), 0), plan);

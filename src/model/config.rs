@@ -121,7 +121,7 @@ impl ModelConfig {
             raw.rope_parameters.as_ref().and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             bail!(
                 "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
             );
@@ -131,7 +131,7 @@ impl ModelConfig {
             // NOTE: transformers' Qwen3Config defaults head_dim to 128, not hidden/heads.
             (None, Architecture::Qwen3) => 128,
             (None, Architecture::Qwen2) => {
-                if raw.hidden_size % heads != 0 {
+                if !raw.hidden_size.is_multiple_of(heads) {
                     bail!(
                         "hidden_size ({}) is not divisible by num_attention_heads ({heads}) and no head_dim is given",
                         raw.hidden_size
@@ -140,7 +140,7 @@ impl ModelConfig {
                 raw.hidden_size / heads
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             bail!("head_dim ({head_dim}) must be even for rotary embeddings");
         }
         let sliding_window = sliding_limit(&raw);
