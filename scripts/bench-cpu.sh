@@ -19,8 +19,11 @@ for need in "$MODEL/model.safetensors" "$ASSETS/imdb-sentences/sentences-00000.p
   [[ -e $need ]] || { echo "missing $need: run ../shared/tools/fetch-assets.sh --qwen05b --reference" >&2; exit 1; }
 done
 
-cargo build --release --quiet
-BIN=target/release/batch-embed
+# BIN=path/to/batch-embed uses an existing binary instead of building the release one.
+if [[ -z ${BIN:-} ]]; then
+  cargo build --release --quiet
+  BIN=target/release/batch-embed
+fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(git rev-parse --short HEAD), $(date -u +%F)"
 
 # The first N review sentences, as one Parquet file.
@@ -36,5 +39,8 @@ RAYON_NUM_THREADS=$THREADS "$BIN" embed --model "$MODEL" --output "$WORK/ours" "
 echo "== transformers, same texts and model, f32, $THREADS threads, length-sorted"
 "$PY" scripts/bench_transformers.py "$MODEL" "$WORK/texts.parquet" --threads "$THREADS" --batch-sizes 16,32,64 2>&1 | grep -E "^transformers"
 
-echo "== pipeline alone (no model), all IMDB sentences, tiny model's tokenizer"
-/usr/bin/time -f "peak RSS %M KB" "$BIN" embed --debug-noop-model --model models/tiny-qwen2 --output "$WORK/noop" "$ASSETS/imdb-sentences" 2>&1 | grep -E "rows:|time:|peak RSS"
+echo "== pipeline alone (no model: zero vectors), Qwen tokenizer, one shard (100k rows) then all six (579k)"
+for input in "$ASSETS/imdb-sentences/sentences-00000.parquet" "$ASSETS/imdb-sentences"; do
+  rm -rf "$WORK/noop"
+  /usr/bin/time -f "peak RSS %M KB" "$BIN" embed --debug-noop-model --model "$MODEL" --output "$WORK/noop" "$input" 2>&1 | grep -E "rows:|time:|peak RSS"
+done

@@ -13,9 +13,10 @@ use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{
-    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::PageIndexPolicy;
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
@@ -182,7 +183,11 @@ pub struct Chunk {
 /// others, unowned rows are skipped by a row selection (pages are skipped where the file has a
 /// page index).
 pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> Result<Chunks> {
-    let builder = builder(&file.path)?;
+    let handle = File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?;
+    // The page index (when the file has one) lets the row selection skip whole pages.
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options)
+        .with_context(|| format!("{} is not a readable Parquet file", file.path.display()))?;
     let mut roots = vec![file.text_index];
     roots.extend(file.id_index);
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);

@@ -348,7 +348,7 @@ fn write_stage(
             Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
             None => None,
         };
-        writer.push(&rows, &vectors, ids);
+        writer.push(&rows, &vectors, ids)?;
         pending.embedded += rows.len() as u64;
         pending.rows += chunk.rows.len() as u64;
         pending.truncated += embedded.truncated;

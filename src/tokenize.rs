@@ -44,9 +44,9 @@ impl TextTokenizer {
         let encodings = match &self.prompt {
             Some(p) => {
                 let full: Vec<String> = texts.iter().map(|t| format!("{p}{t}")).collect();
-                self.inner.encode_batch(full, true)
+                self.inner.encode_batch_fast(full, true)
             }
-            None => self.inner.encode_batch(texts.to_vec(), true),
+            None => self.inner.encode_batch_fast(texts.to_vec(), true),
         }
         .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(encodings

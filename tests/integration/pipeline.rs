@@ -103,6 +103,50 @@ fn three_workers_give_the_rows_and_vectors_of_one() {
 }
 
 #[test]
+fn workers_skip_row_groups_and_pages_they_do_not_own() {
+    // Row groups of 16 rows and pages of 4: with K = 5 and 3 workers, some groups hold no row of
+    // a worker and most pages are skipped; the rows must still come out right, each once.
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for f in 0..2 {
+        let texts: Vec<String> = (0..70).map(|i| format!("file {f} row {i} says hello")).collect();
+        let ids: Vec<i64> = (0..70).map(|i| f * 1000 + i).collect();
+        write_parquet_groups(
+            &input.join(format!("g{f}.parquet")),
+            vec![
+                ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+                ("text", Arc::new(StringArray::from(texts)) as ArrayRef),
+            ],
+            16,
+        );
+    }
+    let one = dir.path().join("one");
+    embed_cmd(&input, &one, &["--id-column", "id"]).assert().success();
+    let three = dir.path().join("three");
+    for w in 0..3 {
+        embed_cmd(
+            &input,
+            &three,
+            &[
+                "--num-workers",
+                "3",
+                "--worker-id",
+                &w.to_string(),
+                "--stride-block",
+                "5",
+                "--id-column",
+                "id",
+            ],
+        )
+        .assert()
+        .success();
+    }
+    assert_same_vectors(&read_vectors(&one), &read_vectors(&three));
+    assert_eq!(read_vectors(&three).len(), 140);
+}
+
+#[test]
 fn worker_identity_comes_from_the_environment() {
     let dir = tempdir();
     let input = corpus(dir.path(), 60);

@@ -31,9 +31,19 @@ pub fn batch_embed() -> assert_cmd::Command {
 
 /// Writes a Parquet file with the given columns.
 pub fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    write_parquet_groups(path, columns, 1 << 20);
+}
+
+/// Writes a Parquet file with row groups of at most `group_rows` rows.
+pub fn write_parquet_groups(path: &Path, columns: Vec<(&str, ArrayRef)>, group_rows: usize) {
     let batch = RecordBatch::try_from_iter(columns).unwrap();
     let file = std::fs::File::create(path).unwrap();
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows))
+        .set_data_page_row_count_limit(4)
+        .set_write_batch_size(4)
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
