@@ -127,6 +127,11 @@ impl Embedder {
 
     /// The device half: run the prepared batches through the model, pool and normalise.
     pub fn run(&self, prepared: Prepared) -> Result<Embedded> {
+        self.run_with(prepared, |_, _| {})
+    }
+
+    /// [`Embedder::run`], calling `after_batch(texts, tokens)` after each model batch.
+    pub fn run_with(&self, prepared: Prepared, mut after_batch: impl FnMut(u64, u64)) -> Result<Embedded> {
         let mut out = Embedded {
             vectors: prepared.failures.into_iter().map(|f| f.map_or(Ok(Vec::new()), Err)).collect(),
             truncated: prepared.truncated,
@@ -143,6 +148,7 @@ impl Embedder {
                 }
                 out.vectors[slot] = Ok(v);
             }
+            after_batch(batch.len() as u64, batch.input_ids.len() as u64);
         }
         Ok(out)
     }

@@ -29,8 +29,12 @@ use crate::output::{part_seq, ShardWriter};
 use crate::pool::Pooling;
 use crate::progress::Progress;
 
-/// Rows read and tokenized together: the window sorted by length before packing.
+/// Rows read and tokenized together: the window sorted by length before packing, and the
+/// granularity of checkpoints.
 const CHUNK_ROWS: usize = 4096;
+/// On the CPU attention is packed (padding costs nothing) and a row takes far longer, so a
+/// smaller window keeps checkpoints frequent.
+const CPU_CHUNK_ROWS: usize = 1024;
 /// Chunks waiting between two stages.
 const QUEUE: usize = 2;
 pub const FAILURES_FILE: &str = "failures.jsonl";
@@ -190,7 +194,7 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         ckpt.next_part(),
         metadata(cfg, embedder.dim(), &model_hash),
     );
-    let chunk_rows = CHUNK_ROWS.min(cfg.rows_per_part);
+    let chunk_rows = if device.is_cpu() { CPU_CHUNK_ROWS } else { CHUNK_ROWS }.min(cfg.rows_per_part);
     let mut stats = RunStats::default();
 
     let outcome: Result<()> = std::thread::scope(|s| {
@@ -229,11 +233,13 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         let model = || -> Result<()> {
             for (chunk, prepared) in prep_rx {
                 std::thread::sleep(cfg.debug_chunk_delay);
-                let embedded = embedder.run(prepared)?;
+                let embedded = embedder.run_with(prepared, |texts, tokens| progress.advance(texts, tokens))?;
                 stats.tokens += embedded.tokens;
                 stats.padded_tokens += embedded.padded_tokens;
                 stats.rows += chunk.rows.len() as u64;
-                progress.advance(chunk.rows.len() as u64, embedded.tokens);
+                // Rows without a vector (failures) count as done too.
+                let failed = embedded.vectors.iter().filter(|v| v.is_err()).count() as u64;
+                progress.advance(failed, 0);
                 if done_tx.send((chunk, embedded)).is_err() {
                     break;
                 }
