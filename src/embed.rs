@@ -40,13 +40,40 @@ impl Failure {
 /// The result for a list of texts, in the order given.
 #[derive(Debug, Default)]
 pub struct Embedded {
-    pub vectors: Vec<Result<Vec<f32>, Failure>>,
+    /// Row-major `[texts, dim]`, one allocation per chunk; rows that failed hold zeros.
+    pub values: Vec<f32>,
+    pub dim: usize,
+    /// Per text: why it has no vector, or `None`.
+    pub failures: Vec<Option<Failure>>,
     /// Real tokens run through the model.
     pub tokens: u64,
     /// Tokens of the padded attention rectangles (≥ `tokens`).
     pub padded_tokens: u64,
     /// Texts cut to `max_tokens`.
     pub truncated: u64,
+}
+
+impl Embedded {
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.failures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Text `i`'s vector, or why it has none.
+    pub fn vector(&self, i: usize) -> Result<&[f32], Failure> {
+        match self.failures[i] {
+            Some(f) => Err(f),
+            None => Ok(&self.values[i * self.dim..(i + 1) * self.dim]),
+        }
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failures.iter().filter(|f| f.is_some()).count()
+    }
 }
 
 /// Texts tokenized and packed, ready for the model.
@@ -132,8 +159,11 @@ impl Embedder {
 
     /// [`Embedder::run`], calling `after_batch(texts, tokens)` after each model batch.
     pub fn run_with(&self, prepared: Prepared, mut after_batch: impl FnMut(u64, u64)) -> Result<Embedded> {
+        let dim = self.dim();
         let mut out = Embedded {
-            vectors: prepared.failures.into_iter().map(|f| f.map_or(Ok(Vec::new()), Err)).collect(),
+            values: vec![0.0; prepared.failures.len() * dim],
+            dim,
+            failures: prepared.failures,
             truncated: prepared.truncated,
             ..Embedded::default()
         };
@@ -142,21 +172,22 @@ impl Embedder {
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
             let vectors = self.embed_batch(batch)?;
-            for (&slot, mut v) in slots.iter().zip(vectors) {
+            for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
+                let dest = &mut out.values[slot * dim..(slot + 1) * dim];
+                dest.copy_from_slice(v);
                 if self.options.normalize {
-                    l2_normalize(&mut v);
+                    l2_normalize(dest);
                 }
-                out.vectors[slot] = Ok(v);
             }
             after_batch(batch.len() as u64, batch.input_ids.len() as u64);
         }
         Ok(out)
     }
 
-    /// Runs one batch through the model: one f32 vector per text, not normalised.
-    pub fn embed_batch(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+    /// Runs one batch through the model: row-major `[texts, dim]` f32, not normalised.
+    pub fn embed_batch(&self, batch: &Batch) -> Result<Vec<f32>> {
         let tensor = self.model.model.embed(batch).context("model forward pass failed")?;
-        Ok(tensor.to_vec2::<f32>()?)
+        Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Tokenizes texts as the model sees them (prompt, special tokens, truncation).

@@ -97,17 +97,12 @@ impl ShardWriter {
         }
     }
 
-    /// Appends one vector per row to the open part; `ids` (if the run has an id column) holds
-    /// one value per row.
-    pub fn push(&mut self, rows: &[u64], vectors: &[&[f32]], ids: Option<ArrayRef>) -> Result<()> {
-        debug_assert_eq!(rows.len(), vectors.len());
+    /// Appends one vector per row to the open part: `values` is row-major `[rows, dim]` (taken
+    /// over without a copy for f32); `ids` (if the run has an id column) holds one value per row.
+    pub fn push(&mut self, rows: &[u64], values: Vec<f32>, ids: Option<ArrayRef>) -> Result<()> {
+        debug_assert_eq!(rows.len() * self.dim, values.len());
         if rows.is_empty() {
             return Ok(());
-        }
-        let mut values = Vec::with_capacity(vectors.len() * self.dim);
-        for v in vectors {
-            debug_assert_eq!(v.len(), self.dim);
-            values.extend_from_slice(v);
         }
         let values: ArrayRef = match self.dtype {
             OutputDtype::F32 => Arc::new(Float32Array::from(values)),

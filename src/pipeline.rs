@@ -233,12 +233,13 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         let model = || -> Result<()> {
             for (chunk, prepared) in prep_rx {
                 std::thread::sleep(cfg.debug_chunk_delay);
-                let embedded = embedder.run_with(prepared, |texts, tokens| progress.advance(texts, tokens))?;
+                let embedded =
+                    embedder.run_with(prepared, |texts, tokens| progress.advance(texts, tokens))?;
                 stats.tokens += embedded.tokens;
                 stats.padded_tokens += embedded.padded_tokens;
                 stats.rows += chunk.rows.len() as u64;
                 // Rows without a vector (failures) count as done too.
-                let failed = embedded.vectors.iter().filter(|v| v.is_err()).count() as u64;
+                let failed = embedded.failed() as u64;
                 progress.advance(failed, 0);
                 if done_tx.send((chunk, embedded)).is_err() {
                     break;
@@ -332,31 +333,38 @@ fn write_stage(
         Ok(())
     };
     for (chunk, embedded) in done {
-        let mut keep: Vec<u32> = Vec::with_capacity(chunk.rows.len());
-        let mut vectors: Vec<&[f32]> = Vec::with_capacity(chunk.rows.len());
-        let mut rows: Vec<u64> = Vec::with_capacity(chunk.rows.len());
-        for (i, result) in embedded.vectors.iter().enumerate() {
-            match result {
-                Ok(v) => {
-                    keep.push(i as u32);
-                    vectors.push(v);
-                    rows.push(chunk.rows[i]);
-                }
-                Err(f) => {
-                    let line = serde_json::json!({"row": chunk.rows[i], "reason": f.reason()});
-                    writeln!(pending.failure_lines, "{line}")?;
-                    pending.failed += 1;
+        let Chunk { rows: chunk_rows, ids: chunk_ids, .. } = chunk;
+        let total = chunk_rows.len() as u64;
+        let failed = embedded.failed();
+        let (rows, values, ids) = if failed == 0 {
+            // The common case: every row has a vector; hand the chunk's buffers over as they are.
+            (chunk_rows, embedded.values, chunk_ids)
+        } else {
+            let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
+            let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
+            for (i, failure) in embedded.failures.iter().enumerate() {
+                match failure {
+                    None => {
+                        keep.push(i as u32);
+                        values.extend_from_slice(&embedded.values[i * embedded.dim..(i + 1) * embedded.dim]);
+                    }
+                    Some(f) => {
+                        let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
+                        writeln!(pending.failure_lines, "{line}")?;
+                        pending.failed += 1;
+                    }
                 }
             }
-        }
-        let ids = match &chunk.ids {
-            Some(ids) if keep.len() == ids.len() => Some(ids.clone()),
-            Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
-            None => None,
+            let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
+            let ids = match &chunk_ids {
+                Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
+                None => None,
+            };
+            (rows, values, ids)
         };
-        writer.push(&rows, &vectors, ids)?;
+        writer.push(&rows, values, ids)?;
         pending.embedded += rows.len() as u64;
-        pending.rows += chunk.rows.len() as u64;
+        pending.rows += total;
         pending.truncated += embedded.truncated;
         pending.tokens += embedded.tokens;
         if writer.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {

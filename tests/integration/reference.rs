@@ -94,16 +94,15 @@ fn check_fixture_with(name: &str, attention_impl: AttentionImpl) {
         for (i, want) in case.embeddings.iter().enumerate() {
             match want {
                 Some(want) => {
-                    let v =
-                        got.vectors[i].as_ref().unwrap_or_else(|e| panic!("{label}: text {i} failed: {e:?}"));
+                    let v = got.vector(i).unwrap_or_else(|e| panic!("{label}: text {i} failed: {e:?}"));
                     let d = max_abs_diff(v, want);
                     worst = worst.max(d);
                     assert!(d < TOLERANCE, "{label}: text {i} differs from transformers by {d}");
-                    let a = got_alone.vectors[i].as_ref().unwrap();
+                    let a = got_alone.vector(i).unwrap();
                     let d = max_abs_diff(v, a);
                     assert!(d < 1e-5, "{label}: text {i} batched differs from alone by {d}");
                 }
-                None => assert_eq!(got.vectors[i], Err(Failure::NoTokens), "{label}: text {i}"),
+                None => assert_eq!(got.vector(i).err(), Some(Failure::NoTokens), "{label}: text {i}"),
             }
         }
         // Truncation is counted: texts whose full tokenization is longer than the limit.
@@ -169,7 +168,7 @@ fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
     };
     let e = Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap();
     let got = e.embed(&[Some(reference.texts[0].as_str())]).unwrap();
-    let v = got.vectors[0].as_ref().unwrap();
+    let v = got.vector(0).unwrap();
     let want = reference.cases[0].embeddings[0].as_ref().unwrap();
     let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
     let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
@@ -182,8 +181,8 @@ fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
 fn null_texts_fail_without_stopping_the_rest() {
     let e = embedder("qwen2-mha-bidir", Attention::Bidirectional, None, None, 4096);
     let got = e.embed(&[Some("fine"), None, Some(""), Some("also fine")]).unwrap();
-    assert!(got.vectors[0].is_ok());
-    assert_eq!(got.vectors[1], Err(Failure::NullText));
-    assert_eq!(got.vectors[2], Err(Failure::NoTokens));
-    assert!(got.vectors[3].is_ok());
+    assert!(got.vector(0).is_ok());
+    assert_eq!(got.vector(1).err(), Some(Failure::NullText));
+    assert_eq!(got.vector(2).err(), Some(Failure::NoTokens));
+    assert!(got.vector(3).is_ok());
 }
