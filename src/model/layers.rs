@@ -258,6 +258,11 @@ impl SelfAttention {
     }
 
     fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
+        self.forward_rows(x, layout, false)
+    }
+
+    /// With `last_only` (packed layout only), just each text's last row: `[texts, hidden]`.
+    fn forward_rows(&self, x: &Tensor, layout: &Layout, last_only: bool) -> Result<Tensor> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let (b, l) = (layout.texts, layout.max_len);
         let qkv = linear(x, &self.qkv_weight, self.qkv_bias.as_ref())?;
@@ -278,6 +283,7 @@ impl SelfAttention {
                 &v.reshape((n, kv, d))?,
                 &packed.spans,
                 packed.causal,
+                last_only,
             )?;
             return linear(&out, &self.o_weight, None);
         }
@@ -339,6 +345,18 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
         let x = (x + self.attention.forward(&self.input_norm.forward(x)?, layout)?)?;
+        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?)?
+    }
+
+    /// The layer's output at the `pooled` rows only, `[texts, hidden]`. Every token still
+    /// serves as a key and value, but queries, the output projection and the MLP run for the
+    /// pooled rows alone: in the last layer nothing else is read.
+    fn forward_pooled(&self, x: &Tensor, layout: &Layout, pooled: &Tensor) -> Result<Tensor> {
+        if layout.packed.is_none() {
+            return self.forward(x, layout)?.index_select(pooled, 0);
+        }
+        let attn = self.attention.forward_rows(&self.input_norm.forward(x)?, layout, true)?;
+        let x = (x.index_select(pooled, 0)? + attn)?;
         &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?)?
     }
 }
@@ -409,12 +427,23 @@ impl super::EmbeddingModel for Decoder {
         let layout = Layout::new(batch, &self.rotary, self.causal, self.packed, self.dtype, &self.device)?;
         let ids = Tensor::new(batch.input_ids.as_slice(), &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        for layer in &self.layers {
+        let pooled = Tensor::new(batch.pooled_indices.as_slice(), &self.device)?;
+        let Some((last, rest)) = self.layers.split_last() else {
+            return self.norm.forward(&x.index_select(&pooled, 0)?)?.to_dtype(DType::F32);
+        };
+        for layer in rest {
             x = layer.forward(&x, &layout)?;
         }
-        let pooled = Tensor::new(batch.pooled_indices.as_slice(), &self.device)?;
-        // The final norm is per token, so only the pooled rows need it.
-        let x = x.index_select(&pooled, 0)?;
+        // NOTE: pooling reads one row per text, so the last layer computes only those rows
+        // (and the final norm, being per token, too). The packed path computes each text's last
+        // query, so it applies only when that is the pooled row (last-token pooling).
+        let last_tokens =
+            (0..batch.len()).all(|b| batch.pooled_indices[b] + 1 == batch.cu_seq_lengths[b + 1]);
+        let x = if last_tokens {
+            last.forward_pooled(&x, &layout, &pooled)?
+        } else {
+            last.forward(&x, &layout)?.index_select(&pooled, 0)?
+        };
         self.norm.forward(&x)?.to_dtype(DType::F32)
     }
 

@@ -10,13 +10,15 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// `q`: `[tokens, heads, d]`, `k` and `v`: `[tokens, kv_heads, d]`, all f32 and contiguous;
-/// `spans`: (start, len) of each text. Returns `[tokens, heads * d]`.
+/// `spans`: (start, len) of each text. Returns `[tokens, heads * d]`, or with `last_only` just
+/// each text's last query, `[texts, heads * d]` (all the last layer needs for pooling).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     spans: &[(usize, usize)],
     causal: bool,
+    last_only: bool,
 ) -> Result<Tensor> {
     let (tokens, heads, d) = q.dims3()?;
     let (_, kv_heads, _) = k.dims3()?;
@@ -31,9 +33,10 @@ pub fn attention(
         .flat_map_iter(|&(start, len)| (0..heads).map(move |h| (start, len, h)))
         .map(|(start, len, h)| {
             let kvh = h / group;
-            let mut out = vec![0f32; len * d];
+            let first = if last_only { len - 1 } else { 0 };
+            let mut out = vec![0f32; (len - first) * d];
             let mut scores = vec![0f32; len];
-            for i in 0..len {
+            for i in first..len {
                 let qi = &q[((start + i) * heads + h) * d..][..d];
                 let keys = if causal { i + 1 } else { len };
                 let mut max = f32::NEG_INFINITY;
@@ -47,7 +50,7 @@ pub fn attention(
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                let o = &mut out[i * d..][..d];
+                let o = &mut out[(i - first) * d..][..d];
                 for (j, s) in scores[..keys].iter().enumerate() {
                     let p = s / sum;
                     let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
@@ -59,18 +62,21 @@ pub fn attention(
             out
         })
         .collect();
-    // Scatter (text, head) blocks into [tokens, heads, d].
-    let mut out = vec![0f32; tokens * heads * d];
+    // Scatter (text, head) blocks into [rows, heads, d].
+    let rows = if last_only { spans.len() } else { tokens };
+    let mut out = vec![0f32; rows * heads * d];
     let mut it = parts.into_iter();
-    for &(start, len) in spans {
+    for (b, &(start, len)) in spans.iter().enumerate() {
         for h in 0..heads {
             let block = it.next().expect("one block per text and head");
-            for i in 0..len {
-                out[((start + i) * heads + h) * d..][..d].copy_from_slice(&block[i * d..][..d]);
+            for (i, row) in block.chunks_exact(d).enumerate() {
+                let r = if last_only { b } else { start + i };
+                debug_assert!(last_only || i < len);
+                out[(r * heads + h) * d..][..d].copy_from_slice(row);
             }
         }
     }
-    Tensor::from_vec(out, (tokens, heads * d), &candle_core::Device::Cpu)
+    Tensor::from_vec(out, (rows, heads * d), &candle_core::Device::Cpu)
 }
 
 #[inline]
