@@ -63,6 +63,23 @@ pub struct Summary {
     pub already_complete: bool,
 }
 
+impl Summary {
+    /// The all-runs totals a checkpoint holds; this run's figures stay zero.
+    fn totals(worker: String, ckpt: &Checkpoint, rows_before: u64, device: String) -> Self {
+        Summary {
+            worker,
+            rows_owned: ckpt.rows_owned,
+            rows_before,
+            embedded: ckpt.rows_embedded,
+            failed: ckpt.rows_failed,
+            truncated: ckpt.texts_truncated,
+            parts: ckpt.parts.len(),
+            device,
+            ..Summary::default()
+        }
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.already_complete {
@@ -144,19 +161,8 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
     let mut ckpt = open_worker_dir(&dir, fingerprint, rows_owned, cfg.restart)?;
     let rows_before = ckpt.rows_done;
     if ckpt.complete {
-        return Ok(Summary {
-            worker,
-            rows_owned,
-            rows_before,
-            embedded: ckpt.rows_embedded,
-            failed: ckpt.rows_failed,
-            truncated: ckpt.texts_truncated,
-            parts: ckpt.parts.len(),
-            device: device_name,
-            already_complete: true,
-            elapsed: started.elapsed(),
-            ..Summary::default()
-        });
+        let totals = Summary::totals(worker, &ckpt, rows_before, device_name);
+        return Ok(Summary { already_complete: true, elapsed: started.elapsed(), ..totals });
     }
     let plan = skip_owned(plan, ckpt.rows_done);
 
@@ -269,20 +275,12 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         );
     }
     Ok(Summary {
-        worker,
-        rows_owned,
-        rows_before,
-        embedded: ckpt.rows_embedded,
-        failed: ckpt.rows_failed,
-        truncated: ckpt.texts_truncated,
         rows_this_run: stats.rows,
         tokens: stats.tokens,
         padded_tokens: stats.padded_tokens,
-        parts: ckpt.parts.len(),
         elapsed: started.elapsed(),
         load,
-        device: device_name,
-        already_complete: false,
+        ..Summary::totals(worker, &ckpt, rows_before, device_name)
     })
 }
 
