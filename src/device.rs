@@ -40,13 +40,10 @@ pub enum DtypeChoice {
 pub fn open(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => {
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).context("cannot open CUDA device 0")
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
+        // NOTE: candle's cuda_is_available() only says whether the feature was compiled in, so
+        // auto tries GPU 0 for real and falls back to the CPU when there is none.
+        DeviceChoice::Auto if cfg!(feature = "cuda") => Ok(new_cuda(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Auto => Ok(Device::Cpu),
         DeviceChoice::Cuda(n) => {
             if !cfg!(feature = "cuda") {
                 bail!(
@@ -54,8 +51,21 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
                      build it with `cargo build --release --features cuda` or use --device cpu"
                 );
             }
-            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))
+            new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))
         }
+    }
+}
+
+/// `Device::new_cuda`, with a missing driver library turned into an error: cudarc panics when
+/// it cannot load libcuda.
+fn new_cuda(n: usize) -> Result<Device> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Device::new_cuda(n));
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(device) => Ok(device?),
+        Err(_) => bail!("the CUDA driver library (libcuda.so) could not be loaded"),
     }
 }
 
