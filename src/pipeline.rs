@@ -447,6 +447,13 @@ fn open_worker_dir(
         return Ok(fresh);
     };
     let differences = fingerprint.differences(&ckpt.fingerprint);
+    if !differences.is_empty() && ckpt.rows_done == 0 && ckpt.parts.is_empty() {
+        // Nothing was committed (say, the model failed to load): nothing to protect.
+        let _ = std::fs::remove_file(dir.join(FAILURES_FILE));
+        let mut fresh = Checkpoint::new(fingerprint, rows_owned);
+        fresh.save(dir)?;
+        return Ok(fresh);
+    }
     if !differences.is_empty() {
         bail!(
             "{} was written by a different run: {}; re-run with the same inputs, model and options to resume, or {start_over}",

@@ -263,6 +263,32 @@ fn a_different_run_in_the_same_folder_is_refused() {
 }
 
 #[test]
+fn a_run_that_failed_before_committing_anything_does_not_block_the_next() {
+    // Regression: the checkpoint is written before the weights load; a model that fails to
+    // load must not leave a fingerprint that refuses the corrected command.
+    let dir = tempdir();
+    let input = corpus(dir.path(), 20);
+    let bad = dir.path().join("bad-model");
+    copy_dir(&fixture("qwen2-gqa"), &bad);
+    let cfg = std::fs::read_to_string(bad.join("config.json"))
+        .unwrap()
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 96");
+    std::fs::write(bad.join("config.json"), cfg).unwrap();
+    let out = dir.path().join("out");
+    batch_embed()
+        .args(["embed", "--quiet", "--model"])
+        .arg(&bad)
+        .arg("--output")
+        .arg(&out)
+        .arg(&input)
+        .assert()
+        .failure()
+        .stderr(contains("loading the weights of"));
+    embed_cmd(&input, &out, &[]).assert().success();
+    assert_eq!(read_vectors(&out).len() + read_failures(&out).len(), 20);
+}
+
+#[test]
 fn shards_have_the_documented_schema_and_metadata() {
     let dir = tempdir();
     let input = corpus(dir.path(), 50);
