@@ -45,13 +45,13 @@ fn corpus(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn embed_cmd(input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    embed_with(&fixture("qwen2-gqa"), input, out, extra)
+}
+
+/// `batch-embed embed --quiet --model MODEL --output OUT EXTRA… INPUT`
+fn embed_with(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = batch_embed();
-    cmd.args(["embed", "--quiet", "--model"])
-        .arg(fixture("qwen2-gqa"))
-        .arg("--output")
-        .arg(out)
-        .args(extra)
-        .arg(input);
+    cmd.args(["embed", "--quiet", "--model"]).arg(model).arg("--output").arg(out).args(extra).arg(input);
     cmd
 }
 
@@ -275,15 +275,7 @@ fn a_run_that_failed_before_committing_anything_does_not_block_the_next() {
         .replace("\"hidden_size\": 64", "\"hidden_size\": 96");
     std::fs::write(bad.join("config.json"), cfg).unwrap();
     let out = dir.path().join("out");
-    batch_embed()
-        .args(["embed", "--quiet", "--model"])
-        .arg(&bad)
-        .arg("--output")
-        .arg(&out)
-        .arg(&input)
-        .assert()
-        .failure()
-        .stderr(contains("loading the weights of"));
+    embed_with(&bad, &input, &out, &[]).assert().failure().stderr(contains("loading the weights of"));
     embed_cmd(&input, &out, &[]).assert().success();
     assert_eq!(read_vectors(&out).len() + read_failures(&out).len(), 20);
 }
