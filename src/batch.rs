@@ -54,6 +54,20 @@ impl Batch {
         (start, self.cu_seq_lengths[i + 1] as usize - start)
     }
 
+    /// The texts of this batch in two batches of (nearly) equal count, for retrying a batch that
+    /// ran out of memory. Needs at least two texts.
+    pub fn split_half(&self) -> (Batch, Batch) {
+        assert!(self.len() >= 2, "a batch of one text cannot be split");
+        let seqs: Vec<&[u32]> = (0..self.len())
+            .map(|i| {
+                let (start, len) = self.span(i);
+                &self.input_ids[start..start + len]
+            })
+            .collect();
+        let (a, b) = seqs.split_at(seqs.len() / 2);
+        (Batch::last_token(a), Batch::last_token(b))
+    }
+
     /// Tokens the padded attention rectangle holds: texts × longest text.
     pub fn padded_tokens(&self) -> usize {
         self.len() * self.max_length as usize

@@ -18,7 +18,25 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Embed the text column of Parquet files into vector shards.
-    Embed(EmbedArgs),
+    Embed(Box<EmbedArgs>),
+    /// Check a run's output: every owned row once (a vector or a recorded failure), shards that
+    /// open, workers that agree. Exit 0 only when the run is complete and sound.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The --output folder of the run.
+    #[arg(value_name = "OUTPUT")]
+    pub output: PathBuf,
+
+    /// Also read every vector: NaN or infinite values, and norms far from 1 when normalised.
+    #[arg(long)]
+    pub deep: bool,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +122,26 @@ pub struct EmbedArgs {
     /// Most rows per output part file.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub rows_per_part: usize,
+
+    /// Seconds to finish after SIGTERM/SIGINT: the batch in flight ends, finished rows are
+    /// committed and the process exits with code 75 ("interrupted, run me again"); past this
+    /// it exits at once (the last checkpoint stays valid).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub stop_timeout: f64,
+
+    /// Take over this worker folder's lock even if another host's process holds it. Only for
+    /// a process known to be gone: two writers on one folder corrupt it.
+    #[arg(long)]
+    pub force_unlock: bool,
+
+    /// A lock held by another host whose heartbeat has not moved for this long is taken
+    /// over (its machine was preempted).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub lock_stale: u64,
+
+    /// Test hook: inject faults, e.g. "read=2,commit=3,oom-above=64" (see src/faults.rs).
+    #[arg(long, hide = true, value_name = "SPEC")]
+    pub debug_faults: Option<String>,
 
     /// Test hook: sleep this long before each chunk reaches the model, so tests can interrupt
     /// a run midway.

@@ -37,6 +37,9 @@ pub struct EmbedConfig {
     pub batch_tokens: usize,
     pub rows_per_part: usize,
     pub quiet: bool,
+    pub stop_timeout: std::time::Duration,
+    pub force_unlock: bool,
+    pub lock_stale: std::time::Duration,
     /// Test hook (hidden flag): a pause before each chunk reaches the model.
     pub debug_chunk_delay: std::time::Duration,
     /// Bench hook (hidden flag): no model, zero vectors.
@@ -64,6 +67,12 @@ impl EmbedConfig {
             .map_err(anyhow::Error::msg)?;
         if args.id_column.as_deref() == Some(args.text_column.as_str()) {
             bail!("--id-column and --text-column name the same column \"{}\"", args.text_column);
+        }
+        if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
+            bail!("--stop-timeout must be a number of seconds, 0 or more");
+        }
+        if let Some(spec) = &args.debug_faults {
+            crate::faults::install(spec)?;
         }
         if args.rows_per_part == 0 {
             bail!("--rows-per-part must be at least 1");
@@ -102,6 +111,9 @@ impl EmbedConfig {
             batch_tokens: args.batch_tokens,
             rows_per_part: args.rows_per_part,
             quiet: args.quiet,
+            stop_timeout: std::time::Duration::from_secs_f64(args.stop_timeout),
+            force_unlock: args.force_unlock,
+            lock_stale: std::time::Duration::from_secs(args.lock_stale),
             debug_chunk_delay: std::time::Duration::from_millis(args.debug_chunk_delay_ms),
             debug_noop_model: args.debug_noop_model,
         })

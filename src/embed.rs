@@ -26,6 +26,8 @@ pub struct EmbedderOptions {
 pub enum Failure {
     NullText,
     NoTokens,
+    /// The model ran out of memory on this text even in a batch of its own.
+    OutOfMemory,
 }
 
 impl Failure {
@@ -33,6 +35,7 @@ impl Failure {
         match self {
             Failure::NullText => "text is null",
             Failure::NoTokens => "text tokenizes to no tokens",
+            Failure::OutOfMemory => "out of memory even in a batch of its own",
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct Embedded {
     pub padded_tokens: u64,
     /// Texts cut to `max_tokens`.
     pub truncated: u64,
+    /// Batches split in two after running out of memory.
+    pub oom_splits: u64,
 }
 
 impl Embedded {
@@ -154,11 +159,16 @@ impl Embedder {
 
     /// The device half: run the prepared batches through the model, pool and normalise.
     pub fn run(&self, prepared: Prepared) -> Result<Embedded> {
-        self.run_with(prepared, |_, _| {})
+        Ok(self.run_with(prepared, |_, _| true)?.expect("never stopped"))
     }
 
-    /// [`Embedder::run`], calling `after_batch(texts, tokens)` after each model batch.
-    pub fn run_with(&self, prepared: Prepared, mut after_batch: impl FnMut(u64, u64)) -> Result<Embedded> {
+    /// [`Embedder::run`], calling `after_batch(texts, tokens)` after each model batch; when it
+    /// returns false the rest is skipped and the result is `None` (a stop was requested).
+    pub fn run_with(
+        &self,
+        prepared: Prepared,
+        mut after_batch: impl FnMut(u64, u64) -> bool,
+    ) -> Result<Option<Embedded>> {
         let dim = self.dim();
         let mut out = Embedded {
             values: vec![0.0; prepared.failures.len() * dim],
@@ -171,21 +181,51 @@ impl Embedder {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
-            let vectors = self.embed_batch(batch)?;
-            for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
-                let dest = &mut out.values[slot * dim..(slot + 1) * dim];
-                dest.copy_from_slice(v);
-                if self.options.normalize {
-                    l2_normalize(dest);
-                }
+            self.embed_into(batch, slots, &mut out)?;
+            if !after_batch(batch.len() as u64, batch.input_ids.len() as u64) {
+                return Ok(None);
             }
-            after_batch(batch.len() as u64, batch.input_ids.len() as u64);
         }
-        Ok(out)
+        Ok(Some(out))
+    }
+
+    /// Embeds one batch into `out` at `slots`. A batch that runs out of memory is split in two
+    /// and each half retried; a single text that still does not fit is recorded as failed.
+    fn embed_into(&self, batch: &Batch, slots: &[usize], out: &mut Embedded) -> Result<()> {
+        let dim = out.dim;
+        match self.embed_batch(batch) {
+            Ok(vectors) => {
+                for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
+                    let dest = &mut out.values[slot * dim..(slot + 1) * dim];
+                    dest.copy_from_slice(v);
+                    if self.options.normalize {
+                        l2_normalize(dest);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if is_out_of_memory(&e) => {
+                if batch.len() == 1 {
+                    out.failures[slots[0]] = Some(Failure::OutOfMemory);
+                    return Ok(());
+                }
+                out.oom_splits += 1;
+                let (a, b) = batch.split_half();
+                let (slots_a, slots_b) = slots.split_at(a.len());
+                self.embed_into(&a, slots_a, out)?;
+                self.embed_into(&b, slots_b, out)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs one batch through the model: row-major `[texts, dim]` f32, not normalised.
     pub fn embed_batch(&self, batch: &Batch) -> Result<Vec<f32>> {
+        crate::faults::model_batch(if self.model.packed {
+            batch.input_ids.len()
+        } else {
+            batch.padded_tokens()
+        })?;
         let tensor = self.model.model.embed(batch).context("model forward pass failed")?;
         Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -194,4 +234,13 @@ impl Embedder {
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<crate::tokenize::Tokenized>> {
         self.tokenizer.encode_batch(texts)
     }
+}
+
+/// Whether an error is an allocation failure (CUDA's CUDA_ERROR_OUT_OF_MEMORY, cuBLAS's
+/// CUBLAS_STATUS_ALLOC_FAILED, or an injected one), which a smaller batch may avoid.
+pub fn is_out_of_memory(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}").to_ascii_lowercase();
+    ["out of memory", "out_of_memory", "alloc_failed", "cannot allocate memory"]
+        .iter()
+        .any(|p| text.contains(p))
 }

@@ -278,6 +278,9 @@ impl Iterator for Chunks {
     type Item = Result<Chunk>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Err(e) = crate::faults::read() {
+            return Some(Err(e).with_context(|| format!("cannot read {}", self.path.display())));
+        }
         let batch = match self.reader.next()? {
             Ok(b) => b,
             Err(e) => return Some(Err(e).with_context(|| format!("cannot read {}", self.path.display()))),

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use batch_embed::cli::{Cli, Command};
 use batch_embed::config::EmbedConfig;
+use batch_embed::shutdown;
 use clap::Parser;
 
 // NOTE: every tensor op allocates its output; glibc hands large blocks back to the kernel on free,
@@ -14,10 +15,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Embed(args) => embed(args),
+        Command::Embed(args) => embed(*args),
+        Command::Verify(args) => batch_embed::verify::main(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -25,12 +27,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn embed(args: batch_embed::cli::EmbedArgs) -> anyhow::Result<()> {
+fn embed(args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
     let config = EmbedConfig::from_args(args)?;
-    let quiet = config.quiet;
-    let summary = batch_embed::pipeline::run(&config)?;
-    if !quiet {
+    let stop = shutdown::install(config.stop_timeout, config.quiet)?;
+    let summary = batch_embed::pipeline::run(&config, &stop)?;
+    if !config.quiet || summary.interrupted {
         eprintln!("{summary}");
     }
-    Ok(())
+    Ok(if summary.interrupted { ExitCode::from(shutdown::EXIT_INTERRUPTED) } else { ExitCode::SUCCESS })
 }

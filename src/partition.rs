@@ -74,6 +74,18 @@ impl Partition {
         out
     }
 
+    /// Position of an owned `row` among this worker's owned rows (counted from row 0).
+    pub fn owned_index(&self, row: u64) -> u64 {
+        let b = row / self.block;
+        (b / self.num_workers) * self.block + row % self.block
+    }
+
+    /// The owned row at position `index` (the inverse of [`Partition::owned_index`]).
+    pub fn owned_row(&self, index: u64) -> u64 {
+        let (round, offset) = (index / self.block, index % self.block);
+        (round * self.num_workers + self.worker_id) * self.block + offset
+    }
+
     /// How many rows of `rows` this worker owns.
     pub fn owned_count(&self, rows: Range<u64>) -> u64 {
         self.owned_ranges(rows).iter().map(|r| r.end - r.start).sum()
@@ -83,6 +95,20 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_index_counts_owned_rows_in_order() {
+        for (n, k) in [(1, 4), (3, 1), (3, 5), (4, 4096)] {
+            for w in 0..n {
+                let p = Partition::new(w, n, k).unwrap();
+                let owned: Vec<u64> = p.owned_ranges(0..50_000).into_iter().flatten().collect();
+                for (i, &row) in owned.iter().enumerate() {
+                    assert_eq!(p.owned_index(row), i as u64, "n={n} k={k} w={w} row={row}");
+                    assert_eq!(p.owned_row(i as u64), row);
+                }
+            }
+        }
+    }
 
     fn brute(p: &Partition, rows: Range<u64>) -> Vec<u64> {
         rows.filter(|&r| p.owns(r)).collect()

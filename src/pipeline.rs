@@ -14,6 +14,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
@@ -23,11 +24,14 @@ use arrow::array::{Array, UInt32Array};
 use crate::checkpoint::{self, Checkpoint, Fingerprint, InputFingerprint};
 use crate::config::EmbedConfig;
 use crate::embed::{Embedded, Embedder, EmbedderOptions, Prepared};
-use crate::input::{self, Chunk};
+use crate::heartbeat::{Heartbeat, Live};
+use crate::input::{self, Chunk, InputFile};
+use crate::lock::WorkerLock;
 use crate::model::AttentionImpl;
 use crate::output::{part_seq, ShardWriter};
 use crate::pool::Pooling;
-use crate::progress::Progress;
+use crate::progress::{Progress, WorkerProgress};
+use crate::shutdown::StopFlag;
 
 /// Rows read and tokenized together: the window sorted by length before packing, and the
 /// granularity of checkpoints.
@@ -38,6 +42,10 @@ const CPU_CHUNK_ROWS: usize = 1024;
 /// Chunks waiting between two stages.
 const QUEUE: usize = 2;
 pub const FAILURES_FILE: &str = "failures.jsonl";
+/// Attempts at reading a chunk of input before giving up on the file; the waits between them
+/// double from [`READ_BACKOFF`] (0.5 + 1 + 2 + 4 + 8 s in all).
+const READ_ATTEMPTS: u32 = 6;
+const READ_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What a run did, for the closing summary.
 #[derive(Debug, Default)]
@@ -61,6 +69,10 @@ pub struct Summary {
     pub load: Duration,
     pub device: String,
     pub already_complete: bool,
+    /// Stopped by a signal before the end; the checkpoint holds what was committed.
+    pub interrupted: bool,
+    /// Model batches split after running out of memory.
+    pub oom_splits: u64,
 }
 
 impl Summary {
@@ -89,6 +101,16 @@ impl std::fmt::Display for Summary {
                 self.worker, self.rows_owned, self.embedded, self.failed
             );
         }
+        if self.interrupted {
+            return write!(
+                f,
+                "{}: interrupted; {} of {} rows are committed ({} this run); run the same command to resume",
+                self.worker,
+                self.embedded + self.failed,
+                self.rows_owned,
+                self.embedded + self.failed - self.rows_before
+            );
+        }
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let padding =
             if self.padded_tokens > 0 { 1.0 - self.tokens as f64 / self.padded_tokens as f64 } else { 0.0 };
@@ -100,6 +122,9 @@ impl std::fmt::Display for Summary {
         writeln!(f, "truncated:  {} texts", self.truncated)?;
         writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
+        if self.oom_splits > 0 {
+            writeln!(f, "memory:     {} batches split after running out of memory", self.oom_splits)?;
+        }
         let work = (secs - self.load.as_secs_f64()).max(1e-9);
         write!(
             f,
@@ -113,7 +138,8 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
+/// Runs one worker to the end, or until `stop` is set (then `Summary::interrupted`).
+pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let started = Instant::now();
     // Check every input before anything is written.
     let paths = input::discover(&cfg.inputs)?;
@@ -158,12 +184,75 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
     };
     let dir = cfg.worker_dir();
     let worker = format!("worker {} of {}", cfg.partition.worker_id, cfg.partition.num_workers);
-    let mut ckpt = open_worker_dir(&dir, fingerprint, rows_owned, cfg.restart)?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let lock = WorkerLock::acquire(&dir, cfg.force_unlock, cfg.lock_stale, &mut |note| {
+        if !cfg.quiet {
+            eprintln!("batch-embed: {note}");
+        }
+    })?;
+    let ckpt = open_worker_dir(&dir, fingerprint, rows_owned, cfg.restart)?;
     let rows_before = ckpt.rows_done;
+    let progress_file = WorkerProgress {
+        worker_id: cfg.partition.worker_id,
+        num_workers: cfg.partition.num_workers,
+        host: lock.info().host.clone(),
+        pid: lock.info().pid,
+        state: if ckpt.complete { "done" } else { "running" }.to_string(),
+        rows_owned,
+        rows_done: ckpt.rows_done,
+        rows_committed: ckpt.rows_done,
+        rows_failed: ckpt.rows_failed,
+        started_at: lock.info().started_at,
+        updated_at: lock.info().started_at,
+        history: WorkerProgress::load(&dir).map(|p| p.history).unwrap_or_default(),
+        ..WorkerProgress::default()
+    };
     if ckpt.complete {
+        let _ = progress_file.save(&dir);
         let totals = Summary::totals(worker, &ckpt, rows_before, device_name);
         return Ok(Summary { already_complete: true, elapsed: started.elapsed(), ..totals });
     }
+    let heartbeat = Heartbeat::start(dir.clone(), lock, progress_file, stop.clone());
+    let ctx = RunContext { cfg, stop, started, device: &device, dtype, device_name, model_hash, worker };
+    let result = run_locked(ctx, &inputs, plan, ckpt, &heartbeat);
+    match &result {
+        Ok(summary) if summary.interrupted => {
+            let live = heartbeat.live();
+            live.rows_done.store(live.rows_committed.load(Relaxed), Relaxed);
+            heartbeat.finish("interrupted", None)
+        }
+        Ok(_) => heartbeat.finish("done", None),
+        Err(e) => heartbeat.finish("failed", Some(format!("{e:#}"))),
+    }
+    result
+}
+
+/// What `run` settled before taking the lock, handed to `run_locked`.
+struct RunContext<'a> {
+    cfg: &'a EmbedConfig,
+    stop: &'a StopFlag,
+    started: Instant,
+    device: &'a candle_core::Device,
+    dtype: candle_core::DType,
+    device_name: String,
+    model_hash: String,
+    worker: String,
+}
+
+/// The run proper, holding the worker folder's lock.
+fn run_locked(
+    ctx: RunContext<'_>,
+    inputs: &input::Inputs,
+    plan: Vec<(usize, Vec<Range<u64>>)>,
+    mut ckpt: Checkpoint,
+    heartbeat: &Heartbeat,
+) -> Result<Summary> {
+    let RunContext { cfg, stop, started, device, dtype, device_name, model_hash, worker } = ctx;
+    let dir = cfg.worker_dir();
+    let rows_owned = ckpt.rows_owned;
+    let rows_before = ckpt.rows_done;
+    let live: &Live = heartbeat.live();
     let plan = skip_owned(plan, ckpt.rows_done);
 
     let options = EmbedderOptions {
@@ -175,7 +264,7 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         attention_impl: if cfg.debug_noop_model { AttentionImpl::Noop } else { AttentionImpl::Auto },
     };
     let load_started = Instant::now();
-    let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, &device)?;
+    let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, device)?;
     let load = load_started.elapsed();
     let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet);
     progress.note(&format!(
@@ -202,18 +291,18 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
     );
     let chunk_rows = if device.is_cpu() { CPU_CHUNK_ROWS } else { CHUNK_ROWS }.min(cfg.rows_per_part);
     let mut stats = RunStats::default();
+    let mut interrupted = false;
 
     let outcome: Result<()> = std::thread::scope(|s| {
         let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(QUEUE);
         let (prep_tx, prep_rx) = sync_channel::<(Chunk, Prepared)>(QUEUE);
         let (done_tx, done_rx) = sync_channel::<(Chunk, Embedded)>(QUEUE);
         let files = &inputs.files;
+        let quiet = cfg.quiet;
         let reader = s.spawn(move || -> Result<()> {
-            for (i, ranges) in &plan {
-                for chunk in input::read_rows(&files[*i], ranges, chunk_rows)? {
-                    if chunk_tx.send(chunk?).is_err() {
-                        return Ok(()); // a later stage stopped; it reports why
-                    }
+            for (i, ranges) in plan {
+                if !read_file(&files[i], &ranges, chunk_rows, &chunk_tx, quiet)? {
+                    return Ok(()); // a later stage stopped; it reports why
                 }
             }
             Ok(())
@@ -234,19 +323,42 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         });
         let (ckpt, writer, dir, every, rows_per_part) =
             (&mut ckpt, &mut writer, &dir, cfg.checkpoint_every, cfg.rows_per_part);
-        let writing = s.spawn(move || write_stage(done_rx, writer, ckpt, dir, every, rows_per_part));
+        let writing = s.spawn(move || {
+            write_stage(done_rx, writer, ckpt, dir, every, rows_per_part, live).map_err(|e| {
+                e.context(format!(
+                    "writing to {} failed; the checkpoint keeps the {} rows committed before, so the same command resumes once this is fixed",
+                    dir.display(),
+                    ckpt.rows_done
+                ))
+            })
+        });
 
         let model = || -> Result<()> {
             for (chunk, prepared) in prep_rx {
+                if stop.is_set() {
+                    interrupted = true;
+                    break;
+                }
                 std::thread::sleep(cfg.debug_chunk_delay);
-                let embedded =
-                    embedder.run_with(prepared, |texts, tokens| progress.advance(texts, tokens))?;
+                let embedded = embedder.run_with(prepared, |texts, tokens| {
+                    progress.advance(texts, tokens);
+                    live.rows_done.fetch_add(texts, Relaxed);
+                    live.tokens.fetch_add(tokens, Relaxed);
+                    !stop.is_set()
+                })?;
+                // A stop mid-chunk drops the chunk: it is not committed, and the next run redoes it.
+                let Some(embedded) = embedded else {
+                    interrupted = true;
+                    break;
+                };
                 stats.tokens += embedded.tokens;
                 stats.padded_tokens += embedded.padded_tokens;
+                stats.oom_splits += embedded.oom_splits;
                 stats.rows += chunk.rows.len() as u64;
                 // Rows without a vector (failures) count as done too.
                 let failed = embedded.failed() as u64;
                 progress.advance(failed, 0);
+                live.rows_done.fetch_add(failed, Relaxed);
                 if done_tx.send((chunk, embedded)).is_err() {
                     break;
                 }
@@ -265,7 +377,23 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     });
     progress.finish();
+    if let Some(reason) = heartbeat.lost() {
+        bail!(reason);
+    }
     outcome?;
+    let summary = Summary {
+        rows_this_run: stats.rows,
+        tokens: stats.tokens,
+        padded_tokens: stats.padded_tokens,
+        elapsed: started.elapsed(),
+        load,
+        oom_splits: stats.oom_splits,
+        interrupted,
+        ..Summary::totals(worker, &ckpt, rows_before, device_name)
+    };
+    if interrupted {
+        return Ok(summary);
+    }
     if ckpt.rows_done != ckpt.rows_owned {
         bail!(
             "internal error: {} of {} owned rows accounted for; the checkpoint in {} is kept, run again to resume",
@@ -274,14 +402,7 @@ pub fn run(cfg: &EmbedConfig) -> Result<Summary> {
             dir.display()
         );
     }
-    Ok(Summary {
-        rows_this_run: stats.rows,
-        tokens: stats.tokens,
-        padded_tokens: stats.padded_tokens,
-        elapsed: started.elapsed(),
-        load,
-        ..Summary::totals(worker, &ckpt, rows_before, device_name)
-    })
+    Ok(summary)
 }
 
 #[derive(Default)]
@@ -289,6 +410,69 @@ struct RunStats {
     rows: u64,
     tokens: u64,
     padded_tokens: u64,
+    oom_splits: u64,
+}
+
+/// Sends the owned rows `ranges` of `file` down `tx` in chunks. A read that fails (a flaky
+/// network filesystem or bucket mount) is retried with backoff from the first row not yet
+/// sent; after [`READ_ATTEMPTS`] the error names the file. Returns false when the receiver is
+/// gone (a later stage stopped).
+fn read_file(
+    file: &InputFile,
+    ranges: &[Range<u64>],
+    chunk_rows: usize,
+    tx: &std::sync::mpsc::SyncSender<Chunk>,
+    quiet: bool,
+) -> Result<bool> {
+    let mut sent = 0u64;
+    let mut attempt = 1;
+    loop {
+        let remaining = match skip_owned(vec![(0, ranges.to_vec())], sent).pop() {
+            Some((_, r)) => r,
+            None => return Ok(true),
+        };
+        let error = match input::read_rows(file, &remaining, chunk_rows) {
+            Err(e) => e,
+            Ok(chunks) => {
+                let mut error = None;
+                for chunk in chunks {
+                    match chunk {
+                        Ok(c) => {
+                            sent += c.rows.len() as u64;
+                            attempt = 1;
+                            if tx.send(c).is_err() {
+                                return Ok(false);
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match error {
+                    None => return Ok(true),
+                    Some(e) => e,
+                }
+            }
+        };
+        if attempt >= READ_ATTEMPTS {
+            return Err(error.context(format!(
+                "giving up on {} after {attempt} attempts to read it",
+                file.path.display()
+            )));
+        }
+        let wait = READ_BACKOFF * 2u32.pow(attempt - 1);
+        if !quiet {
+            eprintln!(
+                "batch-embed: {error:#}; retrying in {:.1}s (attempt {} of {READ_ATTEMPTS})",
+                wait.as_secs_f64(),
+                attempt + 1
+            );
+        }
+        std::thread::sleep(wait);
+        attempt += 1;
+    }
 }
 
 /// The writer stage: buffers vectors and failures, and commits (part, failures, checkpoint)
@@ -300,6 +484,7 @@ fn write_stage(
     dir: &Path,
     every: Duration,
     rows_per_part: usize,
+    live: &Live,
 ) -> Result<()> {
     let failures_path = dir.join(FAILURES_FILE);
     let mut failures = OpenOptions::new()
@@ -310,6 +495,7 @@ fn write_stage(
     let mut pending = Pending::default();
     let mut last_commit = Instant::now();
     let mut commit = |writer: &mut ShardWriter, pending: &mut Pending, ckpt: &mut Checkpoint| -> Result<()> {
+        crate::faults::commit().with_context(|| format!("cannot write a part file in {}", dir.display()))?;
         if let Some(part) = writer.write_part()? {
             ckpt.parts.push(part);
         }
@@ -327,6 +513,8 @@ fn write_stage(
         ckpt.tokens += pending.tokens;
         ckpt.complete = ckpt.rows_done == ckpt.rows_owned;
         ckpt.save(dir)?;
+        live.rows_committed.store(ckpt.rows_done, Relaxed);
+        live.rows_failed.store(ckpt.rows_failed, Relaxed);
         *pending = Pending::default();
         Ok(())
     };
@@ -424,13 +612,13 @@ fn open_worker_dir(
             let ours = part_seq(&name).is_some()
                 || name.ends_with(".tmp")
                 || name == checkpoint::FILE_NAME
-                || name == FAILURES_FILE;
+                || name == FAILURES_FILE
+                || name == crate::progress::PROGRESS_FILE;
             if ours {
                 std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
             }
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let start_over =
         "pass --restart to discard this worker's output and start over, or choose another --output";
     let Some(ckpt) = Checkpoint::load(dir)? else {

@@ -90,3 +90,46 @@ impl Progress {
         }
     }
 }
+
+/// `progress.json` in a worker folder: what `batch-embed status` reads. Rewritten every few
+/// seconds while the worker runs (not only at commits), and once more when it stops.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerProgress {
+    pub worker_id: u64,
+    pub num_workers: u64,
+    pub host: String,
+    pub pid: u32,
+    /// running, done, interrupted or failed.
+    pub state: String,
+    pub rows_owned: u64,
+    /// Owned rows finished, committed or not (what a progress bar shows).
+    pub rows_done: u64,
+    /// Owned rows in committed parts and failures (what a restart keeps).
+    pub rows_committed: u64,
+    pub rows_failed: u64,
+    /// Rates over the last minute of this run.
+    pub rows_per_s: f64,
+    pub tokens_per_s: f64,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub updated_at: u64,
+    /// Why the worker failed, when it did.
+    pub error: Option<String>,
+    /// `(unix time, rows_done)` samples, oldest first, at most one per 30 s, for charts.
+    pub history: Vec<(u64, u64)>,
+}
+
+pub const PROGRESS_FILE: &str = "progress.json";
+
+impl WorkerProgress {
+    pub fn load(dir: &std::path::Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(PROGRESS_FILE)).ok()?).ok()
+    }
+
+    /// Replaces the file (temporary name, then rename, so readers never see half of it).
+    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{PROGRESS_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
+        std::fs::rename(&tmp, dir.join(PROGRESS_FILE))
+    }
+}

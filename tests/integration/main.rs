@@ -3,5 +3,7 @@
 
 mod cli;
 mod pipeline;
+mod preemption;
 mod reference;
 mod util;
+mod verify;

@@ -1,6 +1,5 @@
 //! The pipeline at scale: workers, resume after a kill, fingerprints, shard schema, input types.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,56 +12,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use predicates::str::contains;
 
 use crate::util::*;
-
-/// A corpus of `n` rows over three files (plus an empty one), with ids and a few nulls/empties.
-fn corpus(dir: &Path, n: usize) -> PathBuf {
-    let input = dir.join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    let words = ["book", "great", "slow", "plot", "loved", "the", "ending", "café", "😀", "pages"];
-    let texts: Vec<Option<String>> = (0..n)
-        .map(|i| match i % 97 {
-            13 => None,
-            41 => Some(String::new()),
-            _ => Some(
-                (0..(3 + i % 23)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "),
-            ),
-        })
-        .collect();
-    let ids: Vec<i64> = (0..n as i64).map(|i| 1000 + i).collect();
-    let cuts = [0, n / 3, n / 3, (2 * n / 3 + 5).min(n), n];
-    for f in 0..4 {
-        let (a, b) = (cuts[f], cuts[f + 1]);
-        let t: Vec<Option<&str>> = texts[a..b].iter().map(|t| t.as_deref()).collect();
-        write_parquet(
-            &input.join(format!("shard-{f}.parquet")),
-            vec![
-                ("id", Arc::new(Int64Array::from(ids[a..b].to_vec())) as ArrayRef),
-                ("text", Arc::new(StringArray::from(t)) as ArrayRef),
-            ],
-        );
-    }
-    input
-}
-
-fn embed_cmd(input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
-    embed_with(&fixture("qwen2-gqa"), input, out, extra)
-}
-
-/// `batch-embed embed --quiet --model MODEL --output OUT EXTRA… INPUT`
-fn embed_with(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
-    let mut cmd = batch_embed();
-    cmd.args(["embed", "--quiet", "--model"]).arg(model).arg("--output").arg(out).args(extra).arg(input);
-    cmd
-}
-
-fn assert_same_vectors(a: &[(u64, Vec<f32>)], b: &[(u64, Vec<f32>)]) {
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    for ((ra, va), (rb, vb)) in a.iter().zip(b) {
-        assert_eq!(ra, rb);
-        let d = max_abs_diff(va, vb);
-        assert!(d < 1e-5, "row {ra} differs by {d}");
-    }
-}
 
 fn rows_of(v: &[(u64, Vec<f32>)]) -> Vec<u64> {
     v.iter().map(|(r, _)| *r).collect()
@@ -226,14 +175,6 @@ fn a_killed_run_resumes_to_the_uninterrupted_output() {
         .assert()
         .success()
         .stderr(contains("already complete"));
-}
-
-fn done(checkpoint: &Path) -> u64 {
-    std::fs::read_to_string(checkpoint)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["rows_done"].as_u64())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float16Type, Float32Type, UInt64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -133,4 +133,63 @@ pub fn read_failures(dir: &Path) -> Vec<(u64, String)> {
 /// The single worker folder of a one-worker run.
 pub fn worker0(out: &Path) -> PathBuf {
     out.join("worker-00000-of-00001")
+}
+
+/// A corpus of `n` rows over three files (plus an empty one), with ids and a few nulls/empties.
+pub fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let words = ["book", "great", "slow", "plot", "loved", "the", "ending", "café", "😀", "pages"];
+    let texts: Vec<Option<String>> = (0..n)
+        .map(|i| match i % 97 {
+            13 => None,
+            41 => Some(String::new()),
+            _ => Some(
+                (0..(3 + i % 23)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "),
+            ),
+        })
+        .collect();
+    let ids: Vec<i64> = (0..n as i64).map(|i| 1000 + i).collect();
+    let cuts = [0, n / 3, n / 3, (2 * n / 3 + 5).min(n), n];
+    for f in 0..4 {
+        let (a, b) = (cuts[f], cuts[f + 1]);
+        let t: Vec<Option<&str>> = texts[a..b].iter().map(|t| t.as_deref()).collect();
+        write_parquet(
+            &input.join(format!("shard-{f}.parquet")),
+            vec![
+                ("id", Arc::new(Int64Array::from(ids[a..b].to_vec())) as ArrayRef),
+                ("text", Arc::new(StringArray::from(t)) as ArrayRef),
+            ],
+        );
+    }
+    input
+}
+
+pub fn embed_cmd(input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    embed_with(&fixture("qwen2-gqa"), input, out, extra)
+}
+
+/// `batch-embed embed --quiet --model MODEL --output OUT EXTRA… INPUT`
+pub fn embed_with(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = batch_embed();
+    cmd.args(["embed", "--quiet", "--model"]).arg(model).arg("--output").arg(out).args(extra).arg(input);
+    cmd
+}
+
+pub fn assert_same_vectors(a: &[(u64, Vec<f32>)], b: &[(u64, Vec<f32>)]) {
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    for ((ra, va), (rb, vb)) in a.iter().zip(b) {
+        assert_eq!(ra, rb);
+        let d = max_abs_diff(va, vb);
+        assert!(d < 1e-5, "row {ra} differs by {d}");
+    }
+}
+
+/// `rows_done` of a checkpoint file (0 when it is missing or being replaced).
+pub fn done(checkpoint: &Path) -> u64 {
+    std::fs::read_to_string(checkpoint)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["rows_done"].as_u64())
+        .unwrap_or(0)
 }

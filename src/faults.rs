@@ -1,0 +1,77 @@
+//! Fault injection for tests (hidden flag `--debug-faults`), so the recovery paths that real
+//! disks, mounts and GPUs trigger rarely are exercised by the suite:
+//!
+//! - `read=N`: the first N attempts to read a chunk of input fail like a flaky network mount;
+//! - `commit=N`: the N-th commit of a part fails like a full disk;
+//! - `oom-above=T`: every model batch of more than T tokens (padding included) fails like an
+//!   out-of-memory allocation.
+//!
+//! Comma-separated, e.g. `read=2,oom-above=64`. Without the flag nothing here fires.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Result};
+
+#[derive(Debug, Default)]
+struct Plan {
+    read_failures: u64,
+    commit_failure: Option<u64>,
+    oom_above: Option<usize>,
+}
+
+static PLAN: OnceLock<Plan> = OnceLock::new();
+static READS: AtomicU64 = AtomicU64::new(0);
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// Parses and installs a fault plan (once per process).
+pub fn install(spec: &str) -> Result<()> {
+    let mut plan = Plan::default();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else { bail!("--debug-faults: {item:?} is not KEY=N") };
+        let n: u64 =
+            value.parse().map_err(|_| anyhow::anyhow!("--debug-faults: {value:?} is not a number"))?;
+        match key {
+            "read" => plan.read_failures = n,
+            "commit" => plan.commit_failure = Some(n),
+            "oom-above" => plan.oom_above = Some(n as usize),
+            _ => bail!("--debug-faults: unknown fault {key:?} (read, commit, oom-above)"),
+        }
+    }
+    let _ = PLAN.set(plan);
+    Ok(())
+}
+
+/// Called before each chunk read.
+pub fn read() -> std::io::Result<()> {
+    let Some(plan) = PLAN.get() else { return Ok(()) };
+    if READS.fetch_add(1, Ordering::Relaxed) < plan.read_failures {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connection timed out (injected by --debug-faults)",
+        ));
+    }
+    Ok(())
+}
+
+/// Called at each commit, before the part is closed.
+pub fn commit() -> std::io::Result<()> {
+    let Some(n) = PLAN.get().and_then(|p| p.commit_failure) else { return Ok(()) };
+    if COMMITS.fetch_add(1, Ordering::Relaxed) + 1 == n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "no space left on device (injected by --debug-faults)",
+        ));
+    }
+    Ok(())
+}
+
+/// Called before each model batch with its padded size.
+pub fn model_batch(padded_tokens: usize) -> Result<()> {
+    match PLAN.get().and_then(|p| p.oom_above) {
+        Some(limit) if padded_tokens > limit => {
+            bail!("out of memory: batch of {padded_tokens} tokens (injected by --debug-faults)")
+        }
+        _ => Ok(()),
+    }
+}

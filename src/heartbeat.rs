@@ -1,0 +1,150 @@
+//! While a worker runs, a background thread keeps its lock fresh and rewrites `progress.json`
+//! every few seconds, so other processes (a replacement worker, `batch-embed status`) can tell
+//! a live worker from a dead one. The pipeline only bumps counters in [`Live`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::lock::{unix_now, WorkerLock, HEARTBEAT};
+use crate::progress::WorkerProgress;
+use crate::shutdown::StopFlag;
+
+/// Counters the pipeline updates as it goes.
+#[derive(Default)]
+pub struct Live {
+    /// Owned rows finished (all runs), committed or not.
+    pub rows_done: AtomicU64,
+    pub rows_committed: AtomicU64,
+    pub rows_failed: AtomicU64,
+    /// Tokens this run.
+    pub tokens: AtomicU64,
+}
+
+pub struct Heartbeat {
+    live: Arc<Live>,
+    stop_tx: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
+    lock: Option<WorkerLock>,
+    progress: WorkerProgress,
+    dir: PathBuf,
+    /// Set when the lock was lost: the run must stop.
+    lost: Option<String>,
+}
+
+impl Heartbeat {
+    /// Starts beating for the worker folder `dir`, whose lock is `lock`.
+    pub fn start(dir: PathBuf, lock: WorkerLock, progress: WorkerProgress, stop: StopFlag) -> Self {
+        let live = Arc::new(Live::default());
+        live.rows_done.store(progress.rows_done, Ordering::Relaxed);
+        live.rows_committed.store(progress.rows_committed, Ordering::Relaxed);
+        live.rows_failed.store(progress.rows_failed, Ordering::Relaxed);
+        let shared = Arc::new(Mutex::new(Shared { lock: Some(lock), progress, dir, lost: None }));
+        shared.lock().expect("heartbeat state").update(&live);
+        let (stop_tx, stop_rx) = channel::<()>();
+        let thread = {
+            let (live, shared) = (live.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("heartbeat".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    // (elapsed, rows, tokens) over the last minute, for rates.
+                    let mut window: VecDeque<(Duration, u64, u64)> = VecDeque::new();
+                    loop {
+                        match stop_rx.recv_timeout(HEARTBEAT) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        let mut s = shared.lock().expect("heartbeat state");
+                        if let Some(lock) = s.lock.as_mut() {
+                            if let Err(e) = lock.refresh() {
+                                s.lost = Some(format!("{e:#}"));
+                                stop.set();
+                                return;
+                            }
+                        }
+                        let now = started.elapsed();
+                        let rows = live.rows_done.load(Ordering::Relaxed);
+                        let tokens = live.tokens.load(Ordering::Relaxed);
+                        window.push_back((now, rows, tokens));
+                        while window.len() > 2 && now - window[0].0 > Duration::from_secs(60) {
+                            window.pop_front();
+                        }
+                        let (t0, r0, k0) = window[0];
+                        let secs = (now - t0).as_secs_f64();
+                        if secs > 0.0 {
+                            s.progress.rows_per_s = (rows - r0) as f64 / secs;
+                            s.progress.tokens_per_s = (tokens - k0) as f64 / secs;
+                        }
+                        s.update(&live);
+                    }
+                })
+                .expect("start the heartbeat thread")
+        };
+        Heartbeat { live, stop_tx: Some(stop_tx), thread: Some(thread), shared }
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The reason the lock was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.shared.lock().expect("heartbeat state").lost.clone()
+    }
+
+    /// Stops beating, writes the final state (`done`, `interrupted` or `failed` with `error`) and
+    /// releases the lock.
+    pub fn finish(mut self, state: &str, error: Option<String>) {
+        self.stop_thread();
+        let mut s = self.shared.lock().expect("heartbeat state");
+        s.progress.state = state.to_string();
+        s.progress.error = error;
+        if state != "running" {
+            s.progress.rows_per_s = 0.0;
+            s.progress.tokens_per_s = 0.0;
+        }
+        s.update(&self.live);
+        s.lock = None;
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop_tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+impl Shared {
+    /// Copies the counters into the progress file and writes it (best effort: progress is a
+    /// view, the checkpoint is the record).
+    fn update(&mut self, live: &Live) {
+        let p = &mut self.progress;
+        p.rows_done = live.rows_done.load(Ordering::Relaxed);
+        p.rows_committed = live.rows_committed.load(Ordering::Relaxed);
+        p.rows_failed = live.rows_failed.load(Ordering::Relaxed);
+        p.updated_at = unix_now();
+        if p.history.last().is_none_or(|&(t, _)| p.updated_at >= t + 30) {
+            p.history.push((p.updated_at, p.rows_done));
+            if p.history.len() > 480 {
+                p.history.remove(0);
+            }
+        }
+        let _ = p.save(&self.dir);
+    }
+}

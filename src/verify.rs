@@ -1,0 +1,448 @@
+//! `batch-embed verify OUTPUT`: is a run complete and sound? Reads every worker's checkpoint,
+//! failures and the `row` column of its shards (plus every vector with `--deep`), and checks
+//! that every row of the input is owned by exactly one worker and appears exactly once, as a
+//! vector or as a recorded failure; that every shard opens; that all workers ran the same job.
+//!
+//! Reading the `row` column only keeps this quick on a 30M-row output; a bitmap of owned rows
+//! per worker (one bit a row) finds duplicates and gaps.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float16Type, Float32Type, UInt64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::cli::VerifyArgs;
+use crate::output::part_seq;
+use crate::partition::Partition;
+use crate::pipeline::FAILURES_FILE;
+
+/// Metadata keys every shard of a run must agree on.
+const SHARED_KEYS: &[&str] = &[
+    "model_hash",
+    "model_type",
+    "dim",
+    "pooling",
+    "normalized",
+    "attention",
+    "max_tokens",
+    "prompt",
+    "output_dtype",
+    "num_workers",
+    "stride_block",
+];
+/// With `--deep`: how far a normalised vector's norm may be from 1 (f16 output keeps ~3 digits).
+const NORM_TOLERANCE: f64 = 1e-2;
+/// Missing ranges listed per worker (the count is always given).
+const LIST_RANGES: usize = 10;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub output: String,
+    pub num_workers: u64,
+    pub rows_input: u64,
+    pub rows_embedded: u64,
+    pub rows_failed: u64,
+    pub rows_missing: u64,
+    pub duplicates: u64,
+    pub workers: Vec<WorkerReport>,
+    /// Everything that makes the run unsound or incomplete, one sentence each.
+    pub problems: Vec<String>,
+    pub deep: bool,
+    /// Complete (every row once) and sound (no problem found).
+    pub ok: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct WorkerReport {
+    pub worker_id: u64,
+    /// done, incomplete or missing (no folder).
+    pub state: String,
+    pub rows_owned: u64,
+    pub rows_embedded: u64,
+    pub rows_failed: u64,
+    pub rows_missing: u64,
+    pub duplicates: u64,
+    /// Global row ranges with neither a vector nor a failure (at most a few listed).
+    pub missing_ranges: Vec<(u64, u64)>,
+    pub parts: usize,
+    /// With `--deep`: vectors holding NaN or infinity, and (normalised runs) norms far from 1.
+    pub non_finite_vectors: u64,
+    pub bad_norm_vectors: u64,
+}
+
+pub fn main(args: VerifyArgs) -> Result<ExitCode> {
+    let report = verify(&args.output, args.deep)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A worker folder name, `worker-00003-of-00008`, parsed.
+pub fn parse_worker_dir(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("worker-")?;
+    let (id, n) = rest.split_once("-of-")?;
+    Some((id.parse().ok()?, n.parse().ok()?))
+}
+
+/// The worker folders under `output`, by (id, N), sorted.
+pub fn worker_dirs(output: &Path) -> Result<Vec<((u64, u64), PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(output).with_context(|| format!("cannot list {}", output.display()))?;
+    for e in entries {
+        let e = e?;
+        if let Some(key) = parse_worker_dir(&e.file_name().to_string_lossy()) {
+            if e.path().is_dir() {
+                out.push((key, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn verify(output: &Path, deep: bool) -> Result<Report> {
+    let dirs = worker_dirs(output)?;
+    if dirs.is_empty() {
+        bail!("{} holds no worker folders (worker-ID-of-N); is it the --output of a run?", output.display());
+    }
+    let mut report = Report { output: output.display().to_string(), deep, ..Report::default() };
+    let mut checkpoints = BTreeMap::new();
+    for ((id, n), dir) in &dirs {
+        match Checkpoint::load(dir) {
+            Ok(Some(c)) => {
+                checkpoints.insert((*id, *n), (dir.clone(), c));
+            }
+            Ok(None) => report.problems.push(format!("{} has no {}", dir.display(), checkpoint::FILE_NAME)),
+            Err(e) => report.problems.push(format!("{e:#}")),
+        }
+    }
+    // The run's shape comes from the checkpoints; they must all agree on it.
+    let Some((_, (ref_dir, reference))) = checkpoints.iter().next() else {
+        report.problems.push("no worker has a readable checkpoint".into());
+        return Ok(report);
+    };
+    let (ref_dir, reference) = (ref_dir.clone(), reference.fingerprint.clone());
+    for (dir, c) in checkpoints.values().skip(1) {
+        let mut fp = c.fingerprint.clone();
+        fp.worker_id = reference.worker_id;
+        let diff = fp.differences(&reference);
+        if !diff.is_empty() {
+            report.problems.push(format!(
+                "{} and {} come from different runs: {}",
+                ref_dir.display(),
+                dir.display(),
+                diff.join("; ")
+            ));
+        }
+    }
+    let n = reference.num_workers;
+    report.num_workers = n;
+    report.rows_input = reference.inputs.iter().map(|i| i.rows).sum();
+    for ((id, dn), dir) in &dirs {
+        if *dn != n || *id >= n {
+            report.problems.push(format!("{} does not belong to a run of {n} workers", dir.display()));
+        }
+    }
+
+    let mut shard_meta: Option<(PathBuf, BTreeMap<String, String>)> = None;
+    for id in 0..n {
+        let partition = Partition::new(id, n, reference.stride_block).map_err(anyhow::Error::msg)?;
+        let owned = partition.owned_count(0..report.rows_input);
+        let Some((dir, ckpt)) = checkpoints.get(&(id, n)) else {
+            let missing = ranges_of(&vec![false; owned as usize], &partition);
+            report.workers.push(WorkerReport {
+                worker_id: id,
+                state: "missing".into(),
+                rows_owned: owned,
+                rows_missing: owned,
+                missing_ranges: missing.into_iter().take(LIST_RANGES).collect(),
+                ..WorkerReport::default()
+            });
+            if owned > 0 {
+                report.problems.push(format!("worker {id} has not written anything ({owned} rows owned)"));
+            }
+            continue;
+        };
+        let w = check_worker(id, dir, ckpt, &partition, owned, deep, &mut shard_meta, &mut report.problems)?;
+        report.workers.push(w);
+    }
+    for w in &report.workers {
+        report.rows_embedded += w.rows_embedded;
+        report.rows_failed += w.rows_failed;
+        report.rows_missing += w.rows_missing;
+        report.duplicates += w.duplicates;
+        if w.state == "incomplete" {
+            report.problems.push(format!(
+                "worker {} is not complete: {} of {} rows missing",
+                w.worker_id, w.rows_missing, w.rows_owned
+            ));
+        }
+    }
+    report.ok = report.problems.is_empty() && report.rows_missing == 0;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_worker(
+    id: u64,
+    dir: &Path,
+    ckpt: &Checkpoint,
+    partition: &Partition,
+    owned: u64,
+    deep: bool,
+    shard_meta: &mut Option<(PathBuf, BTreeMap<String, String>)>,
+    problems: &mut Vec<String>,
+) -> Result<WorkerReport> {
+    let mut w =
+        WorkerReport { worker_id: id, rows_owned: owned, parts: ckpt.parts.len(), ..Default::default() };
+    if ckpt.rows_owned != owned {
+        problems.push(format!("worker {id}'s checkpoint says it owns {} rows, not {owned}", ckpt.rows_owned));
+    }
+    // Part files on disk that the checkpoint does not list: a reader globbing part-*.parquet
+    // would take their rows twice. (A resumed run removes them.)
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = e?.file_name().to_string_lossy().to_string();
+        if part_seq(&name).is_some() && !ckpt.parts.iter().any(|p| p.file == name) {
+            problems.push(format!(
+                "{} is not in the checkpoint (left by an interrupted run; running the worker again removes it)",
+                dir.join(&name).display()
+            ));
+        }
+    }
+
+    let normalized = ckpt.fingerprint.normalize;
+    let shards: Vec<Result<Shard>> =
+        ckpt.parts.par_iter().map(|p| read_shard(&dir.join(&p.file), deep, normalized)).collect();
+    let mut seen = vec![false; owned as usize];
+    let mut foreign = 0u64;
+    let mut mark = |row: u64, seen: &mut Vec<bool>, w: &mut WorkerReport| {
+        if !partition.owns(row) || partition.owned_index(row) >= owned {
+            foreign += 1;
+            return;
+        }
+        let slot = &mut seen[partition.owned_index(row) as usize];
+        if *slot {
+            w.duplicates += 1;
+        }
+        *slot = true;
+    };
+    for (part, shard) in ckpt.parts.iter().zip(shards) {
+        let path = dir.join(&part.file);
+        let shard = match shard {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        if shard.rows.len() as u64 != part.rows {
+            problems.push(format!(
+                "{} holds {} rows; the checkpoint says {}",
+                path.display(),
+                shard.rows.len(),
+                part.rows
+            ));
+        }
+        if shard.meta.get("worker_id").map(String::as_str) != Some(id.to_string().as_str()) {
+            problems.push(format!("{} was not written by worker {id}", path.display()));
+        }
+        match shard_meta {
+            None => *shard_meta = Some((path.clone(), shard.meta.clone())),
+            Some((first, meta)) => {
+                for key in SHARED_KEYS {
+                    if meta.get(*key) != shard.meta.get(*key) {
+                        problems.push(format!(
+                            "{} has {key} {:?} but {} has {:?}",
+                            path.display(),
+                            shard.meta.get(*key).map(String::as_str).unwrap_or("(none)"),
+                            first.display(),
+                            meta.get(*key).map(String::as_str).unwrap_or("(none)")
+                        ));
+                    }
+                }
+            }
+        }
+        w.rows_embedded += shard.rows.len() as u64;
+        w.non_finite_vectors += shard.non_finite;
+        w.bad_norm_vectors += shard.bad_norm;
+        for &row in &shard.rows {
+            mark(row, &mut seen, &mut w);
+        }
+    }
+    match read_failures(&dir.join(FAILURES_FILE), ckpt.failures_bytes) {
+        Ok(rows) => {
+            w.rows_failed = rows.len() as u64;
+            for row in rows {
+                mark(row, &mut seen, &mut w);
+            }
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    if foreign > 0 {
+        problems.push(format!("worker {id} wrote {foreign} rows it does not own"));
+    }
+    if w.duplicates > 0 {
+        problems.push(format!("worker {id} has {} rows more than once", w.duplicates));
+    }
+    if w.non_finite_vectors > 0 {
+        problems
+            .push(format!("worker {id} has {} vectors with NaN or infinite values", w.non_finite_vectors));
+    }
+    if w.bad_norm_vectors > 0 {
+        problems.push(format!(
+            "worker {id} has {} vectors whose norm is not 1 (±{NORM_TOLERANCE}) in a normalised run",
+            w.bad_norm_vectors
+        ));
+    }
+    let missing = ranges_of(&seen, partition);
+    w.rows_missing = missing.iter().map(|(a, b)| b - a).sum();
+    w.missing_ranges = missing.into_iter().take(LIST_RANGES).collect();
+    w.state = if w.rows_missing == 0 && ckpt.complete { "done" } else { "incomplete" }.into();
+    if w.rows_missing == 0 && !ckpt.complete {
+        problems.push(format!("worker {id} has every row but its checkpoint is not marked complete"));
+    }
+    Ok(w)
+}
+
+/// The global row ranges of the owned rows not marked in `seen`.
+fn ranges_of(seen: &[bool], partition: &Partition) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+        let row = partition.owned_row(i as u64);
+        match out.last_mut() {
+            Some((_, end)) if *end == row => *end += 1,
+            _ => out.push((row, row + 1)),
+        }
+    }
+    out
+}
+
+struct Shard {
+    rows: Vec<u64>,
+    meta: BTreeMap<String, String>,
+    non_finite: u64,
+    bad_norm: u64,
+}
+
+/// Reads a shard's metadata and `row` column (and, deep, its vectors).
+fn read_shard(path: &Path, deep: bool, normalized: bool) -> Result<Shard> {
+    let unreadable = || format!("{} does not open as a vector shard", path.display());
+    let file = File::open(path).with_context(unreadable)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
+    let meta: BTreeMap<String, String> = builder
+        .schema()
+        .metadata()
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("batch_embed.")?.to_string(), v.clone())))
+        .collect();
+    let schema = builder.schema().clone();
+    let (Some((row_i, _)), Some((emb_i, _))) =
+        (schema.column_with_name("row"), schema.column_with_name("embedding"))
+    else {
+        bail!("{} lacks the row or embedding column", path.display());
+    };
+    let mut roots = vec![row_i];
+    if deep {
+        roots.push(emb_i);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder.with_projection(mask).with_batch_size(8192).build().with_context(unreadable)?;
+    let mut shard = Shard { rows: Vec::new(), meta, non_finite: 0, bad_norm: 0 };
+    for batch in reader {
+        let batch = batch.with_context(unreadable)?;
+        let rows = batch.column(0).as_primitive_opt::<UInt64Type>().with_context(unreadable)?;
+        shard.rows.extend(rows.values().iter().copied());
+        if deep {
+            let list = batch.column(1).as_fixed_size_list_opt().with_context(unreadable)?;
+            let dim = list.value_length() as usize;
+            let values: Vec<f64> = match list.values().data_type() {
+                DataType::Float32 => {
+                    list.values().as_primitive::<Float32Type>().values().iter().map(|&v| v as f64).collect()
+                }
+                DataType::Float16 => {
+                    list.values().as_primitive::<Float16Type>().values().iter().map(|v| v.to_f64()).collect()
+                }
+                t => bail!("{}: embedding values are {t}, not Float32 or Float16", path.display()),
+            };
+            for v in values.chunks_exact(dim.max(1)) {
+                if v.iter().any(|x| !x.is_finite()) {
+                    shard.non_finite += 1;
+                } else if normalized
+                    && (v.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() > NORM_TOLERANCE
+                {
+                    shard.bad_norm += 1;
+                }
+            }
+        }
+    }
+    Ok(shard)
+}
+
+/// The rows of the first `committed` bytes of a failures.jsonl.
+fn read_failures(path: &Path, committed: u64) -> Result<Vec<u64>> {
+    if committed == 0 {
+        return Ok(Vec::new());
+    }
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in BufReader::new(f.take(committed)).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        let row = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("row")?.as_u64())
+            .with_context(|| format!("{} line {} is not a failure record", path.display(), n + 1))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let owned: u64 = r.workers.iter().map(|w| w.rows_owned).sum();
+    let done = r.workers.iter().filter(|w| w.state == "done").count();
+    let _ = writeln!(s, "{}: {} workers, {done} done", r.output, r.num_workers);
+    let _ = writeln!(
+        s,
+        "rows: {} in the input, {owned} owned; {} embedded, {} failed, {} missing, {} duplicated",
+        r.rows_input, r.rows_embedded, r.rows_failed, r.rows_missing, r.duplicates
+    );
+    for w in &r.workers {
+        let _ = write!(
+            s,
+            "  worker {:>5}: {:<10} {} owned, {} embedded, {} failed",
+            w.worker_id, w.state, w.rows_owned, w.rows_embedded, w.rows_failed
+        );
+        if w.rows_missing > 0 {
+            let ranges: Vec<String> = w.missing_ranges.iter().map(|(a, b)| format!("{a}..{b}")).collect();
+            let more = if w.rows_missing > 0 && w.missing_ranges.len() == LIST_RANGES { ", …" } else { "" };
+            let _ = write!(s, ", {} missing (rows {}{more})", w.rows_missing, ranges.join(", "));
+        }
+        let _ = writeln!(s);
+    }
+    if !r.deep {
+        let _ = writeln!(s, "vectors: not read (pass --deep to check NaN and norms)");
+    }
+    if r.problems.is_empty() {
+        let _ = writeln!(s, "{}", if r.ok { "OK: complete and sound" } else { "NOT OK" });
+    } else {
+        let _ = writeln!(s, "NOT OK: {} problems", r.problems.len());
+        for p in &r.problems {
+            let _ = writeln!(s, "  - {p}");
+        }
+    }
+    s
+}
