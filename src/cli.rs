@@ -56,13 +56,15 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
 
-    /// This worker's index, 0-based.
-    #[arg(long, env = "BATCH_EMBED_WORKER_ID", default_value_t = 0, value_name = "ID")]
-    pub worker_id: u64,
+    /// This worker's index, 0-based [default: from JOB_COMPLETION_INDEX (Kubernetes),
+    /// SLURM_ARRAY_TASK_ID (Slurm) or SKYPILOT_NODE_RANK (SkyPilot), else 0].
+    #[arg(long, env = "BATCH_EMBED_WORKER_ID", value_name = "ID")]
+    pub worker_id: Option<u64>,
 
-    /// Number of workers sharing the input; each owns every N-th block of rows.
-    #[arg(long, env = "BATCH_EMBED_NUM_WORKERS", default_value_t = 1, value_name = "N")]
-    pub num_workers: u64,
+    /// Number of workers sharing the input; each owns every N-th block of rows [default: from
+    /// SLURM_ARRAY_TASK_COUNT or SKYPILOT_NUM_NODES, else 1].
+    #[arg(long, env = "BATCH_EMBED_NUM_WORKERS", value_name = "N")]
+    pub num_workers: Option<u64>,
 
     /// Rows per stride block: block b (rows b*K..(b+1)*K) belongs to worker b mod N.
     #[arg(long, default_value_t = crate::partition::DEFAULT_BLOCK, value_name = "K")]
@@ -115,9 +117,17 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
 
-    /// Token budget of one model batch, padding included.
-    #[arg(long, default_value_t = 8192, value_name = "N")]
-    pub batch_tokens: usize,
+    /// Token budget of one model batch, padding included [default: 8192 on the CPU; on a GPU,
+    /// chosen from the memory free after loading the model]. A batch that runs out of memory
+    /// is split and retried.
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<usize>,
+
+    /// Folder holding the CUDA libraries (libcublas.so.13, libcublasLt.so.13, libcurand.so.10,
+    /// libnvrtc.so.13, and libcuda.so.1 if not on the system path); searched before
+    /// LD_LIBRARY_PATH, CUDA_HOME, the usual paths and Python environments' nvidia/*/lib.
+    #[arg(long, value_name = "DIR")]
+    pub cuda_lib_dir: Option<PathBuf>,
 
     /// Most rows per output part file.
     #[arg(long, default_value_t = 100_000, value_name = "N")]

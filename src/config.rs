@@ -22,6 +22,8 @@ pub struct EmbedConfig {
     pub model_config: ModelConfig,
     pub output: PathBuf,
     pub partition: Partition,
+    /// Where the worker id and count came from (flags, Kubernetes, Slurm, SkyPilot).
+    pub identity_source: String,
     pub text_column: String,
     pub id_column: Option<String>,
     pub output_dtype: OutputDtype,
@@ -34,7 +36,9 @@ pub struct EmbedConfig {
     pub normalize: bool,
     pub device: DeviceChoice,
     pub dtype: DtypeChoice,
-    pub batch_tokens: usize,
+    /// `None`: chosen at run time (8192 on the CPU, from free memory on a GPU).
+    pub batch_tokens: Option<usize>,
+    pub cuda_lib_dir: Option<PathBuf>,
     pub rows_per_part: usize,
     pub quiet: bool,
     pub stop_timeout: std::time::Duration,
@@ -60,10 +64,12 @@ impl EmbedConfig {
             ),
             Some(n) => n,
         };
-        if args.batch_tokens == 0 {
+        if args.batch_tokens == Some(0) {
             bail!("--batch-tokens must be at least 1");
         }
-        let partition = Partition::new(args.worker_id, args.num_workers, args.stride_block)
+        let identity =
+            crate::identity::resolve(args.worker_id, args.num_workers, &|k| std::env::var(k).ok())?;
+        let partition = Partition::new(identity.worker_id, identity.num_workers, args.stride_block)
             .map_err(anyhow::Error::msg)?;
         if args.id_column.as_deref() == Some(args.text_column.as_str()) {
             bail!("--id-column and --text-column name the same column \"{}\"", args.text_column);
@@ -94,6 +100,7 @@ impl EmbedConfig {
             model_config,
             output: args.output,
             partition,
+            identity_source: identity.source,
             text_column: args.text_column,
             id_column: args.id_column,
             output_dtype: match args.output_dtype {
@@ -109,6 +116,7 @@ impl EmbedConfig {
             device: args.device,
             dtype,
             batch_tokens: args.batch_tokens,
+            cuda_lib_dir: args.cuda_lib_dir,
             rows_per_part: args.rows_per_part,
             quiet: args.quiet,
             stop_timeout: std::time::Duration::from_secs_f64(args.stop_timeout),

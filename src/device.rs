@@ -1,5 +1,7 @@
 //! Choosing the compute device and dtype.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
@@ -36,37 +38,191 @@ pub enum DtypeChoice {
     F16,
 }
 
-/// Opens the device the user asked for.
-pub fn open(choice: DeviceChoice) -> Result<Device> {
+/// Opens the device the user asked for. `cuda_lib_dir` is searched first for the CUDA
+/// libraries; `note` hears why `auto` fell back to the CPU.
+pub fn open(choice: DeviceChoice, cuda_lib_dir: Option<&Path>, note: &mut dyn FnMut(&str)) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         // NOTE: candle's cuda_is_available() only says whether the feature was compiled in, so
         // auto tries GPU 0 for real and falls back to the CPU when there is none.
-        DeviceChoice::Auto if cfg!(feature = "cuda") => Ok(new_cuda(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Auto if cfg!(feature = "cuda") => match new_cuda(0, cuda_lib_dir) {
+            Ok(device) => Ok(device),
+            Err(e) => {
+                note(&format!("no usable GPU ({e:#}); running on the CPU"));
+                Ok(Device::Cpu)
+            }
+        },
         DeviceChoice::Auto => Ok(Device::Cpu),
         DeviceChoice::Cuda(n) => {
             if !cfg!(feature = "cuda") {
                 bail!(
                     "--device cuda:{n}: this binary was built without CUDA support; \
-                     build it with `cargo build --release --features cuda` or use --device cpu"
+                     build it with scripts/build-cuda.sh or `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))
+            new_cuda(n, cuda_lib_dir).with_context(|| format!("cannot open CUDA device {n}"))
         }
     }
 }
 
-/// `Device::new_cuda`, with a missing driver library turned into an error: cudarc panics when
-/// it cannot load libcuda.
-fn new_cuda(n: usize) -> Result<Device> {
+/// `Device::new_cuda` after loading the CUDA libraries from where they are found, with
+/// cudarc's panics (it panics when a library cannot be loaded) turned into errors.
+fn new_cuda(n: usize, cuda_lib_dir: Option<&Path>) -> Result<Device> {
+    let dirs = cuda_search_dirs(cuda_lib_dir);
+    let problems = preload_cuda_libraries(&dirs);
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let opened = std::panic::catch_unwind(|| Device::new_cuda(n));
     std::panic::set_hook(hook);
+    let looked = || {
+        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        format!(
+            "{}; looked in {} and the system library path; pass --cuda-lib-dir DIR, set LD_LIBRARY_PATH, or install the NVIDIA driver and CUDA 13 cuBLAS/cuRAND/NVRTC (e.g. pip install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc)",
+            problems.join("; "),
+            if shown.is_empty() { "no extra folder".to_string() } else { shown.join(", ") }
+        )
+    };
     match opened {
-        Ok(device) => Ok(device?),
-        Err(_) => bail!("the CUDA driver library (libcuda.so) could not be loaded"),
+        Ok(Ok(device)) => Ok(device),
+        Ok(Err(e)) if problems.is_empty() => Err(e.into()),
+        Ok(Err(e)) => Err(anyhow::Error::from(e).context(looked())),
+        Err(_) if problems.is_empty() => bail!("the CUDA libraries could not be loaded"),
+        Err(_) => bail!("{}", looked()),
     }
+}
+
+/// The CUDA libraries cudarc opens by name (CUDA 13 names), and what they are.
+const CUDA_LIBRARIES: &[(&str, &str)] = &[
+    ("libcuda.so.1", "the NVIDIA driver"),
+    ("libcublasLt.so.13", "cuBLASLt"),
+    ("libcublas.so.13", "cuBLAS"),
+    ("libcurand.so.10", "cuRAND"),
+    ("libnvrtc.so.13", "NVRTC"),
+];
+
+/// Folders searched for the CUDA libraries, in order: `--cuda-lib-dir`, `LD_LIBRARY_PATH`,
+/// `CUDA_HOME`/`CUDA_PATH`, the usual install paths, and the `site-packages/nvidia/*/lib`
+/// folders of Python environments (PyTorch's pip wheels bring cuBLAS and friends there).
+pub fn cuda_search_dirs(cuda_lib_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    dirs.extend(cuda_lib_dir.map(Path::to_path_buf));
+    if let Ok(paths) = std::env::var("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
+        if let Ok(home) = std::env::var(var) {
+            dirs.push(Path::new(&home).join("lib64"));
+            dirs.push(Path::new(&home).join("lib"));
+        }
+    }
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib/wsl/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    let mut prefixes: Vec<PathBuf> = Vec::new();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Ok(p) = std::env::var(var) {
+            prefixes.push(PathBuf::from(p));
+        }
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        prefixes.push(Path::new(&home).join(".local"));
+        prefixes.push(Path::new(&home).join(".venv"));
+    }
+    prefixes.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
+    prefixes.extend(children("/opt").into_iter().map(|d| d.join(".venv")));
+    for prefix in prefixes {
+        for py in children(&prefix.join("lib")) {
+            if !py.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3")) {
+                continue;
+            }
+            for packages in ["site-packages", "dist-packages"] {
+                let nvidia = py.join(packages).join("nvidia");
+                for pkg in children(&nvidia) {
+                    dirs.push(pkg.join("lib"));
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| d.is_dir() && seen.insert(d.clone()));
+    dirs
+}
+
+fn children(dir: impl AsRef<Path>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|r| r.filter_map(|e| Some(e.ok()?.path())).collect()).unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Where each CUDA library is in `dirs` (first match), or `None` when it is in none of them.
+pub fn find_cuda_libraries(dirs: &[PathBuf]) -> Vec<(&'static str, &'static str, Option<PathBuf>)> {
+    CUDA_LIBRARIES
+        .iter()
+        .map(|&(name, what)| (name, what, dirs.iter().map(|d| d.join(name)).find(|p| p.is_file())))
+        .collect()
+}
+
+/// Opens each CUDA library by absolute path where found (so cudarc's later lookup by name finds
+/// the loaded copy), else by name through the system's search path. Returns what failed.
+fn preload_cuda_libraries(dirs: &[PathBuf]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, what, found) in find_cuda_libraries(dirs) {
+        // NVRTC loads its builtins library by name from its own folder's neighbours.
+        if let Some(dir) = found.as_ref().and_then(|p| p.parent()) {
+            if name.starts_with("libnvrtc") {
+                for builtins in children(dir) {
+                    if builtins
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc-builtins.so"))
+                    {
+                        let _ = dlopen(&builtins.to_string_lossy());
+                    }
+                }
+            }
+        }
+        let target =
+            found.as_ref().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|| name.to_string());
+        if let Err(e) = dlopen(&target) {
+            problems.push(match found {
+                Some(_) => format!("{target} ({what}) did not load: {e}"),
+                None => format!("{name} ({what}) not found"),
+            });
+        }
+    }
+    problems
+}
+
+fn dlopen(path: &str) -> std::result::Result<(), String> {
+    let c = std::ffi::CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path; the handle is kept open for the life of the process.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a thread-local message or null.
+        let msg = unsafe { libc::dlerror() };
+        return Err(if msg.is_null() {
+            "unknown error".into()
+        } else {
+            unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        });
+    }
+    Ok(())
+}
+
+/// Free and total memory of a CUDA device, in bytes (`None` on the CPU).
+pub fn memory_info(device: &Device) -> Option<(usize, usize)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().mem_get_info().ok();
+    }
+    let _ = device;
+    None
 }
 
 /// The dtype the model runs in on `device`.
@@ -100,5 +256,36 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
         assert!("gpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn finds_cuda_libraries_in_a_python_environment_and_the_given_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("venv");
+        let lib = venv.join("lib/python3.12/site-packages/nvidia/cu13/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libcublas.so.13"), b"").unwrap();
+        let given = root.path().join("given");
+        std::fs::create_dir_all(&given).unwrap();
+        std::fs::write(given.join("libnvrtc.so.13"), b"").unwrap();
+
+        std::env::set_var("VIRTUAL_ENV", &venv);
+        let dirs = cuda_search_dirs(Some(&given));
+        std::env::remove_var("VIRTUAL_ENV");
+        assert_eq!(dirs[0], given, "--cuda-lib-dir comes first");
+        assert!(dirs.contains(&lib), "{dirs:?}");
+        let found = find_cuda_libraries(&dirs);
+        let at = |name: &str| found.iter().find(|f| f.0 == name).unwrap().2.clone();
+        assert_eq!(at("libcublas.so.13"), Some(lib.join("libcublas.so.13")));
+        assert_eq!(at("libnvrtc.so.13"), Some(given.join("libnvrtc.so.13")));
+        assert!(!dirs.contains(&root.path().join("missing")));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn asking_for_cuda_without_it_is_one_clear_error() {
+        let err = open(DeviceChoice::Cuda(0), None, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("built without CUDA support"), "{err}");
+        assert!(open(DeviceChoice::Auto, None, &mut |_| {}).unwrap().is_cpu());
     }
 }

@@ -118,6 +118,11 @@ impl Embedder {
         &self.options
     }
 
+    /// Changes the token budget of a model batch (chosen after the weights are on the device).
+    pub fn set_batch_tokens(&mut self, tokens: usize) {
+        self.options.batch_tokens = tokens.max(1);
+    }
+
     /// Embeds `texts` (`None` for a null value).
     pub fn embed(&self, texts: &[Option<&str>]) -> Result<Embedded> {
         self.run(self.prepare(texts)?)
@@ -243,4 +248,52 @@ pub fn is_out_of_memory(err: &anyhow::Error) -> bool {
     ["out of memory", "out_of_memory", "alloc_failed", "cannot allocate memory"]
         .iter()
         .any(|p| text.contains(p))
+}
+
+/// Default `--batch-tokens` on a GPU with `free` bytes after the weights are loaded.
+///
+/// Per padded token, one layer at a time holds about 6 hidden-size vectors (residual, norm, q,
+/// attention out, projections), k and v, 3 MLP-width vectors (gate, up, product) in the compute
+/// dtype, and two f32 rows of attention scores per head over the batch's longest text (taken
+/// as 2048 here; longer batches that do not fit are split by the out-of-memory retry). Half of
+/// the free memory is used, leaving room for the allocator and kernels' workspaces.
+pub fn auto_batch_tokens(free: usize, config: &ModelConfig, dtype_bytes: usize, max_tokens: usize) -> usize {
+    let kv = config.num_key_value_heads * config.head_dim;
+    let activations = (6 * config.hidden_size + 3 * config.intermediate_size + 2 * kv) * dtype_bytes;
+    let scores = 2 * config.num_attention_heads * max_tokens.min(2048) * 4;
+    let tokens = free / 2 / (activations + scores).max(1);
+    (tokens / 1024 * 1024).clamp(2048, 131_072)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batch_tokens_follows_free_memory_and_model_size() {
+        let small = ModelConfig::from_json(
+            r#"{"model_type":"qwen2","vocab_size":151646,"hidden_size":1536,"intermediate_size":8960,
+                "num_hidden_layers":28,"num_attention_heads":12,"num_key_value_heads":2,
+                "max_position_embeddings":32768,"rms_norm_eps":1e-6}"#,
+        )
+        .unwrap();
+        let big = ModelConfig::from_json(
+            r#"{"model_type":"qwen2","vocab_size":151646,"hidden_size":3584,"intermediate_size":18944,
+                "num_hidden_layers":28,"num_attention_heads":28,"num_key_value_heads":4,
+                "max_position_embeddings":32768,"rms_norm_eps":1e-6}"#,
+        )
+        .unwrap();
+        const GB: usize = 1 << 30;
+        // An H100 after gte-Qwen2-1.5B's weights (~74 GB free), at review lengths.
+        let h100_small = auto_batch_tokens(74 * GB, &small, 2, 512);
+        assert!((100_000..=131_072).contains(&h100_small), "{h100_small}");
+        // The 7B model leaves less room and costs more per token.
+        let h100_big = auto_batch_tokens(60 * GB, &big, 2, 512);
+        assert!(h100_big < h100_small && h100_big >= 32_768, "{h100_big}");
+        // Long texts cost more attention memory per token.
+        assert!(auto_batch_tokens(20 * GB, &big, 2, 8192) < auto_batch_tokens(20 * GB, &big, 2, 512));
+        // Never below a useful minimum, always a multiple of 1024.
+        assert_eq!(auto_batch_tokens(GB / 10, &big, 2, 512), 2048);
+        assert_eq!(auto_batch_tokens(10 * GB, &small, 2, 512) % 1024, 0);
+    }
 }

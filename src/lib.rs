@@ -12,6 +12,7 @@ pub mod device;
 pub mod embed;
 pub mod faults;
 pub mod heartbeat;
+pub mod identity;
 pub mod input;
 pub mod lock;
 pub mod model;

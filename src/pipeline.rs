@@ -39,6 +39,8 @@ const CHUNK_ROWS: usize = 4096;
 /// On the CPU attention is packed (padding costs nothing) and a row takes far longer, so a
 /// smaller window keeps checkpoints frequent.
 const CPU_CHUNK_ROWS: usize = 1024;
+/// `--batch-tokens` on the CPU when not given (packed attention: the budget only bounds memory).
+const DEFAULT_CPU_BATCH_TOKENS: usize = 8192;
 /// Chunks waiting between two stages.
 const QUEUE: usize = 2;
 pub const FAILURES_FILE: &str = "failures.jsonl";
@@ -153,7 +155,11 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         .collect();
     let rows_owned: u64 = plan.iter().flat_map(|(_, r)| r).map(|r| r.end - r.start).sum();
 
-    let device = crate::device::open(cfg.device)?;
+    let device = crate::device::open(cfg.device, cfg.cuda_lib_dir.as_deref(), &mut |note| {
+        if !cfg.quiet {
+            eprintln!("batch-embed: {note}");
+        }
+    })?;
     let dtype = crate::device::dtype(cfg.dtype, &device);
     let device_name = crate::device::describe(&device);
     let model_hash = checkpoint::model_hash(
@@ -260,15 +266,25 @@ fn run_locked(
         max_tokens: cfg.max_tokens,
         prompt: cfg.prompt.clone(),
         normalize: cfg.normalize,
-        batch_tokens: cfg.batch_tokens,
+        batch_tokens: cfg.batch_tokens.unwrap_or(DEFAULT_CPU_BATCH_TOKENS),
         attention_impl: if cfg.debug_noop_model { AttentionImpl::Noop } else { AttentionImpl::Auto },
     };
     let load_started = Instant::now();
-    let embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, device)?;
+    let mut embedder = Embedder::load(&cfg.model, &cfg.model_config, options, dtype, device)?;
+    let memory = crate::device::memory_info(device);
+    if let (None, Some((free, _))) = (cfg.batch_tokens, memory) {
+        embedder.set_batch_tokens(crate::embed::auto_batch_tokens(
+            free,
+            &cfg.model_config,
+            dtype.size_in_bytes(),
+            cfg.max_tokens,
+        ));
+    }
     let load = load_started.elapsed();
     let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet);
     progress.note(&format!(
-        "batch-embed: {worker}: {rows_owned} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s",
+        "batch-embed: {worker} ({}): {rows_owned} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
+        cfg.identity_source,
         inputs.total_rows(),
         inputs.files.len(),
         if rows_before > 0 { format!(", resuming after {rows_before} done") } else { String::new() },
@@ -278,7 +294,12 @@ fn run_locked(
         embedder.dim(),
         device_name,
         dtype,
-        load_started.elapsed().as_secs_f64()
+        load_started.elapsed().as_secs_f64(),
+        embedder.options().batch_tokens,
+        match (cfg.batch_tokens, memory) {
+            (None, Some((free, _))) => format!(" (chosen for {:.1} GiB free)", free as f64 / (1u64 << 30) as f64),
+            _ => String::new(),
+        }
     ));
 
     let mut writer = ShardWriter::new(
@@ -487,22 +508,22 @@ fn write_stage(
     live: &Live,
 ) -> Result<()> {
     let failures_path = dir.join(FAILURES_FILE);
-    let mut failures = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&failures_path)
-        .with_context(|| format!("cannot open {}", failures_path.display()))?;
     let mut pending = Pending::default();
     let mut last_commit = Instant::now();
-    let mut commit = |writer: &mut ShardWriter, pending: &mut Pending, ckpt: &mut Checkpoint| -> Result<()> {
+    let commit = |writer: &mut ShardWriter, pending: &mut Pending, ckpt: &mut Checkpoint| -> Result<()> {
         crate::faults::commit().with_context(|| format!("cannot write a part file in {}", dir.display()))?;
         if let Some(part) = writer.write_part()? {
             ckpt.parts.push(part);
         }
         if !pending.failure_lines.is_empty() {
-            failures
-                .write_all(&pending.failure_lines)
-                .and_then(|_| failures.sync_data())
+            // NOTE: opened and closed at each commit: bucket mounts (gcsfuse, SkyPilot's
+            // MOUNT_CACHED) upload a file when it is closed, and the checkpoint must not name
+            // failure lines the bucket does not have.
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&failures_path)
+                .and_then(|mut f| f.write_all(&pending.failure_lines).and_then(|_| f.sync_data()))
                 .with_context(|| format!("cannot write {}", failures_path.display()))?;
             ckpt.failures_bytes += pending.failure_lines.len() as u64;
         }

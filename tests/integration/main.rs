@@ -2,6 +2,7 @@
 //! runs it. One test binary, so the crate is linked once.
 
 mod cli;
+mod examples;
 mod pipeline;
 mod preemption;
 mod reference;
