@@ -137,7 +137,7 @@ pub fn cuda_search_dirs(cuda_lib_dir: Option<&Path>) -> Vec<PathBuf> {
     prefixes.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
     prefixes.extend(children("/opt").into_iter().map(|d| d.join(".venv")));
     for prefix in prefixes {
-        for py in children(&prefix.join("lib")) {
+        for py in children(prefix.join("lib")) {
             if !py.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3")) {
                 continue;
             }
