@@ -59,16 +59,20 @@ static_dir="$patched/cudart-static"
 mkdir -p "$static_dir"
 ln -sf "$cuda_home/lib/libcudart_static.a" "$static_dir/libcudart.a"
 
-# 4. Build. The patch changes Cargo.lock's record of candle-core; keep the repo's lock as it is.
-cp Cargo.lock "$patched/Cargo.lock.orig"
-trap 'cp "$patched/Cargo.lock.orig" "$root/Cargo.lock"' EXIT
+# 4. Build from a snapshot of the sources: the patch rewrites Cargo.lock's record of
+#    candle-core, and the repo's own Cargo.lock and tree stay as they are (edits made while this
+#    runs do not leak into the build).
+snapshot="$patched/src-snapshot"
+rm -rf "$snapshot"
+mkdir -p "$snapshot"
+cp -r Cargo.toml Cargo.lock src "$snapshot/"
 export CUDA_HOME="$cuda_home" CUDA_PATH="$cuda_home" CUDA_COMPUTE_CAP="$cap"
 export PATH="$cuda_home/bin:$PATH"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$static_dir -L native=$cuda_home/lib"
 export CARGO_TARGET_DIR="$root/target/cuda-build"
 echo "build-cuda: cargo build --release --features cuda (sm_$cap); a cold build takes ~15 min on 2 cores" >&2
-cargo build --release --features cuda \
-    --config "patch.crates-io.candle-core.path=\"$patched/candle-core\""
+(cd "$snapshot" && cargo build --release --features cuda \
+    --config "patch.crates-io.candle-core.path=\"$patched/candle-core\"")
 mkdir -p "$(dirname "$out")"
 cp "$CARGO_TARGET_DIR/release/batch-embed" "$out"
 strip "$out"

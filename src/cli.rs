@@ -22,6 +22,35 @@ pub enum Command {
     /// Check a run's output: every owned row once (a vector or a recorded failure), shards that
     /// open, workers that agree. Exit 0 only when the run is complete and sound.
     Verify(VerifyArgs),
+    /// Show every worker of a run (done, running, stale, interrupted, failed, not started) with
+    /// rows, rates and the fleet's ETA, from the output folder alone. Exit 0 only when every
+    /// worker is done.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The --output folder of the run (a bucket mount works).
+    #[arg(value_name = "OUTPUT")]
+    pub output: PathBuf,
+
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Redraw every SECONDS until every worker is done.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]
+    pub watch: Option<f64>,
+
+    /// Serve a live page (table, throughput chart, ETA) at ADDR, e.g. 0.0.0.0:8000; JSON at
+    /// /status.json.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<String>,
+
+    /// A running worker whose progress is older than this is shown as stale (killed or
+    /// preempted); workers write progress every 5 s.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub stale_after: u64,
 }
 
 #[derive(Args, Debug)]

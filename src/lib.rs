@@ -22,5 +22,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod progress;
 pub mod shutdown;
+pub mod status;
+pub mod status_page;
 pub mod tokenize;
 pub mod verify;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => embed(*args),
         Command::Verify(args) => batch_embed::verify::main(args),
+        Command::Status(args) => batch_embed::status::main(args),
     };
     match result {
         Ok(code) => code,

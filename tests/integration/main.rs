@@ -3,6 +3,7 @@
 
 mod cli;
 mod examples;
+mod fleet;
 mod pipeline;
 mod preemption;
 mod reference;

@@ -149,7 +149,7 @@ fn a_second_signal_or_the_stop_timeout_exits_at_once() {
 #[test]
 fn random_kills_then_sigterm_then_resume_equal_an_uninterrupted_run() {
     let dir = tempdir();
-    let input = corpus(dir.path(), 400);
+    let input = corpus(dir.path(), 800);
     let clean = clean_run(&input, dir.path());
     let out = dir.path().join("out");
     let log = dir.path().join("log");
@@ -157,20 +157,25 @@ fn random_kills_then_sigterm_then_resume_equal_an_uninterrupted_run() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
     });
     let mut rng = fastrand::Rng::with_seed(seed);
+    // 50 chunks of 16 rows, 60 ms each: ~3 s of work, more than five kills of < 0.5 s can finish.
+    let mut chaos = SLOW.to_vec();
+    chaos[7] = "60";
     let checkpoint = worker0(&out).join("checkpoint.json");
     for _ in 0..5 {
-        let mut child = spawn(&input, &out, &SLOW, &log);
+        let mut child = spawn(&input, &out, &chaos, &log);
         // Anywhere from start-up (model load, lock, cleanup) to deep into the run.
-        std::thread::sleep(Duration::from_millis(rng.u64(0..700)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..500)));
         let _ = child.kill();
         child.wait().unwrap();
     }
     let before = done(&checkpoint);
-    let mut child = spawn(&input, &out, &SLOW, &log);
+    assert!(before < 800, "seed {seed}: the kills left nothing to do");
+    let mut child = spawn(&input, &out, &chaos, &log);
     wait_for_progress(&mut child, &checkpoint, before);
     signal(&child, libc::SIGTERM);
     let code = wait_exit(&mut child, Duration::from_secs(10));
-    assert_eq!(code, INTERRUPTED, "seed {seed}");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, INTERRUPTED, "seed {seed}, {before} rows done before: {stderr}");
     embed_cmd(&input, &out, &SLOW[..6]).assert().success();
     let leftovers: Vec<_> = std::fs::read_dir(worker0(&out))
         .unwrap()
