@@ -142,6 +142,11 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
 
+    /// Run one worker per device on this machine, e.g. cuda:0,cuda:1,cuda:2,cuda:3: device g of
+    /// G runs worker ID*G+g of N*G, where ID and N are this machine's worker id and count.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICES", conflicts_with = "device")]
+    pub devices: Vec<DeviceChoice>,
+
     /// Compute dtype: auto is f32 on CPU and bf16 on CUDA. Vectors are always written as f32.
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,

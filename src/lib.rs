@@ -14,6 +14,7 @@ pub mod faults;
 pub mod heartbeat;
 pub mod identity;
 pub mod input;
+pub mod launcher;
 pub mod lock;
 pub mod model;
 pub mod output;

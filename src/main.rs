@@ -28,8 +28,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn embed(args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
+fn embed(mut args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
+    let devices = std::mem::take(&mut args.devices);
     let config = EmbedConfig::from_args(args)?;
+    if !devices.is_empty() {
+        let machine = batch_embed::identity::Identity {
+            worker_id: config.partition.worker_id,
+            num_workers: config.partition.num_workers,
+            source: config.identity_source.clone(),
+        };
+        return batch_embed::launcher::run(&devices, &machine, config.quiet);
+    }
     let stop = shutdown::install(config.stop_timeout, config.quiet)?;
     let summary = batch_embed::pipeline::run(&config, &stop)?;
     if !config.quiet || summary.interrupted {

@@ -281,7 +281,7 @@ fn run_locked(
         ));
     }
     let load = load_started.elapsed();
-    let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet);
+    let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet, worker.clone());
     progress.note(&format!(
         "batch-embed: {worker} ({}): {rows_owned} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
         cfg.identity_source,

@@ -16,11 +16,15 @@ pub struct Progress {
     tokens: u64,
     started: Instant,
     last_log: Instant,
+    /// "worker 3 of 8", at the start of plain progress lines.
+    label: String,
 }
 
 impl Progress {
     /// `total_rows` this worker owns, of which `before` were done by earlier runs.
-    pub fn new(total_rows: u64, before: u64, quiet: bool) -> Self {
+    /// Plain lines are used instead of a bar when stderr is not a terminal or when
+    /// `BATCH_EMBED_PLAIN_PROGRESS` is set (a launcher running several workers sets it).
+    pub fn new(total_rows: u64, before: u64, quiet: bool, label: String) -> Self {
         let now = Instant::now();
         let mut p = Progress {
             bar: None,
@@ -31,11 +35,12 @@ impl Progress {
             tokens: 0,
             started: now,
             last_log: now,
+            label,
         };
         if quiet {
             return p;
         }
-        if std::io::stderr().is_terminal() {
+        if std::io::stderr().is_terminal() && std::env::var_os("BATCH_EMBED_PLAIN_PROGRESS").is_none() {
             let bar = ProgressBar::with_draw_target(Some(total_rows), ProgressDrawTarget::stderr());
             bar.set_position(before);
             bar.reset_eta();
@@ -67,7 +72,8 @@ impl Progress {
                 let left = self.total_rows.saturating_sub(self.before + self.rows) as f64;
                 let eta = if rps > 0.0 { format!("{:.0}s", left / rps) } else { "?".into() };
                 eprintln!(
-                    "progress: {}/{} rows, {rps:.0} rows/s, {tps:.0} tokens/s, ETA {eta}",
+                    "progress: {}: {}/{} rows, {rps:.0} rows/s, {tps:.0} tokens/s, ETA {eta}",
+                    self.label,
                     self.before + self.rows,
                     self.total_rows
                 );

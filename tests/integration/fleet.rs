@@ -338,3 +338,82 @@ fn http_get(url: &str) -> String {
     assert!(head.starts_with("HTTP/1.") && head.contains(" 200"), "{head}");
     body.to_string()
 }
+
+#[test]
+fn devices_run_one_worker_per_device_with_the_machines_share() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 100);
+    let clean = dir.path().join("clean");
+    embed_cmd(&input, &clean, &[]).assert().success();
+    // One machine, three devices: workers 0..3 of 3.
+    let out = dir.path().join("one-machine");
+    let mut cmd = embed_cmd(&input, &out, &["--devices", "cpu,cpu,cpu", "--stride-block", "8"]);
+    clean_env(&mut cmd).assert().success();
+    for w in 0..3 {
+        assert!(out.join(format!("worker-{w:05}-of-00003/checkpoint.json")).exists(), "worker {w}");
+    }
+    batch_embed().arg("verify").arg(&out).assert().success();
+    assert_same_vectors(&read_vectors(&clean), &read_vectors(&out));
+
+    // Two machines (Kubernetes indices) of two devices each: workers 2b, 2b+1 of 4.
+    let out = dir.path().join("two-machines");
+    for machine in ["1", "0"] {
+        let mut cmd = embed_cmd(&input, &out, &["--devices", "cpu,cpu", "--stride-block", "8"]);
+        clean_env(&mut cmd).env("JOB_COMPLETION_INDEX", machine).env("BATCH_EMBED_NUM_WORKERS", "2");
+        cmd.assert().success();
+        if machine == "1" {
+            let s = status_json(&out);
+            let states: Vec<&str> = (0..4).map(|i| s["workers"][i]["state"].as_str().unwrap()).collect();
+            assert_eq!(states, ["not started", "not started", "done", "done"]);
+        }
+    }
+    batch_embed().arg("verify").arg(&out).assert().success();
+    assert_same_vectors(&read_vectors(&clean), &read_vectors(&out));
+}
+
+#[test]
+fn the_device_launcher_passes_sigterm_on_and_exits_with_the_resume_code() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 200);
+    let out = dir.path().join("out");
+    let mut launcher = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
+        .args(["embed", "--quiet", "--model"])
+        .arg(fixture("qwen2-gqa"))
+        .arg("--output")
+        .arg(&out)
+        .args([
+            "--devices",
+            "cpu,cpu",
+            "--stride-block",
+            "8",
+            "--rows-per-part",
+            "8",
+            "--checkpoint-every",
+            "0",
+        ])
+        .args(["--debug-chunk-delay-ms", "200"])
+        .arg(&input)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("both workers to commit", || {
+        (0..2).all(|w| done(&out.join(format!("worker-{w:05}-of-00002/checkpoint.json"))) > 0)
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "the launcher did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(75));
+    let s = status_json(&out);
+    assert_eq!(s["interrupted"], 2, "{s}");
+    embed_cmd(&input, &out, &["--devices", "cpu,cpu", "--stride-block", "8", "--rows-per-part", "8"])
+        .assert()
+        .success();
+    batch_embed().arg("verify").arg(&out).assert().success();
+}
