@@ -58,6 +58,8 @@ impl Heartbeat {
                     let started = Instant::now();
                     // (elapsed, rows, tokens) over the last minute, for rates.
                     let mut window: VecDeque<(Duration, u64, u64)> = VecDeque::new();
+                    // The starting point, so the first beat already has a rate.
+                    window.push_back((Duration::ZERO, live.rows_done.load(Ordering::Relaxed), 0));
                     loop {
                         match stop_rx.recv_timeout(HEARTBEAT) {
                             Err(RecvTimeoutError::Timeout) => {}

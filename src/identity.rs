@@ -114,9 +114,7 @@ pub fn resolve(
     let id = agree("worker ids", &|c| c.id)?;
     let count = agree("worker counts", &|c| c.count)?;
     let identity = match (id, count) {
-        (None, None) => {
-            Identity { worker_id: 0, num_workers: 1, source: "a single worker (no worker id given)".into() }
-        }
+        (None, None) => Identity { worker_id: 0, num_workers: 1, source: "no worker id given".into() },
         (Some((id, source)), None) => {
             if id != 0 || !source.starts_with("--") {
                 bail!(

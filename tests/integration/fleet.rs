@@ -417,3 +417,27 @@ fn the_device_launcher_passes_sigterm_on_and_exits_with_the_resume_code() {
         .success();
     batch_embed().arg("verify").arg(&out).assert().success();
 }
+
+#[test]
+fn watch_redraws_until_done_and_status_of_a_non_run_is_an_error() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 30);
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &[]).assert().success();
+    // A finished run: one frame (screen cleared first), exit 0.
+    batch_embed()
+        .arg("status")
+        .arg(&out)
+        .args(["--watch", "0.5"])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .success()
+        .stdout(predicates::str::starts_with("\u{1b}[2J\u{1b}[H"))
+        .stdout(contains("1 workers: 1 done"));
+    batch_embed()
+        .arg("status")
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("holds no worker folders"));
+}

@@ -277,21 +277,45 @@ fn a_write_failure_ends_the_run_clearly_and_the_next_run_resumes() {
 
 #[test]
 fn a_read_only_output_folder_fails_with_the_reason() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!(
-            "skipped: root writes to read-only folders (the injected write fault test covers the path)"
-        );
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let input = corpus(dir.path(), 40);
+    let model = dir.path().join("model");
+    copy_dir(&fixture("qwen2-gqa"), &model);
+    for f in std::fs::read_dir(&model).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let out = dir.path().join("out");
-    std::fs::create_dir_all(worker0(&out)).unwrap();
-    std::fs::set_permissions(worker0(&out), std::fs::Permissions::from_mode(0o555)).unwrap();
-    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("Permission denied"));
-    std::fs::set_permissions(worker0(&out), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let worker = worker0(&out);
+    std::fs::create_dir_all(&worker).unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root writes anywhere: run the worker as `nobody` then (its folder is still read-only to it).
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let bin = assert_cmd::cargo::cargo_bin("batch-embed");
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let o = cmd
+        .args(["embed", "--quiet", "--model"])
+        .arg(&model)
+        .arg("--output")
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains(&worker.display().to_string()),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Correctness of the CUDA binary on a GPU machine (PyTorch + transformers there, no Rust, no
+# network). Build here with scripts/build-cuda.sh, then on the GPU machine:
+#
+#   scripts/gpu-check.sh                 # DEVICE=cuda: everything below
+#   DEVICE=cpu scripts/gpu-check.sh      # the same steps on a CPU (tests this script anywhere)
+#
+# For each model (the three tiny fixtures and a random-weight model of gte-Qwen2-1.5B's shape,
+# or SHAPES="..." from scripts/make_random_model.py), on the first ROWS rows of
+# examples/reviews.parquet:
+#   1. ours in f32 and bf16 on DEVICE vs transformers on DEVICE in the same dtype (one text at a
+#      time, explicit attention mask, last token after the final norm):
+#      cosine >= 0.99999 (f32) / 0.999 (bf16);
+#   2. ours on DEVICE vs ours on the CPU (f32): cosine >= 0.99999 (f32) / 0.999 (bf16);
+# then, on the GPU only, with the 1.5B-shaped model:
+#   3. a batch budget far too big for the GPU (long texts): out-of-memory batches are split and
+#      retried, the run completes, `verify` passes and the vectors match a normal run;
+#   4. kill -9 twice mid-run and resume: the output matches an uninterrupted run, `verify` passes.
+# Exits 1 if any check fails. Env: BIN (default target/cuda/batch-embed), PY (default the
+# PyTorch venv at /opt/torch/.venv, else python3), WORK (default a temp dir), ROWS (64).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+BIN=${BIN:-target/cuda/batch-embed}
+if [[ -z ${PY:-} ]]; then
+  if [[ -x /opt/torch/.venv/bin/python ]]; then PY=/opt/torch/.venv/bin/python; else PY=python3; fi
+fi
+ROWS=${ROWS:-64}
+WORK=${WORK:-$(mktemp -d)}
+if [[ $DEVICE == cuda ]]; then SHAPES=${SHAPES:-gte-qwen2-1.5b}; else SHAPES=${SHAPES:-small}; fi
+mkdir -p "$WORK"
+failed=0
+step() { echo; echo "== $*"; }
+check() {  # check NAME COMMAND...: runs it, records a failure
+  if "${@:2}"; then echo "PASS $1"; else echo "FAIL $1"; failed=1; fi
+}
+embed() { "$BIN" embed --quiet "$@"; }
+
+echo "gpu-check: $($BIN --version), device $DEVICE, $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+[[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" - "$ROWS" "$WORK" <<'PY'
+import sys, pyarrow as pa, pyarrow.parquet as pq
+rows, work = int(sys.argv[1]), sys.argv[2]
+t = pq.read_table("examples/reviews.parquet").slice(0, rows)
+pq.write_table(t, f"{work}/texts.parquet")
+# Long texts (reviews joined to ~3-6k tokens) for the out-of-memory check.
+texts = [x for x in pq.read_table("examples/reviews.parquet", columns=["text"]).column(0).to_pylist() if x]
+long = [" ".join(texts[(i * 7 + j) % len(texts)] for j in range(60 + i % 60)) for i in range(96)]
+pq.write_table(pa.table({"text": long}), f"{work}/long.parquet")
+PY
+
+models=(tests/fixtures/qwen2-gqa tests/fixtures/qwen2-mha-bidir tests/fixtures/qwen3)
+for shape in $SHAPES; do
+  step "random-weight $shape"
+  "$PY" scripts/make_random_model.py "$shape" "$WORK/$shape" --dtype bfloat16 --device "$DEVICE" || failed=1
+  models+=("$WORK/$shape")
+done
+
+for model in "${models[@]}"; do
+  name=$(basename "$model")
+  step "$name"
+  embed --device cpu --dtype f32 --no-normalize --model "$model" --output "$WORK/$name-cpu" "$WORK/texts.parquet"
+  for dtype in f32 bf16; do
+    torch_dtype=float32; min=0.99999
+    [[ $dtype == bf16 ]] && torch_dtype=bfloat16 && min=0.999
+    out="$WORK/$name-$DEVICE-$dtype"
+    check "$name $dtype: ours on $DEVICE runs" embed --device "$DEVICE" --dtype "$dtype" --no-normalize \
+      --model "$model" --output "$out" "$WORK/texts.parquet"
+    check "$name $dtype: ours vs transformers on $DEVICE (cosine >= $min)" "$PY" scripts/compare_transformers.py \
+      --model "$model" --input "$WORK/texts.parquet" --ours "$out" --device "$DEVICE" --dtype "$torch_dtype" \
+      --min-cosine "$min"
+    check "$name $dtype: ours on $DEVICE vs ours on cpu f32 (cosine >= $min)" "$PY" scripts/compare_outputs.py \
+      "$out" "$WORK/$name-cpu" --min-cosine "$min"
+  done
+done
+
+if [[ $DEVICE == cuda ]]; then
+  big="$WORK/$(echo "$SHAPES" | awk '{print $1}')"
+  step "out-of-memory split on $DEVICE ($(basename "$big"), long texts)"
+  embed --device cuda --model "$big" --output "$WORK/long-ref" --batch-tokens 16384 "$WORK/long.parquet"
+  "$BIN" embed --device cuda --model "$big" --output "$WORK/long-oom" --batch-tokens 4000000 \
+    --max-tokens 8192 "$WORK/long.parquet" 2>&1 | tee "$WORK/oom.log" | tail -3
+  check "a batch too big for the GPU was split" grep -q "split after running out of memory" "$WORK/oom.log"
+  check "verify after the splits" "$BIN" verify "$WORK/long-oom"
+  check "split batches give the same vectors" "$PY" scripts/compare_outputs.py "$WORK/long-ref" "$WORK/long-oom" \
+    --min-cosine 0.999
+
+  step "kill -9 and resume on $DEVICE"
+  embed --device cuda --model "$big" --output "$WORK/kill-ref" "$WORK/long.parquet"
+  for i in 1 2; do
+    "$BIN" embed --quiet --device cuda --model "$big" --output "$WORK/kill" --rows-per-part 8 \
+      --checkpoint-every 0 --debug-chunk-delay-ms 300 --batch-tokens 16384 "$WORK/long.parquet" &
+    pid=$!
+    sleep $((3 + i))
+    kill -9 "$pid"; wait "$pid" 2>/dev/null
+  done
+  embed --device cuda --model "$big" --output "$WORK/kill" --rows-per-part 8 --checkpoint-every 0 \
+    --batch-tokens 16384 "$WORK/long.parquet"
+  check "verify after kill -9 and resume" "$BIN" verify "$WORK/kill"
+  check "resumed output matches an uninterrupted run" "$PY" scripts/compare_outputs.py "$WORK/kill-ref" \
+    "$WORK/kill" --min-cosine 0.999
+fi
+
+echo
+if [[ $failed == 0 ]]; then echo "gpu-check: all checks passed"; else echo "gpu-check: SOME CHECKS FAILED"; fi
+exit $failed
