@@ -273,13 +273,13 @@ impl SelfAttention {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = candle_nn::rotary_emb::rope_thd(&q, &layout.cos, &layout.sin)?;
-        let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
         if let Some(packed) = &layout.packed {
             let n = layout.tokens;
+            let q = super::cpu_ops::rope_packed(&q.reshape((n, h, d))?, &layout.cos, &layout.sin)?;
+            let k = super::cpu_ops::rope_packed(&k.reshape((n, kv, d))?, &layout.cos, &layout.sin)?;
             let out = super::varlen_cpu::attention(
-                &q.reshape((n, h, d))?,
-                &k.reshape((n, kv, d))?,
+                &q,
+                &k,
                 &v.reshape((n, kv, d))?,
                 &packed.spans,
                 packed.causal,
@@ -288,6 +288,8 @@ impl SelfAttention {
             return linear(&out, &self.o_weight, None);
         }
 
+        let q = candle_nn::rotary_emb::rope_thd(&q, &layout.cos, &layout.sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
         let q = self.to_rect(&q, layout, h)?;
         let k = self.to_rect(&k, layout, kv)?;
         let v = self.to_rect(&v, layout, kv)?;
@@ -327,8 +329,12 @@ impl Mlp {
         Ok(Mlp { gate_up, down, intermediate: i })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `cpu_f32`: the packed CPU path, where the fused parallel kernel applies.
+    fn forward(&self, x: &Tensor, cpu_f32: bool) -> Result<Tensor> {
         let gu = linear(x, &self.gate_up, None)?;
+        if cpu_f32 {
+            return linear(&super::cpu_ops::swiglu(&gu, self.intermediate)?, &self.down, None);
+        }
         let gate = gu.narrow(1, 0, self.intermediate)?;
         let up = gu.narrow(1, self.intermediate, self.intermediate)?;
         linear(&(candle_nn::ops::silu(&gate)? * up)?, &self.down, None)
@@ -345,7 +351,7 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
         let x = (x + self.attention.forward(&self.input_norm.forward(x)?, layout)?)?;
-        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?)?
+        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?, layout.packed.is_some())?
     }
 
     /// The layer's output at the `pooled` rows only, `[texts, hidden]`. Every token still
@@ -357,7 +363,7 @@ impl DecoderLayer {
         }
         let attn = self.attention.forward_rows(&self.input_norm.forward(x)?, layout, true)?;
         let x = (x.index_select(pooled, 0)? + attn)?;
-        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?)?
+        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?, true)?
     }
 }
 

@@ -6,6 +6,7 @@
 //! today, a packed varlen kernel later) is its own business.
 
 mod config;
+mod cpu_ops;
 mod layers;
 mod qwen2;
 mod qwen3;

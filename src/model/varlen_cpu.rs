@@ -6,12 +6,13 @@
 //! Per text and query head the arithmetic is the textbook one (scores, max-subtracted softmax,
 //! weighted sum of V), so a text's result does not depend on its batch.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `q`: `[tokens, heads, d]`, `k` and `v`: `[tokens, kv_heads, d]`, all f32 and contiguous;
-/// `spans`: (start, len) of each text. Returns `[tokens, heads * d]`, or with `last_only` just
-/// each text's last query, `[texts, heads * d]` (all the last layer needs for pooling).
+/// `spans`: (start, len) of each text, in order and covering every token. Returns
+/// `[tokens, heads * d]`, or with `last_only` just each text's last query, `[texts, heads * d]`
+/// (all the last layer needs for pooling).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -20,63 +21,89 @@ pub fn attention(
     causal: bool,
     last_only: bool,
 ) -> Result<Tensor> {
-    let (tokens, heads, d) = q.dims3()?;
-    let (_, kv_heads, _) = k.dims3()?;
-    let group = heads / kv_heads;
-    let q = q.flatten_all()?.to_vec1::<f32>()?;
-    let k = k.flatten_all()?.to_vec1::<f32>()?;
-    let v = v.flatten_all()?.to_vec1::<f32>()?;
-    let scale = 1.0 / (d as f32).sqrt();
-    // One task per (text, head); each returns that head's rows of the text.
-    let parts: Vec<Vec<f32>> = spans
-        .par_iter()
-        .flat_map_iter(|&(start, len)| (0..heads).map(move |h| (start, len, h)))
-        .map(|(start, len, h)| {
-            let kvh = h / group;
+    q.apply_op3_no_bwd(k, v, &VarlenAttention { spans: spans.to_vec(), causal, last_only })
+}
+
+struct VarlenAttention {
+    spans: Vec<(usize, usize)>,
+    causal: bool,
+    last_only: bool,
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("varlen attention: f32 only");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("varlen attention: inputs must be contiguous");
+    };
+    Ok(&data[start..end])
+}
+
+impl CustomOp3 for VarlenAttention {
+    fn name(&self) -> &'static str {
+        "varlen-attention-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (tokens, heads, d) = l1.shape().dims3()?;
+        let (_, kv_heads, _) = l2.shape().dims3()?;
+        let group = heads / kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (causal, last_only) = (self.causal, self.last_only);
+        let rows = if last_only { self.spans.len() } else { tokens };
+        let mut out = vec![0f32; rows * heads * d];
+        // Each text writes its own rows: cut the output into per-text slices, then fill them
+        // in parallel.
+        let mut tasks = Vec::with_capacity(self.spans.len());
+        let mut rest = out.as_mut_slice();
+        for &(start, len) in &self.spans {
+            let n = if last_only { 1 } else { len };
+            let (mine, tail) = rest.split_at_mut(n * heads * d);
+            tasks.push((start, len, mine));
+            rest = tail;
+        }
+        tasks.into_par_iter().for_each(|(start, len, o)| {
             let first = if last_only { len - 1 } else { 0 };
-            let mut out = vec![0f32; (len - first) * d];
             let mut scores = vec![0f32; len];
-            for i in first..len {
-                let qi = &q[((start + i) * heads + h) * d..][..d];
-                let keys = if causal { i + 1 } else { len };
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores[..keys].iter_mut().enumerate() {
-                    let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
-                    *s = dot(qi, kj) * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in &mut scores[..keys] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut out[(i - first) * d..][..d];
-                for (j, s) in scores[..keys].iter().enumerate() {
-                    let p = s / sum;
-                    let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
-                    for (o, x) in o.iter_mut().zip(vj) {
-                        *o += p * x;
+            for h in 0..heads {
+                let kvh = h / group;
+                for i in first..len {
+                    let qi = &q[((start + i) * heads + h) * d..][..d];
+                    let keys = if causal { i + 1 } else { len };
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores[..keys].iter_mut().enumerate() {
+                        let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
+                        *s = dot(qi, kj) * scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f32;
+                    for s in &mut scores[..keys] {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let row = &mut o[((i - first) * heads + h) * d..][..d];
+                    for (j, s) in scores[..keys].iter().enumerate() {
+                        let p = s / sum;
+                        let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
+                        for (o, x) in row.iter_mut().zip(vj) {
+                            *o += p * x;
+                        }
                     }
                 }
             }
-            out
-        })
-        .collect();
-    // Scatter (text, head) blocks into [rows, heads, d].
-    let rows = if last_only { spans.len() } else { tokens };
-    let mut out = vec![0f32; rows * heads * d];
-    let mut it = parts.into_iter();
-    for (b, &(start, len)) in spans.iter().enumerate() {
-        for h in 0..heads {
-            let block = it.next().expect("one block per text and head");
-            for (i, row) in block.chunks_exact(d).enumerate() {
-                let r = if last_only { b } else { start + i };
-                debug_assert!(last_only || i < len);
-                out[(r * heads + h) * d..][..d].copy_from_slice(row);
-            }
-        }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, heads * d))))
     }
-    Tensor::from_vec(out, (rows, heads * d), &candle_core::Device::Cpu)
 }
 
 #[inline]
