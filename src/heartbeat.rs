@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lock::{unix_now, WorkerLock, HEARTBEAT};
+use crate::lock::{unix_now, Beat, WorkerLock, HEARTBEAT};
 use crate::progress::WorkerProgress;
 use crate::shutdown::StopFlag;
 
@@ -56,6 +56,7 @@ impl Heartbeat {
                 .name("heartbeat".into())
                 .spawn(move || {
                     let started = Instant::now();
+                    let mut failures = 0u32;
                     // (elapsed, rows, tokens) over the last minute, for rates.
                     let mut window: VecDeque<(Duration, u64, u64)> = VecDeque::new();
                     // The starting point, so the first beat already has a rate.
@@ -67,10 +68,20 @@ impl Heartbeat {
                         }
                         let mut s = shared.lock().expect("heartbeat state");
                         if let Some(lock) = s.lock.as_mut() {
-                            if let Err(e) = lock.refresh() {
-                                s.lost = Some(format!("{e:#}"));
-                                stop.set();
-                                return;
+                            match lock.refresh() {
+                                Ok(Beat::Alive) => failures = 0,
+                                Ok(Beat::Lost(why)) => {
+                                    s.lost = Some(why);
+                                    stop.set();
+                                    return;
+                                }
+                                Err(e) => {
+                                    // A flaky mount: say so now and then, and try again.
+                                    if failures % 12 == 0 {
+                                        eprintln!("batch-embed: warning: heartbeat: {e:#}; retrying");
+                                    }
+                                    failures += 1;
+                                }
                             }
                         }
                         let now = started.elapsed();

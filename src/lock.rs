@@ -58,6 +58,16 @@ impl LockInfo {
 pub struct WorkerLock {
     path: PathBuf,
     info: LockInfo,
+    /// Heartbeats in a row that found the lock file missing or unreadable.
+    misses: u32,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, PartialEq)]
+pub enum Beat {
+    Alive,
+    /// The folder is no longer ours; why.
+    Lost(String),
 }
 
 impl WorkerLock {
@@ -76,7 +86,7 @@ impl WorkerLock {
                         .and_then(|_| f.sync_all())
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     crate::checkpoint::sync_dir(dir);
-                    return Ok(WorkerLock { path, info: mine });
+                    return Ok(WorkerLock { path, info: mine, misses: 0 });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
@@ -150,21 +160,38 @@ impl WorkerLock {
         }
     }
 
-    /// Refreshes the heartbeat (called every [`HEARTBEAT`] while the run goes on).
-    pub fn refresh(&mut self) -> Result<()> {
-        self.info.heartbeat_at = unix_now();
+    /// Refreshes the heartbeat (called every [`HEARTBEAT`] while the run goes on). An error is
+    /// a passing I/O problem (a flaky mount): the caller warns and tries again at the next beat.
+    /// [`Beat::Lost`] means another process owns the folder now, or the lock stayed missing for
+    /// three beats: the run must stop.
+    pub fn refresh(&mut self) -> Result<Beat> {
         match read(&self.path)? {
-            Some(on_disk) if on_disk.same_owner(&self.info) => {}
-            other => bail!(
-                "lost the lock {}: it now belongs to {}; stopping so that two processes never write one worker folder",
-                self.path.display(),
-                other.map(|o| format!("pid {} on host {}", o.pid, o.host)).unwrap_or_else(|| "nobody".into())
-            ),
+            Some(on_disk) if on_disk.same_owner(&self.info) => self.misses = 0,
+            Some(other) => {
+                return Ok(Beat::Lost(format!(
+                    "lost the lock {}: it now belongs to pid {} on host {}; stopping so that two processes never write one worker folder",
+                    self.path.display(),
+                    other.pid,
+                    other.host
+                )))
+            }
+            None => {
+                self.misses += 1;
+                if self.misses >= 3 {
+                    return Ok(Beat::Lost(format!(
+                        "the lock {} disappeared; stopping so that two processes never write one worker folder",
+                        self.path.display()
+                    )));
+                }
+                bail!("{} is missing or unreadable", self.path.display());
+            }
         }
+        self.info.heartbeat_at = unix_now();
         let tmp = self.path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_string_pretty(&self.info)?)
             .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .with_context(|| format!("cannot refresh {}", self.path.display()))
+            .with_context(|| format!("cannot refresh {}", self.path.display()))?;
+        Ok(Beat::Alive)
     }
 
     pub fn info(&self) -> &LockInfo {
@@ -266,6 +293,23 @@ mod tests {
         // Our lock is no longer ours: dropping it must leave the other owner's file alone.
         drop(lock);
         assert!(dir.path().join(FILE_NAME).exists());
+    }
+
+    #[test]
+    fn a_heartbeat_notices_a_new_owner_and_tolerates_a_passing_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lock = WorkerLock::acquire(dir.path(), false, DEFAULT_STALE, &mut |_| {}).unwrap();
+        assert_eq!(lock.refresh().unwrap(), Beat::Alive);
+        let path = dir.path().join(FILE_NAME);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(lock.refresh().is_err(), "one miss is a passing problem");
+        std::fs::write(&path, &saved).unwrap();
+        assert_eq!(lock.refresh().unwrap(), Beat::Alive);
+        let mut other = lock.info().clone();
+        other.host = "elsewhere".into();
+        std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+        assert!(matches!(lock.refresh().unwrap(), Beat::Lost(m) if m.contains("host elsewhere")));
     }
 
     #[test]
