@@ -77,7 +77,7 @@ impl Heartbeat {
                                 }
                                 Err(e) => {
                                     // A flaky mount: say so now and then, and try again.
-                                    if failures % 12 == 0 {
+                                    if failures.is_multiple_of(12) {
                                         eprintln!("batch-embed: warning: heartbeat: {e:#}; retrying");
                                     }
                                     failures += 1;
