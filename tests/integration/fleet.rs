@@ -200,8 +200,13 @@ fn status_tells_running_stale_interrupted_and_failed_workers_apart() {
     let mut slower = slow("0");
     slower[11] = "1000";
     let mut running = spawn(&input, &out, &slower);
-    let mut killed = spawn(&input, &out, &slow("1"));
-    let mut stopped = spawn(&input, &out, &slow("2"));
+    // Slow enough that neither finishes before the test stops it, even on a loaded machine.
+    let mut one = slow("1");
+    one[11] = "300";
+    let mut two = slow("2");
+    two[11] = "1000";
+    let mut killed = spawn(&input, &out, &one);
+    let mut stopped = spawn(&input, &out, &two);
     let mut failing = slow("3").to_vec();
     failing.extend(["--debug-faults", "commit=2"]);
     embed_cmd(&input, &out, &failing).assert().failure();
