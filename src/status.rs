@@ -218,6 +218,13 @@ fn fleet_history(histories: &[Vec<(u64, u64)>]) -> Vec<(u64, u64)> {
     out
 }
 
+impl WorkerStatus {
+    /// "12s ago", or "-" when the worker never wrote anything.
+    pub fn updated_text(&self) -> String {
+        self.updated_s_ago.map_or("-".into(), |a| format!("{} ago", human_duration(a as f64)))
+    }
+}
+
 pub fn human_duration(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
@@ -261,7 +268,7 @@ pub fn render(s: &FleetStatus) -> String {
             w.rows_owned,
             w.rows_failed,
             w.rows_per_s,
-            w.updated_s_ago.map_or("-".into(), |a| format!("{} ago", human_duration(a as f64))),
+            w.updated_text(),
             w.host.as_deref().unwrap_or("-"),
             w.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
         );

@@ -104,7 +104,7 @@ td.state {{ text-align: left; font-weight: 600; }}
             w.rows_owned,
             w.rows_failed,
             w.rows_per_s,
-            w.updated_s_ago.map_or("-".into(), |a| format!("{} ago", human_duration(a as f64))),
+            w.updated_text(),
             escape(w.host.as_deref().unwrap_or("-")),
             escape(w.error.as_deref().unwrap_or(""))
         );

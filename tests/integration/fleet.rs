@@ -154,17 +154,7 @@ fn conflicting_identity_sources_are_refused() {
 }
 
 fn spawn(input: &Path, out: &Path, extra: &[&str]) -> Child {
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
-        .args(["embed", "--quiet", "--model"])
-        .arg(fixture("qwen2-gqa"))
-        .arg("--output")
-        .arg(out)
-        .args(extra)
-        .arg(input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    embed_child(input, out, extra).arg("--quiet").stderr(Stdio::null()).spawn().unwrap()
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -381,23 +371,10 @@ fn the_device_launcher_passes_sigterm_on_and_exits_with_the_resume_code() {
     let dir = tempdir();
     let input = corpus(dir.path(), 200);
     let out = dir.path().join("out");
-    let mut launcher = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
-        .args(["embed", "--quiet", "--model"])
-        .arg(fixture("qwen2-gqa"))
-        .arg("--output")
-        .arg(&out)
-        .args([
-            "--devices",
-            "cpu,cpu",
-            "--stride-block",
-            "8",
-            "--rows-per-part",
-            "8",
-            "--checkpoint-every",
-            "0",
-        ])
-        .args(["--debug-chunk-delay-ms", "200"])
-        .arg(&input)
+    let slow =
+        ["--devices", "cpu,cpu", "--stride-block", "8", "--rows-per-part", "8", "--checkpoint-every", "0"];
+    let mut launcher = embed_child(&input, &out, &slow)
+        .args(["--quiet", "--debug-chunk-delay-ms", "200"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -406,15 +383,7 @@ fn the_device_launcher_passes_sigterm_on_and_exits_with_the_resume_code() {
     });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(launcher.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = launcher.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < deadline, "the launcher did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(75));
+    assert_eq!(wait_exit(&mut launcher, Duration::from_secs(10)), 75);
     let s = status_json(&out);
     assert_eq!(s["interrupted"], 2, "{s}");
     embed_cmd(&input, &out, &["--devices", "cpu,cpu", "--stride-block", "8", "--rows-per-part", "8"])

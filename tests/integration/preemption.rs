@@ -3,7 +3,7 @@
 //! uninterrupted run gives, checked by `batch-embed verify`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use predicates::str::contains;
@@ -19,17 +19,7 @@ const SLOW: [&str; 8] =
 
 /// Starts `batch-embed embed` as a child process; its stderr goes to `log`.
 fn spawn(input: &Path, out: &Path, extra: &[&str], log: &Path) -> Child {
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
-        .args(["embed", "--model"])
-        .arg(fixture("qwen2-gqa"))
-        .arg("--output")
-        .arg(out)
-        .args(extra)
-        .arg(input)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+    embed_child(input, out, extra).stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
@@ -44,21 +34,6 @@ fn wait_for_progress(child: &mut Child, checkpoint: &Path, rows: u64) {
         assert!(Instant::now() < deadline, "no progress");
         assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be interrupted");
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Waits for the child to exit, at most `limit`; returns its exit code.
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the run did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -214,15 +189,8 @@ fn a_lock_from_another_host_is_refused_while_its_heartbeat_moves_and_forced_with
     let out = dir.path().join("out");
     let log = dir.path().join("log");
     // A live worker "on another host".
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
+    let mut first = embed_child(&input, &out, &["--rows-per-part", "16", "--debug-chunk-delay-ms", "20000"])
         .env("BATCH_EMBED_HOSTNAME", "node-a")
-        .args(["embed", "--model"])
-        .arg(fixture("qwen2-gqa"))
-        .arg("--output")
-        .arg(&out)
-        .args(["--rows-per-part", "16", "--debug-chunk-delay-ms", "20000"])
-        .arg(&input)
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();

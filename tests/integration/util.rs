@@ -193,3 +193,32 @@ pub fn done(checkpoint: &Path) -> u64 {
         .and_then(|v| v["rows_done"].as_u64())
         .unwrap_or(0)
 }
+
+/// `batch-embed embed --model qwen2-gqa --output OUT EXTRA… INPUT` as a plain child process (for
+/// tests that signal or kill it), stdout discarded; the caller sets stderr and spawns.
+pub fn embed_child(input: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"));
+    cmd.args(["embed", "--model"])
+        .arg(fixture("qwen2-gqa"))
+        .arg("--output")
+        .arg(out)
+        .args(extra)
+        .arg(input)
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// Waits for `child` to exit, at most `limit` (then kills it and fails); returns its exit code.
+pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration) -> i32 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the run did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
