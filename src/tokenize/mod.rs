@@ -1,0 +1,306 @@
+//! Tokenization with the model's own `tokenizer.json`, exactly as written (normalizer,
+//! pre-tokenizer, post-processor), plus the run's prompt and truncation.
+
+use std::path::Path;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use anyhow::{anyhow, Result};
+use rayon::prelude::*;
+use tokenizers::{
+    Encoding, NormalizerWrapper, Token, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+mod byte_bpe;
+
+/// One text after tokenization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    /// The text was longer than the token limit and was cut.
+    pub truncated: bool,
+}
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// The same tokenizer without its normalizer, for ASCII texts, when the normalizer is a
+    /// Unicode normal form (which leaves ASCII unchanged): same ids, less work.
+    ascii: Option<Tokenizer>,
+    /// Our own split and piece cache for byte-level BPE tokenizers, when it gives the same ids.
+    fast: Option<byte_bpe::ByteLevelBpe>,
+    prompt: Option<String>,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`, cutting texts to `max_tokens` (special tokens included).
+    pub fn from_file(path: &Path, max_tokens: usize, prompt: Option<String>) -> Result<Self> {
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        let mut inner = Tokenizer::from_str(&json)
+            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        // NOTE: truncation keeps the post-processor's tokens (the appended <|endoftext|>) and cuts
+        // the text before it, as transformers does with truncation=True, max_length=N.
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("cannot set truncation to {max_tokens} tokens: {e}"))?;
+        // Batching is ours: a padding setting in the file would only add pad tokens.
+        inner.with_padding(None);
+        // NOTE: NFC/NFD/NFKC/NFKD map every ASCII string to itself, and the normalizer is a
+        // large share of encoding time for review text (it rebuilds the per-byte alignments).
+        let unicode_form = matches!(
+            inner.get_normalizer(),
+            Some(
+                NormalizerWrapper::NFC(_)
+                    | NormalizerWrapper::NFD(_)
+                    | NormalizerWrapper::NFKC(_)
+                    | NormalizerWrapper::NFKD(_)
+            )
+        );
+        let prompt_ascii = prompt.as_deref().is_none_or(|p| p.is_ascii());
+        let ascii = (unicode_form && prompt_ascii).then(|| {
+            let mut t = inner.clone();
+            t.with_normalizer(None::<NormalizerWrapper>);
+            t
+        });
+        let fast = byte_bpe::ByteLevelBpe::detect(&json, &inner);
+        Ok(TextTokenizer { inner, ascii, fast, prompt })
+    }
+
+    /// Tokenizes texts in parallel on rayon's pool.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+        texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
+    fn encode(&self, text: &str) -> Result<Tokenized> {
+        let text = match &self.prompt {
+            Some(p) => Cow::Owned(format!("{p}{text}")),
+            None => Cow::Borrowed(text),
+        };
+        let fast = self.fast.as_ref().and_then(|f| f.ids(self.inner.get_model(), &text));
+        let encoding = match fast {
+            Some(ids) => {
+                let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
+                // Truncation and the post-processor (an appended end-of-text token) as usual.
+                self.inner.post_process(Encoding::from_tokens(tokens, 0), None, true)
+            }
+            None => self.general(&text).encode_fast(text.as_ref(), true),
+        };
+        let mut encoding = encoding.map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let truncated = !encoding.take_overflowing().is_empty();
+        Ok(Tokenized { ids: encoding.get_ids().to_vec(), truncated })
+    }
+
+    /// The `tokenizers` road for `text`.
+    fn general(&self, text: &str) -> &Tokenizer {
+        match &self.ascii {
+            Some(ascii) if text.is_ascii() => ascii,
+            _ => &self.inner,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Array;
+
+    use super::*;
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    /// `tokenizers` alone, with the same truncation and prompt: what every road must give.
+    fn reference(t: &TextTokenizer, text: &str) -> Tokenized {
+        let full = format!("{}{text}", t.prompt.as_deref().unwrap_or(""));
+        let mut e = t.inner.encode_fast(full, true).unwrap();
+        Tokenized { truncated: !e.take_overflowing().is_empty(), ids: e.get_ids().to_vec() }
+    }
+
+    /// Random texts built from the pieces the pre-tokenizer pattern treats specially.
+    fn tricky_texts(seed: u64, count: usize) -> Vec<String> {
+        const PARTS: &[&str] = &[
+            "'s",
+            "'S",
+            "'ll",
+            "'LL",
+            "'lL",
+            "'re",
+            "'Ve",
+            "'d",
+            "'m",
+            "'t",
+            "'x",
+            "'",
+            "hello",
+            "World",
+            "don't",
+            "123",
+            "4",
+            "2024",
+            " ",
+            "  ",
+            "   ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\r",
+            " \n",
+            "\n ",
+            "\x0b",
+            "\x0c",
+            "\x1c",
+            "\x1f",
+            "\x00",
+            "\x7f",
+            "!",
+            "...",
+            "(",
+            ")",
+            "?!",
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|",
+            "|>",
+            "a",
+            "Z",
+            "9",
+            " ' ",
+            "caf\u{e9}",
+            "\u{1f600}",
+            "\u{4e2d}\u{6587}",
+            "\u{a0}",
+        ];
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..count)
+            .map(|_| {
+                let mut s = String::new();
+                for _ in 0..rng.usize(0..24) {
+                    if rng.u8(0..4) == 0 {
+                        s.push(char::from(rng.u8(0..128)));
+                    } else {
+                        s.push_str(PARTS[rng.usize(0..PARTS.len())]);
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn check_against_tokenizers(t: &TextTokenizer, seed: u64) {
+        let mut texts = tricky_texts(seed, 3000);
+        texts.extend(
+            ["", " ", "\n", "plain ascii text, with 123 numbers!", "caf\u{e9} cafe\u{301} \u{212b}"]
+                .map(String::from),
+        );
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let got = t.encode_batch(&refs).unwrap();
+        for (text, got) in texts.iter().zip(got) {
+            assert_eq!(got, reference(t, text), "text {text:?}");
+        }
+    }
+
+    fn with_pattern(json: &str, pattern: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern.into();
+        v.to_string()
+    }
+
+    fn load(json: &str, max_tokens: usize, prompt: Option<&str>) -> TextTokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        TextTokenizer::from_file(&path, max_tokens, prompt.map(String::from)).unwrap()
+    }
+
+    #[test]
+    fn the_fast_road_gives_the_tokenizers_ids() {
+        // tiny-qwen2: NFC, an appended <|endoftext|>. qwen2-mha-bidir: a ByteLevel post-processor.
+        for (rel, seed) in
+            [("models/tiny-qwen2/tokenizer.json", 1), ("tests/fixtures/qwen2-mha-bidir/tokenizer.json", 2)]
+        {
+            let json = std::fs::read_to_string(fixture(rel)).unwrap();
+            for (max_tokens, prompt) in
+                [(512, None), (12, None), (512, Some("query: ")), (9, Some("Instruct: it's\n"))]
+            {
+                let t = load(&json, max_tokens, prompt);
+                assert!(t.fast.is_some(), "{rel}: expected the fast road");
+                check_against_tokenizers(&t, seed);
+            }
+        }
+        // Llama 3's pattern: digits go three at a time.
+        let json = std::fs::read_to_string(fixture("models/tiny-qwen2/tokenizer.json")).unwrap();
+        let llama3 = byte_bpe::LLAMA3_PATTERN;
+        let t = load(&with_pattern(&json, llama3), 512, None);
+        assert!(t.fast.is_some());
+        check_against_tokenizers(&t, 3);
+    }
+
+    #[test]
+    fn other_layouts_take_the_general_road() {
+        let json = std::fs::read_to_string(fixture("models/tiny-qwen2/tokenizer.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut variants = vec![with_pattern(&json, r"\s+|\S+")];
+        v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true.into();
+        variants.push(v.to_string());
+        v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = false.into();
+        v["normalizer"] = serde_json::json!({"type": "Lowercase"});
+        variants.push(v.to_string());
+        for (i, json) in variants.iter().enumerate() {
+            let t = load(json, 512, None);
+            assert!(t.fast.is_none(), "variant {i} should not take the fast road");
+            check_against_tokenizers(&t, 10 + i as u64);
+        }
+    }
+
+    #[test]
+    fn the_ascii_shortcut_gives_the_normalised_ids() {
+        // Without the fast road, ASCII texts still skip the NFC normaliser.
+        let json = std::fs::read_to_string(fixture("models/tiny-qwen2/tokenizer.json")).unwrap();
+        let t = load(&with_pattern(&json, r"\s+|\S+"), 64, None);
+        assert!(t.ascii.is_some() && t.fast.is_none());
+        check_against_tokenizers(&t, 20);
+    }
+
+    /// The fast road against `tokenizers` over a whole corpus, text by text (run by
+    /// `scripts/bench-cpu.sh`): `BATCH_EMBED_CHECK_TOKENIZER=tokenizer.json
+    /// BATCH_EMBED_CHECK_TEXTS=dir-or-file cargo test --lib corpus -- --ignored`.
+    #[test]
+    #[ignore = "needs a corpus and a tokenizer named in the environment"]
+    fn the_fast_road_gives_the_tokenizers_ids_on_a_corpus() {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("set {name}"));
+        let t = TextTokenizer::from_file(Path::new(&var("BATCH_EMBED_CHECK_TOKENIZER")), 8192, None).unwrap();
+        assert!(t.fast.is_some(), "this tokenizer does not take the fast road");
+        let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
+        let inputs = crate::input::open_all(&files, "text", None).unwrap();
+        let (mut texts, mut fast_texts) = (0, 0);
+        for file in &inputs.files {
+            for chunk in crate::input::read_rows(file, &[file.global_rows()], 8192).unwrap() {
+                let chunk = chunk.unwrap();
+                let batch: Vec<&str> = (0..chunk.texts.len())
+                    .filter(|&i| !chunk.texts.is_null(i))
+                    .map(|i| chunk.texts.value(i))
+                    .collect();
+                let got = t.encode_batch(&batch).unwrap();
+                let want: Vec<Tokenized> = batch.par_iter().map(|text| reference(&t, text)).collect();
+                for ((text, got), want) in batch.iter().zip(got).zip(want) {
+                    assert_eq!(got, want, "text {text:?}");
+                }
+                texts += batch.len();
+                fast_texts += batch
+                    .iter()
+                    .filter(|x| t.fast.as_ref().unwrap().ids(t.inner.get_model(), x).is_some())
+                    .count();
+            }
+        }
+        eprintln!(
+            "{texts} texts, {fast_texts} of them on the fast road: same ids and truncation as tokenizers"
+        );
+        assert!(fast_texts > 0);
+    }
+}
