@@ -42,7 +42,7 @@ echo "== transformers, same texts and model, f32, $THREADS threads, length-sorte
 echo "== tokenizer: our fast road vs tokenizers, text by text over all 579k sentences (same ids or it fails)"
 BATCH_EMBED_CHECK_TOKENIZER="$MODEL/tokenizer.json" BATCH_EMBED_CHECK_TEXTS="$ASSETS/imdb-sentences" \
   cargo test --quiet --lib the_fast_road_gives_the_tokenizers_ids_on_a_corpus -- --ignored --nocapture 2>&1 |
-  grep -E "texts,|test result"
+  grep -E "texts,|texts/s|test result"
 
 echo "== pipeline alone (no model: zero vectors), Qwen tokenizer, one shard (100k rows) then all six (579k)"
 for input in "$ASSETS/imdb-sentences/sentences-00000.parquet" "$ASSETS/imdb-sentences"; do
