@@ -1,23 +1,27 @@
-//! A faster road to the same ids for the common case: Qwen2-style byte-level BPE on ASCII text.
+//! A faster road to the same ids for the common case: Qwen2-style byte-level BPE.
 //!
 //! Through `tokenizers`, each text pays for a regex engine, per-byte alignment bookkeeping in
 //! the byte-level step, one `String` per token and a shared word cache behind a lock. For the
 //! tokenizers gte-Qwen2 ships (a `Split` on the Qwen2/Llama-3 pattern, then `ByteLevel` without
-//! its own regex, then BPE) and texts that are pure ASCII, the pattern reduces to a few byte
-//! classes, so we split by hand and look each piece up in a per-thread cache of piece → ids. Only
-//! a piece never seen on this thread goes to the tokenizer's own BPE model. The post-processor
-//! and truncation stay the tokenizer's. Anything else (another pre-tokenizer, a normaliser other
-//! than a Unicode normal form, BPE dropout, non-ASCII text, text holding an added token) takes
-//! the general road; `the_fast_road_gives_the_tokenizers_ids` checks the two agree.
+//! its own regex, then BPE) the pattern reduces to a few character classes, so we split by hand
+//! and look each piece up in a per-thread cache of piece → ids. Only a piece never seen on this
+//! thread goes to the tokenizer's own BPE model. The classes come from the same regex engine
+//! (Oniguruma) asked once per character; the normaliser, truncation and post-processor stay the
+//! tokenizer's. Anything else (another pre-tokenizer, BPE dropout, text holding an added token,
+//! a character that case-folds onto a contraction letter) takes the general road;
+//! `the_fast_road_gives_the_tokenizers_ids` checks the two agree.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::LazyLock;
 
 use ahash::AHashMap;
 use aho_corasick::AhoCorasick;
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
-use tokenizers::{Model, ModelWrapper, Tokenizer};
+use tokenizers::utils::SysRegex;
+use tokenizers::{Model, ModelWrapper, NormalizedString, Normalizer, NormalizerWrapper, Tokenizer};
 
 /// The pre-tokenizer pattern of Qwen2 (and gte-Qwen2, Qwen2.5, Qwen3): one digit a piece.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -36,6 +40,8 @@ pub(super) struct ByteLevelBpe {
     max_digits: usize,
     /// The added tokens' texts: `tokenizers` splits them out before anything else.
     added: Option<AhoCorasick>,
+    /// The normaliser maps ASCII text to itself (none, or a Unicode normal form).
+    ascii_unchanged: bool,
     /// GPT-2's byte → printable char table, for the pieces the BPE model sees.
     byte_chars: [char; 256],
 }
@@ -63,13 +69,13 @@ impl ByteLevelBpe {
         let model_ok = layout.model.kind.as_deref().is_none_or(|k| k == "BPE")
             && layout.model.dropout.is_none_or(|d| d == 0.0)
             && matches!(tokenizer.get_model(), ModelWrapper::BPE(_));
-        let normalizer_ok = match &layout.normalizer {
+        let ascii_unchanged = match &layout.normalizer {
             None | Some(serde_json::Value::Null) => true,
             // NOTE: all four map ASCII text to itself.
             Some(n) => matches!(n["type"].as_str(), Some("NFC" | "NFD" | "NFKC" | "NFKD")),
         };
         let max_digits = split_then_byte_level(layout.pre_tokenizer.as_ref()?)?;
-        if !(model_ok && normalizer_ok) {
+        if !model_ok {
             return None;
         }
         let added: Vec<String> =
@@ -80,47 +86,78 @@ impl ByteLevelBpe {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             max_digits,
             added,
+            ascii_unchanged,
             byte_chars: byte_chars(),
         })
     }
 
     /// The BPE ids of `text` before post-processing, or `None` when the text needs the general
-    /// road (not ASCII, or holding an added token).
-    pub(super) fn ids(&self, model: &ModelWrapper, text: &str) -> Option<Result<Vec<u32>>> {
-        if !text.is_ascii() || self.added.as_ref().is_some_and(|a| a.is_match(text)) {
+    /// road. `tokenizer` is the one `detect` accepted.
+    pub(super) fn ids(&self, tokenizer: &Tokenizer, text: &str) -> Option<Result<Vec<u32>>> {
+        let holds_added = |t: &str| self.added.as_ref().is_some_and(|a| a.is_match(t));
+        if holds_added(text) {
             return None;
         }
-        Some(CACHE.with_borrow_mut(|cache| {
+        let text = match tokenizer.get_normalizer() {
+            Some(n) if !(text.is_ascii() && self.ascii_unchanged) => match normalize(n, text) {
+                Ok(t) if holds_added(&t) => return None,
+                Ok(t) => Cow::Owned(t),
+                Err(e) => return Some(Err(e)),
+            },
+            _ => Cow::Borrowed(text),
+        };
+        CACHE.with_borrow_mut(|cache| {
             if cache.owner != self.id {
                 cache.pieces.clear();
                 cache.owner = self.id;
             }
-            let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-            for piece in Pieces::new(text.as_bytes(), self.max_digits) {
-                if let Some(hit) = cache.pieces.get(piece) {
-                    ids.extend_from_slice(hit);
-                    continue;
-                }
-                let chars: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
-                let tokens = model.tokenize(&chars).map_err(|e| anyhow!("tokenization failed: {e}"))?;
-                let start = ids.len();
-                ids.extend(tokens.iter().map(|t| t.id));
-                if piece.len() <= MAX_CACHED_PIECE {
-                    if cache.pieces.len() >= MAX_CACHED_PIECES {
-                        cache.pieces.clear();
-                    }
-                    cache.pieces.insert(piece.into(), ids[start..].into());
-                }
+            if !classify(&text, &mut cache.chars) {
+                return None;
             }
-            Ok(ids)
-        }))
+            Some(self.lookup(tokenizer.get_model(), &text, cache))
+        })
     }
+
+    fn lookup(&self, model: &ModelWrapper, text: &str, cache: &mut PieceCache) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        let chars = &cache.chars;
+        let mut at = 0;
+        while at < chars.len() {
+            let end = at + piece_len(chars, at, self.max_digits);
+            let piece =
+                &text.as_bytes()[chars[at].at as usize..chars.get(end).map_or(text.len(), |c| c.at as usize)];
+            at = end;
+            if let Some(hit) = cache.pieces.get(piece) {
+                ids.extend_from_slice(hit);
+                continue;
+            }
+            let mapped: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
+            let tokens = model.tokenize(&mapped).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+            let start = ids.len();
+            ids.extend(tokens.iter().map(|t| t.id));
+            if piece.len() <= MAX_CACHED_PIECE {
+                if cache.pieces.len() >= MAX_CACHED_PIECES {
+                    cache.pieces.clear();
+                }
+                cache.pieces.insert(piece.into(), ids[start..].into());
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn normalize(normalizer: &NormalizerWrapper, text: &str) -> Result<String> {
+    let mut n = NormalizedString::from(text);
+    normalizer.normalize(&mut n).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+    Ok(n.get().to_owned())
 }
 
 #[derive(Default)]
 struct PieceCache {
     owner: u64,
     pieces: AHashMap<Box<[u8]>, Box<[u32]>>,
+    /// The current text's characters (a buffer kept between texts).
+    chars: Vec<Char>,
 }
 
 thread_local! {
@@ -169,109 +206,144 @@ fn byte_chars() -> [char; 256] {
     table
 }
 
-fn is_letter(b: u8) -> bool {
-    b.is_ascii_alphabetic()
+/// A character of the text with its class in the pattern.
+#[derive(Clone, Copy)]
+struct Char {
+    /// Byte offset in the text.
+    at: u32,
+    c: char,
+    kind: Kind,
 }
 
-fn is_digit(b: u8) -> bool {
-    b.is_ascii_digit()
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// `\p{L}`
+    Letter = 1,
+    /// `\p{N}`
+    Number,
+    /// `\s`
+    Space,
+    /// none of the above
+    Other,
+    /// Not ASCII and matched by one of `s t r e v m l d` under case folding (U+017F ſ): the
+    /// contractions alternative could take it, so the text takes the general road.
+    Folds,
 }
 
-/// `\s` of the pattern, restricted to ASCII (Unicode White_Space).
-fn is_space(b: u8) -> bool {
-    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
-}
+/// The class of every char seen so far (0: not asked yet), filled from Oniguruma itself.
+static KINDS: [AtomicU8; 0x11_0000] = [const { AtomicU8::new(0) }; 0x11_0000];
 
-fn is_newline(b: u8) -> bool {
-    b == b'\r' || b == b'\n'
-}
-
-/// `[^\s\p{L}\p{N}]`
-fn is_other(b: u8) -> bool {
-    !is_space(b) && !is_letter(b) && !is_digit(b)
-}
-
-/// The pieces the pattern cuts ASCII text into, in order, covering all of it.
-struct Pieces<'a> {
-    text: &'a [u8],
-    at: usize,
-    max_digits: usize,
-}
-
-impl<'a> Pieces<'a> {
-    fn new(text: &'a [u8], max_digits: usize) -> Self {
-        Pieces { text, at: 0, max_digits }
-    }
-
-    /// Length of the piece starting at `i`: the first alternative of the pattern that matches
-    /// there, each greedy, with the backtracking the regex would do.
-    fn piece_len(&self, i: usize) -> usize {
-        let t = self.text;
-        let n = t.len();
-        let at = |k: usize| if k < n { Some(t[k]) } else { None };
-        let run = |from: usize, class: fn(u8) -> bool| (from..n).find(|&k| !class(t[k])).unwrap_or(n);
-        let b = t[i];
-        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
-        if b == b'\'' {
-            let next = at(i + 1).map(|c| c.to_ascii_lowercase());
-            let after = at(i + 2).map(|c| c.to_ascii_lowercase());
-            match (next, after) {
-                (Some(b's' | b't' | b'm' | b'd'), _) => return 2,
-                (Some(b'r' | b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => return 3,
-                _ => {}
-            }
+fn kind(c: char) -> Kind {
+    match KINDS[c as usize].load(Ordering::Relaxed) {
+        1 => Kind::Letter,
+        2 => Kind::Number,
+        3 => Kind::Space,
+        4 => Kind::Other,
+        5 => Kind::Folds,
+        _ => {
+            let kind = ask_oniguruma(c);
+            KINDS[c as usize].store(kind as u8, Ordering::Relaxed);
+            kind
         }
-        // [^\r\n\p{L}\p{N}]?\p{L}+
-        if is_letter(b) {
-            return run(i, is_letter) - i;
-        }
-        if !is_newline(b) && !is_digit(b) && at(i + 1).is_some_and(is_letter) {
-            return run(i + 1, is_letter) - i;
-        }
-        // \p{N} or \p{N}{1,3}
-        if is_digit(b) {
-            return run(i, is_digit).min(i + self.max_digits) - i;
-        }
-        // ' '?[^\s\p{L}\p{N}]+[\r\n]*
-        let others_from = if is_other(b) {
-            Some(i)
-        } else if b == b' ' && at(i + 1).is_some_and(is_other) {
-            Some(i + 1)
-        } else {
-            None
-        };
-        if let Some(from) = others_from {
-            return run(run(from, is_other), is_newline) - i;
-        }
-        // What is left starts with whitespace.
-        let end = run(i, is_space);
-        // \s*[\r\n]+ : up to the last newline of the run
-        if let Some(last) = (i..end).rev().find(|&k| is_newline(t[k])) {
-            return last + 1 - i;
-        }
-        // \s+(?!\S) : all of the run at the end of the text, else all but its last char
-        if end == n {
-            return end - i;
-        }
-        if end - i > 1 {
-            return end - 1 - i;
-        }
-        // \s+
-        end - i
     }
 }
 
-impl<'a> Iterator for Pieces<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        if self.at >= self.text.len() {
-            return None;
-        }
-        let start = self.at;
-        self.at += self.piece_len(start);
-        Some(&self.text[start..self.at])
+fn ask_oniguruma(c: char) -> Kind {
+    static CLASSES: LazyLock<[SysRegex; 4]> = LazyLock::new(|| {
+        [r"\p{L}", r"\p{N}", r"\s", r"(?i:s|t|r|e|v|m|l|d)"]
+            .map(|p| SysRegex::new(p).expect("a valid class pattern"))
+    });
+    let mut buf = [0u8; 4];
+    let one = c.encode_utf8(&mut buf);
+    let whole = |r: &SysRegex| r.find_iter(one).next() == Some((0, one.len()));
+    let [letter, number, space, folds] = &*CLASSES;
+    if !c.is_ascii() && whole(folds) {
+        Kind::Folds
+    } else if whole(letter) {
+        Kind::Letter
+    } else if whole(number) {
+        Kind::Number
+    } else if whole(space) {
+        Kind::Space
+    } else {
+        Kind::Other
     }
+}
+
+/// Fills `out` with the characters of `text`; false when one of them sends the text down the
+/// general road.
+fn classify(text: &str, out: &mut Vec<Char>) -> bool {
+    out.clear();
+    for (at, c) in text.char_indices() {
+        let kind = kind(c);
+        if kind == Kind::Folds {
+            return false;
+        }
+        out.push(Char { at: at as u32, c, kind });
+    }
+    true
+}
+
+fn is_newline(c: char) -> bool {
+    c == '\r' || c == '\n'
+}
+
+/// Length in chars of the piece starting at `i`: the first alternative of the pattern that
+/// matches there, each greedy, with the backtracking the regex would do.
+fn piece_len(t: &[Char], i: usize, max_digits: usize) -> usize {
+    let n = t.len();
+    let is = |k: usize, kind: Kind| k < n && t[k].kind == kind;
+    let run = |from: usize, keep: &dyn Fn(&Char) -> bool| (from..n).find(|&k| !keep(&t[k])).unwrap_or(n);
+    let c = t[i].c;
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+    if c == '\'' {
+        let lower = |k: usize| t.get(k).map(|x| x.c.to_ascii_lowercase());
+        match (lower(i + 1), lower(i + 2)) {
+            (Some('s' | 't' | 'm' | 'd'), _) => return 2,
+            (Some('r' | 'v'), Some('e')) | (Some('l'), Some('l')) => return 3,
+            _ => {}
+        }
+    }
+    let letters = |from| run(from, &|x: &Char| x.kind == Kind::Letter);
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if t[i].kind == Kind::Letter {
+        return letters(i) - i;
+    }
+    if !is_newline(c) && t[i].kind != Kind::Number && is(i + 1, Kind::Letter) {
+        return letters(i + 1) - i;
+    }
+    // \p{N} or \p{N}{1,3}
+    if t[i].kind == Kind::Number {
+        return run(i, &|x: &Char| x.kind == Kind::Number).min(i + max_digits) - i;
+    }
+    // ' '?[^\s\p{L}\p{N}]+[\r\n]*
+    let others_from = if t[i].kind == Kind::Other {
+        Some(i)
+    } else if c == ' ' && is(i + 1, Kind::Other) {
+        Some(i + 1)
+    } else {
+        None
+    };
+    if let Some(from) = others_from {
+        let others = run(from, &|x: &Char| x.kind == Kind::Other);
+        return run(others, &|x: &Char| is_newline(x.c)) - i;
+    }
+    // What is left starts with whitespace.
+    let end = run(i, &|x: &Char| x.kind == Kind::Space);
+    // \s*[\r\n]+ : up to the last newline of the run
+    if let Some(last) = (i..end).rev().find(|&k| is_newline(t[k].c)) {
+        return last + 1 - i;
+    }
+    // \s+(?!\S) : all of the run at the end of the text, else all but its last char
+    if end == n {
+        return end - i;
+    }
+    if end - i > 1 {
+        return end - 1 - i;
+    }
+    // \s+
+    end - i
 }
 
 #[cfg(test)]
@@ -279,7 +351,16 @@ mod tests {
     use super::*;
 
     fn pieces(text: &str, max_digits: usize) -> Vec<&str> {
-        Pieces::new(text.as_bytes(), max_digits).map(|p| std::str::from_utf8(p).unwrap()).collect()
+        let mut chars = Vec::new();
+        assert!(classify(text, &mut chars));
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < chars.len() {
+            let end = at + piece_len(&chars, at, max_digits);
+            out.push(&text[chars[at].at as usize..chars.get(end).map_or(text.len(), |c| c.at as usize)]);
+            at = end;
+        }
+        out
     }
 
     #[test]
@@ -294,6 +375,21 @@ mod tests {
         assert_eq!(pieces("a \n\n b\t", 1), ["a", " \n\n", " b", "\t"]);
         assert_eq!(pieces("(wow) ...\n\nyes", 1), ["(wow", ")", " ...\n\n", "yes"]);
         assert_eq!(pieces("x'y 'q", 1), ["x", "'y", " '", "q"]);
+        assert_eq!(
+            pieces("caf\u{e9}\u{a0}\u{4e2d}\u{6587} \u{663}\u{b2}!", 1),
+            ["caf\u{e9}", "\u{a0}\u{4e2d}\u{6587}", " ", "\u{663}", "\u{b2}", "!"]
+        );
+    }
+
+    #[test]
+    fn classes_come_from_oniguruma() {
+        assert!(kind('a') == Kind::Letter && kind('\u{4e2d}') == Kind::Letter);
+        assert!(kind('7') == Kind::Number && kind('\u{b2}') == Kind::Number);
+        assert!(kind('\u{a0}') == Kind::Space && kind('\u{3000}') == Kind::Space);
+        assert!(kind('\u{301}') == Kind::Other && kind('\u{1f600}') == Kind::Other);
+        assert!(kind('\u{17f}') == Kind::Folds);
+        let mut chars = Vec::new();
+        assert!(!classify("it'\u{17f} odd", &mut chars));
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl TextTokenizer {
             Some(p) => Cow::Owned(format!("{p}{text}")),
             None => Cow::Borrowed(text),
         };
-        let fast = self.fast.as_ref().and_then(|f| f.ids(self.inner.get_model(), &text));
+        let fast = self.fast.as_ref().and_then(|f| f.ids(&self.inner, &text));
         let encoding = match fast {
             Some(ids) => {
                 let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
@@ -181,10 +181,11 @@ mod tests {
             .map(|_| {
                 let mut s = String::new();
                 for _ in 0..rng.usize(0..24) {
-                    if rng.u8(0..4) == 0 {
-                        s.push(char::from(rng.u8(0..128)));
-                    } else {
-                        s.push_str(PARTS[rng.usize(0..PARTS.len())]);
+                    match rng.u8(0..8) {
+                        0 | 1 => s.push(char::from(rng.u8(0..128))),
+                        // Any character at all (surrogates are not chars and are skipped).
+                        2 => s.extend(char::from_u32(rng.u32(0x80..0x3_2000))),
+                        _ => s.push_str(PARTS[rng.usize(0..PARTS.len())]),
                     }
                 }
                 s
@@ -192,8 +193,9 @@ mod tests {
             .collect()
     }
 
+    /// `FUZZ_TEXTS=100000 cargo test --lib tokenize` for a longer run than the default 3,000.
     fn check_against_tokenizers(t: &TextTokenizer, seed: u64) {
-        let mut texts = tricky_texts(seed, 3000);
+        let mut texts = tricky_texts(seed, std::env::var("FUZZ_TEXTS").map_or(3000, |n| n.parse().unwrap()));
         texts.extend(
             ["", " ", "\n", "plain ascii text, with 123 numbers!", "caf\u{e9} cafe\u{301} \u{212b}"]
                 .map(String::from),
@@ -202,6 +204,10 @@ mod tests {
         let got = t.encode_batch(&refs).unwrap();
         for (text, got) in texts.iter().zip(got) {
             assert_eq!(got, reference(t, text), "text {text:?}");
+        }
+        if let Some(fast) = &t.fast {
+            let taken = texts.iter().filter(|x| fast.ids(&t.inner, x).is_some()).count();
+            assert!(taken > texts.len() / 2, "only {taken} of {} texts took the fast road", texts.len());
         }
     }
 
@@ -239,6 +245,21 @@ mod tests {
         let t = load(&with_pattern(&json, llama3), 512, None);
         assert!(t.fast.is_some());
         check_against_tokenizers(&t, 3);
+        // Normalisers that change ASCII text too, and one that changes nothing.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for (i, normalizer) in [
+            serde_json::json!({"type": "Lowercase"}),
+            serde_json::json!({"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]}),
+            serde_json::Value::Null,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v["normalizer"] = normalizer;
+            let t = load(&v.to_string(), 512, None);
+            assert!(t.fast.is_some());
+            check_against_tokenizers(&t, 4 + i as u64);
+        }
     }
 
     #[test]
@@ -247,9 +268,6 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let mut variants = vec![with_pattern(&json, r"\s+|\S+")];
         v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true.into();
-        variants.push(v.to_string());
-        v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = false.into();
-        v["normalizer"] = serde_json::json!({"type": "Lowercase"});
         variants.push(v.to_string());
         for (i, json) in variants.iter().enumerate() {
             let t = load(json, 512, None);
@@ -297,10 +315,8 @@ mod tests {
                     assert_eq!(got, want, "text {text:?}");
                 }
                 texts += batch.len();
-                fast_texts += batch
-                    .iter()
-                    .filter(|x| t.fast.as_ref().unwrap().ids(t.inner.get_model(), x).is_some())
-                    .count();
+                fast_texts +=
+                    batch.iter().filter(|x| t.fast.as_ref().unwrap().ids(&t.inner, x).is_some()).count();
             }
         }
         eprintln!(
