@@ -81,10 +81,21 @@ struct Layout {
     to_padded: Option<Tensor>,
     /// For each packed token, its cell in the padded rectangle.
     to_packed: Option<Tensor>,
-    /// Additive mask `[texts, 1, 1, max_len, max_len]`, `None` when nothing needs masking.
+    /// Additive mask over the padded scores, `[texts, 1, 1, max_len, max_len]` or broadcastable
+    /// to it; `None` when nothing needs masking.
     mask: Option<Tensor>,
+    /// Additive mask of the padding keys, `[texts, 1, 1, max_len]`: all a text's last query
+    /// needs. `None` when the batch has no padding.
+    key_mask: Option<Tensor>,
     /// Attention runs on the packed tokens (CPU, f32) instead of the padded rectangle.
     packed: Option<Packed>,
+}
+
+/// An additive mask from a 0/1 "blocked" tensor: -inf where blocked, 0 elsewhere.
+fn blocked(is_blocked: &Tensor, dtype: DType) -> Result<Tensor> {
+    let zeros = is_blocked.zeros_like()?.to_dtype(dtype)?;
+    let minus_inf = (zeros.ones_like()? * f64::NEG_INFINITY)?;
+    is_blocked.where_cond(&minus_inf, &zeros)
 }
 
 /// What packed attention needs: each text's (start, len).
@@ -120,6 +131,7 @@ impl Layout {
                 to_padded: None,
                 to_packed: None,
                 mask: None,
+                key_mask: None,
                 packed,
             });
         }
@@ -147,26 +159,31 @@ impl Layout {
             (None, None)
         };
 
-        let needs_mask = causal && max_len > 1 || padded;
-        let mask = if needs_mask {
-            let mut m = vec![0f32; texts * max_len * max_len];
-            for b in 0..texts {
-                let (_, len) = batch.span(b);
-                for q in 0..max_len {
-                    let row = &mut m[(b * max_len + q) * max_len..][..max_len];
-                    for (k, cell) in row.iter_mut().enumerate() {
-                        if k >= len || (causal && k > q) {
-                            *cell = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
-            let m = Tensor::from_vec(m, (texts, 1, 1, max_len, max_len), device)?;
-            Some(m.to_dtype(dtype)?)
+        // NOTE: the masks are built on the device from lengths and positions: built on the host
+        // they would be texts × max_len² values to fill and copy for every batch.
+        let key_mask = if padded {
+            let lens: Vec<u32> = (0..texts).map(|b| batch.span(b).1 as u32).collect();
+            let lens = Tensor::from_vec(lens, (texts, 1), device)?;
+            let keys = Tensor::arange(0u32, max_len as u32, device)?.reshape((1, max_len))?;
+            let mask = blocked(&keys.broadcast_ge(&lens)?, dtype)?;
+            Some(mask.reshape((texts, 1, 1, max_len))?)
         } else {
             None
         };
-        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask, packed: None })
+        let causal_mask = if causal && max_len > 1 {
+            let keys = Tensor::arange(0u32, max_len as u32, device)?;
+            let queries = keys.reshape((max_len, 1))?;
+            let mask = blocked(&keys.reshape((1, max_len))?.broadcast_gt(&queries)?, dtype)?;
+            Some(mask.reshape((1, 1, 1, max_len, max_len))?)
+        } else {
+            None
+        };
+        let mask = match (&key_mask, causal_mask) {
+            (Some(keys), Some(causal)) => Some(keys.unsqueeze(3)?.broadcast_add(&causal)?),
+            (Some(keys), None) => Some(keys.unsqueeze(3)?),
+            (None, causal) => causal,
+        };
+        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask, key_mask, packed: None })
     }
 
     /// `[tokens, width]` packed → `[texts * max_len, width]` padded.
@@ -311,6 +328,38 @@ impl SelfAttention {
     }
 }
 
+impl SelfAttention {
+    /// The padded path for each text's last query alone (the pooled row): `[texts, hidden]`.
+    /// Every token still serves as a key and value.
+    fn forward_last(&self, x: &Tensor, layout: &Layout, pooled: &Tensor) -> Result<Tensor> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let b = layout.texts;
+        let qkv = linear(x, &self.qkv_weight, self.qkv_bias.as_ref())?;
+        let mut q = qkv.index_select(pooled, 0)?.narrow(1, 0, h * d)?.contiguous()?.reshape((1, b, h, d))?;
+        let mut k = self.split(&qkv, layout, h, kv)?;
+        let v = self.split(&qkv, layout, h + kv, kv)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let (cos, sin) = (layout.cos.index_select(pooled, 0)?, layout.sin.index_select(pooled, 0)?);
+        let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
+        let k = self.to_rect(&k, layout, kv)?;
+        let v = self.to_rect(&v, layout, kv)?;
+        // The same grouped-query layout as the full path, with one query row per text; causal
+        // or not, the last query sees every real key.
+        let q = q.reshape((b, kv, h / kv, d))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = match &layout.key_mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?; // [b, kv, group, d]
+        linear(&out.reshape((b, h * d))?, &self.o_weight, None)
+    }
+}
+
 struct Mlp {
     /// gate and up projections fused: `[2 * intermediate, hidden]`.
     gate_up: Tensor,
@@ -358,12 +407,15 @@ impl DecoderLayer {
     /// serves as a key and value, but queries, the output projection and the MLP run for the
     /// pooled rows alone: in the last layer nothing else is read.
     fn forward_pooled(&self, x: &Tensor, layout: &Layout, pooled: &Tensor) -> Result<Tensor> {
-        if layout.packed.is_none() {
-            return self.forward(x, layout)?.index_select(pooled, 0);
-        }
-        let attn = self.attention.forward_rows(&self.input_norm.forward(x)?, layout, true)?;
+        let normed = self.input_norm.forward(x)?;
+        let packed = layout.packed.is_some();
+        let attn = if packed {
+            self.attention.forward_rows(&normed, layout, true)?
+        } else {
+            self.attention.forward_last(&normed, layout, pooled)?
+        };
         let x = (x.index_select(pooled, 0)? + attn)?;
-        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?, true)?
+        &x + self.mlp.forward(&self.post_attention_norm.forward(&x)?, packed)?
     }
 }
 
@@ -441,8 +493,8 @@ impl super::EmbeddingModel for Decoder {
             x = layer.forward(&x, &layout)?;
         }
         // NOTE: pooling reads one row per text, so the last layer computes only those rows
-        // (and the final norm, being per token, too). The packed path computes each text's last
-        // query, so it applies only when that is the pooled row (last-token pooling).
+        // (and the final norm, being per token, too). Both paths compute each text's last
+        // query, so this applies only when that is the pooled row (last-token pooling).
         let last_tokens =
             (0..batch.len()).all(|b| batch.pooled_indices[b] + 1 == batch.cu_seq_lengths[b + 1]);
         let x = if last_tokens {
