@@ -175,6 +175,31 @@ mod tests {
             "\u{1f600}",
             "\u{4e2d}\u{6587}",
             "\u{a0}",
+            // Unicode: a long s (folds to s), NEL, line separator, ideographic space, a combining
+            // accent, digits and numbers of other scripts, title case and modifier letters, texts
+            // that NFC/NFKC/lowercasing change, and letters with multi-letter case folds.
+            "'\u{17f}",
+            "\u{85}",
+            "\u{2028}",
+            "\u{3000}",
+            "\u{301}",
+            "\u{663}",
+            "\u{b2}",
+            "\u{216b}",
+            "\u{1c5}",
+            "\u{2b0}",
+            "e\u{301}",
+            "\u{212b}",
+            "\u{fb01}",
+            "\u{212a}",
+            "\u{2019}s",
+            "\u{201c}",
+            "\u{fb05}",
+            "\u{fb06}",
+            "\u{df}",
+            "\u{1e9e}",
+            "\u{130}",
+            "\u{131}",
         ];
         let mut rng = fastrand::Rng::with_seed(seed);
         (0..count)
