@@ -63,12 +63,13 @@ impl TextTokenizer {
             )
         );
         let prompt_ascii = prompt.as_deref().is_none_or(|p| p.is_ascii());
-        let ascii = (unicode_form && prompt_ascii).then(|| {
+        let fast = byte_bpe::ByteLevelBpe::detect(&json, &inner);
+        // Only the general road uses it: no second copy of the vocabulary when the fast road serves.
+        let ascii = (fast.is_none() && unicode_form && prompt_ascii).then(|| {
             let mut t = inner.clone();
             t.with_normalizer(None::<NormalizerWrapper>);
             t
         });
-        let fast = byte_bpe::ByteLevelBpe::detect(&json, &inner);
         Ok(TextTokenizer { inner, ascii, fast, prompt })
     }
 
