@@ -32,6 +32,8 @@ pub(super) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{
 const MAX_CACHED_PIECE: usize = 64;
 /// A thread's cache is emptied when it grows past this many pieces (~20 MB).
 const MAX_CACHED_PIECES: usize = 200_000;
+/// A thread keeps its buffer of classified chars between texts up to this many (12 MB).
+const MAX_KEPT_CHARS: usize = 1 << 20;
 
 pub(super) struct ByteLevelBpe {
     /// Distinguishes this tokenizer's entries in the per-thread caches from another's.
@@ -92,8 +94,11 @@ impl ByteLevelBpe {
     }
 
     /// The BPE ids of `text` before post-processing, or `None` when the text needs the general
-    /// road. `tokenizer` is the one `detect` accepted.
-    pub(super) fn ids(&self, tokenizer: &Tokenizer, text: &str) -> Option<Result<Vec<u32>>> {
+    /// road. `tokenizer` is the one `detect` accepted. Stops once there are more than `limit`
+    /// ids: truncation keeps only the first ones, and since each piece is tokenized on its own,
+    /// the pieces before a cut give the same ids whatever follows (a long text costs no more
+    /// than its first `limit` tokens' worth of BPE).
+    pub(super) fn ids(&self, tokenizer: &Tokenizer, text: &str, limit: usize) -> Option<Result<Vec<u32>>> {
         let holds_added = |t: &str| self.added.as_ref().is_some_and(|a| a.is_match(t));
         if holds_added(text) {
             return None;
@@ -111,18 +116,26 @@ impl ByteLevelBpe {
                 cache.pieces.clear();
                 cache.owner = self.id;
             }
-            if !classify(&text, &mut cache.chars) {
-                return None;
+            let ids = classify(&text, &mut cache.chars)
+                .then(|| self.lookup(tokenizer.get_model(), &text, limit, cache));
+            if cache.chars.capacity() > MAX_KEPT_CHARS {
+                cache.chars = Vec::new(); // not kept after a huge text
             }
-            Some(self.lookup(tokenizer.get_model(), &text, cache))
+            ids
         })
     }
 
-    fn lookup(&self, model: &ModelWrapper, text: &str, cache: &mut PieceCache) -> Result<Vec<u32>> {
-        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+    fn lookup(
+        &self,
+        model: &ModelWrapper,
+        text: &str,
+        limit: usize,
+        cache: &mut PieceCache,
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity((text.len() / 3).min(limit) + 1);
         let chars = &cache.chars;
         let mut at = 0;
-        while at < chars.len() {
+        while at < chars.len() && ids.len() <= limit {
             let end = at + piece_len(chars, at, self.max_digits);
             let piece =
                 &text.as_bytes()[chars[at].at as usize..chars.get(end).map_or(text.len(), |c| c.at as usize)];

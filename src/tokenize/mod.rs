@@ -30,6 +30,8 @@ pub struct TextTokenizer {
     /// Our own split and piece cache for byte-level BPE tokenizers, when it gives the same ids.
     fast: Option<byte_bpe::ByteLevelBpe>,
     prompt: Option<String>,
+    /// The truncation limit, special tokens included.
+    max_tokens: usize,
 }
 
 impl TextTokenizer {
@@ -70,7 +72,7 @@ impl TextTokenizer {
             t.with_normalizer(None::<NormalizerWrapper>);
             t
         });
-        Ok(TextTokenizer { inner, ascii, fast, prompt })
+        Ok(TextTokenizer { inner, ascii, fast, prompt, max_tokens })
     }
 
     /// Tokenizes texts in parallel on rayon's pool.
@@ -83,7 +85,7 @@ impl TextTokenizer {
             Some(p) => Cow::Owned(format!("{p}{text}")),
             None => Cow::Borrowed(text),
         };
-        let fast = self.fast.as_ref().and_then(|f| f.ids(&self.inner, &text));
+        let fast = self.fast.as_ref().and_then(|f| f.ids(&self.inner, &text, self.max_tokens));
         let encoding = match fast {
             Some(ids) => {
                 let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
@@ -232,7 +234,7 @@ mod tests {
             assert_eq!(got, reference(t, text), "text {text:?}");
         }
         if let Some(fast) = &t.fast {
-            let taken = texts.iter().filter(|x| fast.ids(&t.inner, x).is_some()).count();
+            let taken = texts.iter().filter(|x| fast.ids(&t.inner, x, t.max_tokens).is_some()).count();
             assert!(taken > texts.len() / 2, "only {taken} of {} texts took the fast road", texts.len());
         }
     }
@@ -313,12 +315,15 @@ mod tests {
 
     /// The fast road against `tokenizers` over a whole corpus, text by text (run by
     /// `scripts/bench-cpu.sh`): `BATCH_EMBED_CHECK_TOKENIZER=tokenizer.json
-    /// BATCH_EMBED_CHECK_TEXTS=dir-or-file cargo test --lib corpus -- --ignored`.
+    /// BATCH_EMBED_CHECK_TEXTS=dir-or-file cargo test --lib corpus -- --ignored`, and
+    /// `BATCH_EMBED_CHECK_MAX_TOKENS` (8192) for the truncation.
     #[test]
     #[ignore = "needs a corpus and a tokenizer named in the environment"]
     fn the_fast_road_gives_the_tokenizers_ids_on_a_corpus() {
         let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("set {name}"));
-        let t = TextTokenizer::from_file(Path::new(&var("BATCH_EMBED_CHECK_TOKENIZER")), 8192, None).unwrap();
+        let max_tokens = std::env::var("BATCH_EMBED_CHECK_MAX_TOKENS").map_or(8192, |n| n.parse().unwrap());
+        let t = TextTokenizer::from_file(Path::new(&var("BATCH_EMBED_CHECK_TOKENIZER")), max_tokens, None)
+            .unwrap();
         assert!(t.fast.is_some(), "this tokenizer does not take the fast road");
         let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
         let inputs = crate::input::open_all(&files, "text", None).unwrap();
@@ -341,8 +346,10 @@ mod tests {
                     assert_eq!(got, want, "text {text:?}");
                 }
                 texts += batch.len();
-                fast_texts +=
-                    batch.iter().filter(|x| t.fast.as_ref().unwrap().ids(&t.inner, x).is_some()).count();
+                fast_texts += batch
+                    .iter()
+                    .filter(|x| t.fast.as_ref().unwrap().ids(&t.inner, x, t.max_tokens).is_some())
+                    .count();
             }
         }
         eprintln!(
