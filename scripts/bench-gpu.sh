@@ -9,6 +9,11 @@
 # Anywhere, to test this script: DEVICE=cpu TEXTS=small.parquet BIN=target/release/batch-embed \
 #                          scripts/bench-gpu.sh small
 #
+# Both sides embed the same first ROWS texts. A lent machine allows 600 s per command, so run
+# one shape per command and keep the models between commands (the machine stays warm), e.g.
+#   WORK=/tmp/gpu-bench ROWS=100000 scripts/bench-gpu.sh gte-qwen2-1.5b
+#   WORK=/tmp/gpu-bench ROWS=30000 BATCH_SIZES=64,256 scripts/bench-gpu.sh gte-qwen2-7b
+#
 # Models: random bf16 weights of the published shapes (scripts/make_random_model.py; vocab
 # 151,646). MFU = tokens/s x matmul FLOPs per token / peak, with FLOPs per token = 2 x the
 # decoder's matmul weights (2.62 GFLOP for 1.5B, 13.05 GFLOP for 7B; embeddings and attention
@@ -16,7 +21,7 @@
 # ~790 TFLOP/s measured on these machines. Also prints how busy our run keeps the GPU
 # (nvidia-smi utilization.gpu, sampled every 100 ms). Env: BIN (target/cuda/batch-embed), PY, WORK,
 # BATCH_SIZES for transformers (default 32,64,128,256), OURS_ARGS (extra flags for ours),
-# DEVICE (cuda), TEXTS (target/gpu-bench/texts.parquet).
+# DEVICE (cuda), TEXTS (target/gpu-bench/texts.parquet), ROWS (all of TEXTS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEXTS=${TEXTS:-target/gpu-bench/texts.parquet}
@@ -47,11 +52,17 @@ SHAPES=("$@")
 gpu=cpu
 [[ $DEVICE == cuda ]] && gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)
 echo "bench-gpu: $gpu, $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-"$PY" - "$TEXTS" <<'PY'
+mkdir -p "$WORK"
+"$PY" - "$TEXTS" "$WORK/texts.parquet" "${ROWS:-0}" <<'PY'
 import sys, pyarrow.parquet as pq
 t = pq.read_table(sys.argv[1])
-print(f"texts: {t.num_rows} rows from {sys.argv[1]}")
+rows = int(sys.argv[3])
+if rows:
+    t = t.slice(0, rows)
+pq.write_table(t, sys.argv[2])
+print(f"texts: the first {t.num_rows} rows of {sys.argv[1]}")
 PY
+TEXTS=$WORK/texts.parquet
 
 for shape in "${SHAPES[@]}"; do
   model="$WORK/$shape"
