@@ -9,6 +9,18 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// The f32 values a CPU custom op reads, or an error naming `op` when they are not f32 or not
+/// contiguous.
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: inputs must be contiguous");
+    };
+    Ok(&data[start..end])
+}
+
 /// `silu(gate) * up` for `x = [gate | up]` of shape `[tokens, 2 * intermediate]` (f32, CPU):
 /// `[tokens, intermediate]`.
 pub fn swiglu(x: &Tensor, intermediate: usize) -> Result<Tensor> {
@@ -25,18 +37,12 @@ impl CustomOp1 for SwiGlu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("swiglu-cpu: f32 only");
-        };
+        let src = contiguous_f32(storage, layout, self.name())?;
         let (tokens, width) = layout.shape().dims2()?;
         let i = self.intermediate;
         if width != 2 * i {
             candle_core::bail!("swiglu-cpu: width {width} is not 2 x {i}");
         }
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("swiglu-cpu: input must be contiguous");
-        };
-        let src = &data[start..end];
         let mut out = vec![0f32; tokens * i];
         out.par_chunks_mut(i).zip(src.par_chunks(width)).for_each(|(o, row)| {
             let (gate, up) = row.split_at(i);
@@ -74,14 +80,8 @@ impl CustomOp1 for RopePacked {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("rope-packed-cpu: f32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("rope-packed-cpu: input must be contiguous");
-        };
+        let src = contiguous_f32(storage, layout, self.name())?;
         let (heads, d, half) = (self.heads, self.d, self.d / 2);
-        let src = &data[start..end];
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(heads * d).zip(src.par_chunks(heads * d)).enumerate().for_each(|(t, (o, x))| {
             let (cos, sin) = (&self.cos[t * half..][..half], &self.sin[t * half..][..half]);

@@ -30,16 +30,6 @@ struct VarlenAttention {
     last_only: bool,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("varlen attention: f32 only");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("varlen attention: inputs must be contiguous");
-    };
-    Ok(&data[start..end])
-}
-
 impl CustomOp3 for VarlenAttention {
     fn name(&self) -> &'static str {
         "varlen-attention-cpu"
@@ -54,7 +44,10 @@ impl CustomOp3 for VarlenAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        use super::cpu_ops::contiguous_f32;
+        let op = self.name();
+        let (q, k, v) =
+            (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?, contiguous_f32(s3, l3, op)?);
         let (tokens, heads, d) = l1.shape().dims3()?;
         let (_, kv_heads, _) = l2.shape().dims3()?;
         let group = heads / kv_heads;

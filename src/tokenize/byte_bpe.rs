@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::LazyLock;
 
@@ -133,13 +134,11 @@ impl ByteLevelBpe {
         cache: &mut PieceCache,
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity((text.len() / 3).min(limit) + 1);
-        let chars = &cache.chars;
-        let mut at = 0;
-        while at < chars.len() && ids.len() <= limit {
-            let end = at + piece_len(chars, at, self.max_digits);
-            let piece =
-                &text.as_bytes()[chars[at].at as usize..chars.get(end).map_or(text.len(), |c| c.at as usize)];
-            at = end;
+        for bytes in pieces(&cache.chars, text.len(), self.max_digits) {
+            if ids.len() > limit {
+                break;
+            }
+            let piece = &text.as_bytes()[bytes];
             if let Some(hit) = cache.pieces.get(piece) {
                 ids.extend_from_slice(hit);
                 continue;
@@ -302,6 +301,16 @@ fn is_newline(c: char) -> bool {
     c == '\r' || c == '\n'
 }
 
+/// The byte ranges of the pieces the pattern cuts a text of `len` bytes into, in order.
+fn pieces(chars: &[Char], len: usize, max_digits: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = chars.get(at)?.at as usize;
+        at += piece_len(chars, at, max_digits);
+        Some(start..chars.get(at).map_or(len, |c| c.at as usize))
+    })
+}
+
 /// Length in chars of the piece starting at `i`: the first alternative of the pattern that
 /// matches there, each greedy, with the backtracking the regex would do.
 fn piece_len(t: &[Char], i: usize, max_digits: usize) -> usize {
@@ -363,33 +372,26 @@ fn piece_len(t: &[Char], i: usize, max_digits: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn pieces(text: &str, max_digits: usize) -> Vec<&str> {
+    fn split(text: &str, max_digits: usize) -> Vec<&str> {
         let mut chars = Vec::new();
         assert!(classify(text, &mut chars));
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < chars.len() {
-            let end = at + piece_len(&chars, at, max_digits);
-            out.push(&text[chars[at].at as usize..chars.get(end).map_or(text.len(), |c| c.at as usize)]);
-            at = end;
-        }
-        out
+        pieces(&chars, text.len(), max_digits).map(|r| &text[r]).collect()
     }
 
     #[test]
     fn pieces_follow_the_pattern() {
-        assert_eq!(pieces("Hello world", 1), ["Hello", " world"]);
+        assert_eq!(split("Hello world", 1), ["Hello", " world"]);
         assert_eq!(
-            pieces("I'LL say it's 1234!", 1),
+            split("I'LL say it's 1234!", 1),
             ["I", "'LL", " say", " it", "'s", " ", "1", "2", "3", "4", "!"]
         );
-        assert_eq!(pieces("1234", 3), ["123", "4"]);
-        assert_eq!(pieces("a  b", 1), ["a", " ", " b"]);
-        assert_eq!(pieces("a \n\n b\t", 1), ["a", " \n\n", " b", "\t"]);
-        assert_eq!(pieces("(wow) ...\n\nyes", 1), ["(wow", ")", " ...\n\n", "yes"]);
-        assert_eq!(pieces("x'y 'q", 1), ["x", "'y", " '", "q"]);
+        assert_eq!(split("1234", 3), ["123", "4"]);
+        assert_eq!(split("a  b", 1), ["a", " ", " b"]);
+        assert_eq!(split("a \n\n b\t", 1), ["a", " \n\n", " b", "\t"]);
+        assert_eq!(split("(wow) ...\n\nyes", 1), ["(wow", ")", " ...\n\n", "yes"]);
+        assert_eq!(split("x'y 'q", 1), ["x", "'y", " '", "q"]);
         assert_eq!(
-            pieces("caf\u{e9}\u{a0}\u{4e2d}\u{6587} \u{663}\u{b2}!", 1),
+            split("caf\u{e9}\u{a0}\u{4e2d}\u{6587} \u{663}\u{b2}!", 1),
             ["caf\u{e9}", "\u{a0}\u{4e2d}\u{6587}", " ", "\u{663}", "\u{b2}", "!"]
         );
     }
