@@ -94,6 +94,12 @@ impl EmbedConfig {
             DtypeArg::Bf16 => DtypeChoice::Bf16,
             DtypeArg::F16 => DtypeChoice::F16,
         };
+        if dtype == DtypeChoice::F16 && model_config.architecture.overflows_f16() {
+            bail!(
+                "--dtype f16 is refused for {} models: their hidden states grow past f16's largest value (65504) in real checkpoints, which turns vectors into NaN or infinity; use --dtype bf16 (the default on CUDA: f32's range at f16's size) or f32",
+                model_config.architecture.as_str()
+            );
+        }
         Ok(EmbedConfig {
             inputs: args.inputs,
             model,
@@ -130,6 +136,6 @@ impl EmbedConfig {
     /// This worker's folder: `OUTPUT/worker-{id:05}-of-{N:05}`.
     pub fn worker_dir(&self) -> PathBuf {
         self.output
-            .join(format!("worker-{:05}-of-{:05}", self.partition.worker_id, self.partition.num_workers))
+            .join(crate::worker_folder::folder_name(self.partition.worker_id, self.partition.num_workers))
     }
 }

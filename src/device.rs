@@ -1,4 +1,5 @@
-//! Choosing the compute device and dtype.
+//! Choosing the compute device and dtype: finding and loading the CUDA libraries, proving a GPU
+//! works before anything is written, and recognising its out-of-memory errors.
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +45,8 @@ pub fn open(choice: DeviceChoice, cuda_lib_dir: Option<&Path>, note: &mut dyn Fn
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         // NOTE: candle's cuda_is_available() only says whether the feature was compiled in, so
-        // auto tries GPU 0 for real and falls back to the CPU when there is none.
+        // auto tries GPU 0 for real (opening it and running a probe) and falls back to the CPU
+        // when there is none or it does not work.
         DeviceChoice::Auto if cfg!(feature = "cuda") => match new_cuda(0, cuda_lib_dir) {
             Ok(device) => Ok(device),
             Err(e) => {
@@ -66,9 +68,85 @@ pub fn open(choice: DeviceChoice, cuda_lib_dir: Option<&Path>, note: &mut dyn Fn
 }
 
 /// `Device::new_cuda` after loading the CUDA libraries from where they are found, with
-/// cudarc's panics (it panics when a library cannot be loaded) turned into errors.
+/// cudarc's panics (it panics when a library cannot be loaded) turned into errors; then the
+/// memory pool is told to keep freed memory, and a probe runs a few kernels.
 fn new_cuda(n: usize, cuda_lib_dir: Option<&Path>) -> Result<Device> {
-    let dirs = cuda_search_dirs(cuda_lib_dir);
+    let device = open_cuda(n, cuda_lib_dir)?;
+    keep_freed_memory(&device);
+    probe(&device).context(
+        "the GPU opened but failed a first computation (a bf16 matmul, softmax and copy back); a driver older than CUDA 13 (driver 580), or a GPU in a bad state?",
+    )?;
+    Ok(device)
+}
+
+/// A few kernels of the kinds the model runs, and their result copied back and checked: a
+/// driver that cannot load our kernels, or a broken GPU, fails here rather than at the first
+/// batch after the worker folder was written.
+pub fn probe(device: &Device) -> Result<()> {
+    let a = candle_core::Tensor::ones((64, 64), DType::F32, device)?.to_dtype(DType::BF16)?;
+    let product = a.matmul(&a.t()?)?; // every element 64
+    let probs = candle_nn::ops::softmax_last_dim(&product)?.to_dtype(DType::F32)?;
+    let sums: Vec<f32> = probs.sum(1)?.to_vec1()?;
+    if sums.iter().any(|s| (s - 1.0).abs() > 1e-2) {
+        bail!("the probe computed wrong values (row sums {:?}…)", &sums[..sums.len().min(3)]);
+    }
+    Ok(())
+}
+
+/// Raises the CUDA memory pool's release threshold: by default the stream-ordered allocator
+/// hands freed memory back to the driver at every synchronisation, and each batch pays to get
+/// it again.
+fn keep_freed_memory(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        use cudarc::driver::sys;
+        let ctx = d.cuda_stream().context();
+        let _ = ctx.bind_to_thread();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: plain driver calls on a context that is current; the pool handle comes from
+        // the driver and the attribute value points at a live u64.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+                let _ = sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                );
+            }
+        }
+    }
+    let _ = device;
+}
+
+/// Whether a CUDA error (as candle boxes it) is an allocation failure: the driver's
+/// `CUDA_ERROR_OUT_OF_MEMORY` or cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`.
+pub fn is_cuda_out_of_memory(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::CudaError;
+        let driver_oom =
+            |d: &cudarc::driver::DriverError| d.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+        if let Some(d) = e.downcast_ref::<cudarc::driver::DriverError>() {
+            return driver_oom(d);
+        }
+        return match e.downcast_ref::<CudaError>() {
+            Some(CudaError::Cuda(d)) => driver_oom(d),
+            Some(CudaError::Cublas(c)) => {
+                c.0 == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED
+            }
+            _ => false,
+        };
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = e;
+        false
+    }
+}
+
+fn open_cuda(n: usize, cuda_lib_dir: Option<&Path>) -> Result<Device> {
+    let dirs = cuda_search_dirs(cuda_lib_dir, &|k| std::env::var(k).ok());
     let problems = preload_cuda_libraries(&dirs);
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -103,14 +181,15 @@ const CUDA_LIBRARIES: &[(&str, &str)] = &[
 /// Folders searched for the CUDA libraries, in order: `--cuda-lib-dir`, `LD_LIBRARY_PATH`,
 /// `CUDA_HOME`/`CUDA_PATH`, the usual install paths, and the `site-packages/nvidia/*/lib`
 /// folders of Python environments (PyTorch's pip wheels bring cuBLAS and friends there).
-pub fn cuda_search_dirs(cuda_lib_dir: Option<&Path>) -> Vec<PathBuf> {
+/// `env` reads environment variables (tests pass their own).
+pub fn cuda_search_dirs(cuda_lib_dir: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     dirs.extend(cuda_lib_dir.map(Path::to_path_buf));
-    if let Ok(paths) = std::env::var("LD_LIBRARY_PATH") {
+    if let Some(paths) = env("LD_LIBRARY_PATH") {
         dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
     }
     for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
-        if let Ok(home) = std::env::var(var) {
+        if let Some(home) = env(var) {
             dirs.push(Path::new(&home).join("lib64"));
             dirs.push(Path::new(&home).join("lib"));
         }
@@ -126,11 +205,11 @@ pub fn cuda_search_dirs(cuda_lib_dir: Option<&Path>) -> Vec<PathBuf> {
     }
     let mut prefixes: Vec<PathBuf> = Vec::new();
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Ok(p) = std::env::var(var) {
+        if let Some(p) = env(var) {
             prefixes.push(PathBuf::from(p));
         }
     }
-    if let Ok(home) = std::env::var("HOME") {
+    if let Some(home) = env("HOME") {
         prefixes.push(Path::new(&home).join(".local"));
         prefixes.push(Path::new(&home).join(".venv"));
     }
@@ -199,19 +278,13 @@ fn preload_cuda_libraries(dirs: &[PathBuf]) -> Vec<String> {
     problems
 }
 
+/// Loads a shared library for the life of the process (`RTLD_NOW | RTLD_GLOBAL`, so that
+/// cudarc's later lookup by name finds it).
 fn dlopen(path: &str) -> std::result::Result<(), String> {
-    let c = std::ffi::CString::new(path).map_err(|e| e.to_string())?;
-    // SAFETY: a NUL-terminated path; the handle is kept open for the life of the process.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns a thread-local message or null.
-        let msg = unsafe { libc::dlerror() };
-        return Err(if msg.is_null() {
-            "unknown error".into()
-        } else {
-            unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned()
-        });
-    }
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: loading a CUDA library runs its initialisers, which is what cudarc would do.
+    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| e.to_string())?;
+    std::mem::forget(library); // kept loaded: cudarc uses it from here on
     Ok(())
 }
 
@@ -269,9 +342,9 @@ mod tests {
         std::fs::create_dir_all(&given).unwrap();
         std::fs::write(given.join("libnvrtc.so.13"), b"").unwrap();
 
-        std::env::set_var("VIRTUAL_ENV", &venv);
-        let dirs = cuda_search_dirs(Some(&given));
-        std::env::remove_var("VIRTUAL_ENV");
+        let venv_str = venv.display().to_string();
+        let env = |k: &str| (k == "VIRTUAL_ENV").then(|| venv_str.clone());
+        let dirs = cuda_search_dirs(Some(&given), &env);
         assert_eq!(dirs[0], given, "--cuda-lib-dir comes first");
         assert!(dirs.contains(&lib), "{dirs:?}");
         let found = find_cuda_libraries(&dirs);
@@ -279,6 +352,11 @@ mod tests {
         assert_eq!(at("libcublas.so.13"), Some(lib.join("libcublas.so.13")));
         assert_eq!(at("libnvrtc.so.13"), Some(given.join("libnvrtc.so.13")));
         assert!(!dirs.contains(&root.path().join("missing")));
+    }
+
+    #[test]
+    fn the_probe_passes_on_a_working_device() {
+        probe(&Device::Cpu).unwrap();
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -1,12 +1,16 @@
 //! Texts in, vectors out: tokenize, pack by length under the token budget, run the model, pool
 //! and normalise. The pipeline feeds it chunks of rows; tests call it directly.
 
+use std::sync::Mutex;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
-use crate::batch::{pack_by_length, Batch};
-use crate::model::{self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles};
-use crate::pool::l2_normalize;
+use crate::batch::{pack_by_length, Batch, Budget};
+use crate::model::{
+    self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
+};
+use crate::pool::{l2_normalize, Pooling};
 use crate::tokenize::TextTokenizer;
 
 /// What decides the vectors, besides the texts.
@@ -26,8 +30,10 @@ pub struct EmbedderOptions {
 pub enum Failure {
     NullText,
     NoTokens,
-    /// The model ran out of memory on this text even in a batch of its own.
+    /// The model ran out of memory on this text even in a batch of its own, twice.
     OutOfMemory,
+    /// The vector holds NaN or infinite values (an overflow, e.g. of f16's range).
+    NonFinite,
 }
 
 impl Failure {
@@ -35,7 +41,12 @@ impl Failure {
         match self {
             Failure::NullText => "text is null",
             Failure::NoTokens => "text tokenizes to no tokens",
-            Failure::OutOfMemory => "out of memory even in a batch of its own",
+            Failure::OutOfMemory => {
+                "out of memory even in a batch of its own, also when retried after the batch budget shrank"
+            }
+            Failure::NonFinite => {
+                "the model's output holds NaN or infinite values (an overflow? f16 has a narrow range)"
+            }
         }
     }
 }
@@ -56,6 +67,8 @@ pub struct Embedded {
     pub truncated: u64,
     /// Batches split in two after running out of memory.
     pub oom_splits: u64,
+    /// Texts that ran out of memory alone and were retried once after the budget shrank.
+    pub oom_retries: u64,
 }
 
 impl Embedded {
@@ -94,6 +107,20 @@ pub struct Embedder {
     tokenizer: TextTokenizer,
     model: LoadedModel,
     options: EmbedderOptions,
+    pooling: Pooling,
+    /// Score elements one padded batch may hold (memory): `None` when attention is packed.
+    attention_budget: Option<usize>,
+    /// The budget learned from out-of-memory errors: once a batch of some size has failed,
+    /// later batches are packed (or split before running) at half that size, instead of
+    /// failing and splitting every time.
+    learned: Mutex<Learned>,
+}
+
+/// Upper bounds learned from out-of-memory errors (unbounded until one happens).
+#[derive(Clone, Copy, Debug)]
+struct Learned {
+    tokens: usize,
+    elements: usize,
 }
 
 impl Embedder {
@@ -104,10 +131,27 @@ impl Embedder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let model = model::load(files, config, options.attention, options.attention_impl, dtype, device)?;
+        Self::with_model(files, model, options)
+    }
+
+    /// An embedder whose model computes nothing (zero vectors): the pipeline alone, for
+    /// benchmarks (`--debug-noop-model`).
+    pub fn without_model(
+        files: &ModelFiles,
+        config: &ModelConfig,
+        options: EmbedderOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_model(files, model::fake(config, options.attention, device), options)
+    }
+
+    fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
         let tokenizer =
             TextTokenizer::from_file(&files.tokenizer, options.max_tokens, options.prompt.clone())?;
-        let model = model::load(files, config, options.attention, options.attention_impl, dtype, device)?;
-        Ok(Embedder { tokenizer, model, options })
+        let attention_budget = (!model.packed).then_some(MAX_ATTENTION_ELEMENTS);
+        let learned = Mutex::new(Learned { tokens: usize::MAX, elements: usize::MAX });
+        Ok(Embedder { tokenizer, model, options, pooling: Pooling::LastToken, attention_budget, learned })
     }
 
     pub fn dim(&self) -> usize {
@@ -118,9 +162,39 @@ impl Embedder {
         &self.options
     }
 
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
     /// Changes the token budget of a model batch (chosen after the weights are on the device).
     pub fn set_batch_tokens(&mut self, tokens: usize) {
         self.options.batch_tokens = tokens.max(1);
+    }
+
+    /// Sets the batch budget: tokens, and (padded attention only) score elements.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.set_batch_tokens(budget.tokens);
+        if let (Some(b), Some((_, elements))) = (self.attention_budget.as_mut(), budget.attention) {
+            *b = elements.clamp(1, MAX_ATTENTION_ELEMENTS);
+        }
+    }
+
+    /// What a model batch may hold now: the configured budget, lowered by out-of-memory errors.
+    pub fn budget(&self) -> Budget {
+        let learned = *self.learned.lock().expect("budget");
+        let tokens = self.options.batch_tokens.min(learned.tokens).max(1);
+        let attention = self
+            .attention_budget
+            .map(|b| (self.model.model.attention_heads(), b.min(learned.elements).max(1)));
+        Budget { tokens, attention }
+    }
+
+    /// After a batch of `padded` tokens and `elements` score elements ran out of memory: later
+    /// batches get half of that.
+    fn shrink_budget(&self, padded: usize, elements: usize) {
+        let mut learned = self.learned.lock().expect("budget");
+        learned.tokens = learned.tokens.min((padded / 2).max(1));
+        learned.elements = learned.elements.min((elements / 2).max(1));
     }
 
     /// Embeds `texts` (`None` for a null value).
@@ -152,11 +226,11 @@ impl Embedder {
             slots.push(i);
         }
         let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let batches = pack_by_length(&lengths, self.options.batch_tokens)
+        let batches = pack_by_length(&lengths, self.budget())
             .into_iter()
             .map(|group| {
                 let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
-                (Batch::last_token(&refs), group.iter().map(|&i| slots[i]).collect())
+                (Batch::new(&refs), group.iter().map(|&i| slots[i]).collect())
             })
             .collect();
         Ok(Prepared { failures, batches, truncated })
@@ -182,57 +256,100 @@ impl Embedder {
             truncated: prepared.truncated,
             ..Embedded::default()
         };
+        // Texts that ran out of memory alone: retried once at the end, after the budget shrank.
+        let mut retry: Vec<(Batch, usize)> = Vec::new();
         for (batch, slots) in &prepared.batches {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
-            self.embed_into(batch, slots, &mut out)?;
+            self.embed_into(batch, slots, &mut out, &mut retry)?;
             if !after_batch(batch.len() as u64, batch.input_ids.len() as u64) {
                 return Ok(None);
+            }
+        }
+        for (batch, slot) in retry {
+            out.oom_retries += 1;
+            match self.embed_batch(&batch) {
+                Ok(vector) => self.place(&vector, &[slot], &mut out),
+                Err(e) if is_out_of_memory(&e) => out.failures[slot] = Some(Failure::OutOfMemory),
+                Err(e) => return Err(e),
             }
         }
         Ok(Some(out))
     }
 
-    /// Embeds one batch into `out` at `slots`. A batch that runs out of memory is split in two
-    /// and each half retried; a single text that still does not fit is recorded as failed.
-    fn embed_into(&self, batch: &Batch, slots: &[usize], out: &mut Embedded) -> Result<()> {
-        let dim = out.dim;
+    /// Embeds one batch into `out` at `slots`. A batch over the current budget (lowered by an
+    /// earlier out-of-memory error) is split before it runs; one that runs out of memory is
+    /// split in two and each half retried; a single text that does not fit goes to `retry`.
+    fn embed_into(
+        &self,
+        batch: &Batch,
+        slots: &[usize],
+        out: &mut Embedded,
+        retry: &mut Vec<(Batch, usize)>,
+    ) -> Result<()> {
+        let split = |out: &mut Embedded, retry: &mut Vec<(Batch, usize)>| -> Result<()> {
+            let (a, b) = batch.split_half();
+            let (slots_a, slots_b) = slots.split_at(a.len());
+            self.embed_into(&a, slots_a, out, retry)?;
+            self.embed_into(&b, slots_b, out, retry)
+        };
+        if batch.len() > 1 && !self.budget().fits(batch.len(), batch.max_length as usize) {
+            return split(out, retry);
+        }
         match self.embed_batch(batch) {
             Ok(vectors) => {
-                for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
-                    let dest = &mut out.values[slot * dim..(slot + 1) * dim];
-                    dest.copy_from_slice(v);
-                    if self.options.normalize {
-                        l2_normalize(dest);
-                    }
-                }
+                self.place(&vectors, slots, out);
                 Ok(())
             }
             Err(e) if is_out_of_memory(&e) => {
+                self.shrink_budget(
+                    batch.padded_tokens(),
+                    batch.attention_elements(self.model.model.attention_heads()),
+                );
                 if batch.len() == 1 {
-                    out.failures[slots[0]] = Some(Failure::OutOfMemory);
+                    retry.push((batch.clone(), slots[0]));
                     return Ok(());
                 }
                 out.oom_splits += 1;
-                let (a, b) = batch.split_half();
-                let (slots_a, slots_b) = slots.split_at(a.len());
-                self.embed_into(&a, slots_a, out)?;
-                self.embed_into(&b, slots_b, out)
+                split(out, retry)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Runs one batch through the model: row-major `[texts, dim]` f32, not normalised.
+    /// Copies vectors (row-major, one per slot) into `out`, normalised as configured; a vector
+    /// with NaN or infinite values becomes a failure instead.
+    fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded) {
+        let dim = out.dim;
+        for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
+            if v.iter().any(|x| !x.is_finite()) {
+                out.failures[slot] = Some(Failure::NonFinite);
+                continue;
+            }
+            let dest = &mut out.values[slot * dim..(slot + 1) * dim];
+            dest.copy_from_slice(v);
+            if self.options.normalize {
+                l2_normalize(dest);
+            }
+        }
+    }
+
+    /// Runs one batch through the model and the pooling: row-major `[texts, dim]` f32, not
+    /// normalised.
     pub fn embed_batch(&self, batch: &Batch) -> Result<Vec<f32>> {
         crate::faults::model_batch(if self.model.packed {
             batch.input_ids.len()
         } else {
             batch.padded_tokens()
         })?;
-        let tensor = self.model.model.embed(batch).context("model forward pass failed")?;
-        Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+        if let Some((_, elements)) = self.budget().attention {
+            self.model.model.limit_attention(elements);
+        }
+        let rows = self.pooling.rows(batch);
+        let states = self.model.model.forward(batch, rows.as_deref()).context("model forward pass failed")?;
+        let pooled = self.pooling.pool(states, batch)?;
+        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Tokenizes texts as the model sees them (prompt, special tokens, truncation).
@@ -241,59 +358,109 @@ impl Embedder {
     }
 }
 
-/// Whether an error is an allocation failure (CUDA's CUDA_ERROR_OUT_OF_MEMORY, cuBLAS's
-/// CUBLAS_STATUS_ALLOC_FAILED, or an injected one), which a smaller batch may avoid.
+/// Whether an error is an allocation failure that a smaller batch may avoid: CUDA's
+/// `CUDA_ERROR_OUT_OF_MEMORY` or cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, recognised by type (see
+/// device.rs), or one injected by `--debug-faults`. An error that merely says "out of memory" in
+/// its text is not one.
 pub fn is_out_of_memory(err: &anyhow::Error) -> bool {
-    let text = format!("{err:#}").to_ascii_lowercase();
-    ["out of memory", "out_of_memory", "alloc_failed", "cannot allocate memory"]
-        .iter()
-        .any(|p| text.contains(p))
+    err.chain().any(|e| {
+        e.downcast_ref::<crate::faults::InjectedOutOfMemory>().is_some()
+            || e.downcast_ref::<candle_core::Error>().is_some_and(candle_out_of_memory)
+    })
 }
 
-/// Default `--batch-tokens` on a GPU with `free` bytes after the weights are loaded.
+fn candle_out_of_memory(e: &candle_core::Error) -> bool {
+    use candle_core::Error;
+    match e {
+        Error::WithBacktrace { inner, .. } | Error::Context { inner, .. } | Error::WithPath { inner, .. } => {
+            candle_out_of_memory(inner)
+        }
+        Error::Cuda(inner) => crate::device::is_cuda_out_of_memory(inner.as_ref()),
+        Error::WrappedContext { wrapped, .. } => crate::device::is_cuda_out_of_memory(wrapped.as_ref()),
+        _ => false,
+    }
+}
+
+/// The batch budget on a GPU with `free` bytes after the weights are loaded.
 ///
-/// Per padded token, one layer at a time holds about 6 hidden-size vectors (residual, norm, q,
-/// attention out, projections), k and v, 3 MLP-width vectors (gate, up, product) in the compute
-/// dtype, and two f32 rows of attention scores per head over the batch's longest text (taken
-/// as 2048 here; longer batches that do not fit are split by the out-of-memory retry). Half of
-/// the free memory is used, leaving room for the allocator and kernels' workspaces.
-pub fn auto_batch_tokens(free: usize, config: &ModelConfig, dtype_bytes: usize, max_tokens: usize) -> usize {
+/// Half of the free memory is used (the rest is for the allocator, cuBLAS workspaces and
+/// fragmentation), split evenly between:
+/// - activations: per padded token, one layer at a time holds about 6 hidden-size vectors
+///   (residual, norm, q, attention out, projections), k and v, and 3 MLP-width vectors (gate, up,
+///   product) in the compute dtype;
+/// - attention scores: per element of `texts × heads × longest²`, two score-sized tensors are
+///   alive at once (scores and probabilities) in the compute dtype, and never more than
+///   [`MAX_ATTENTION_ELEMENTS`] per tensor (the kernels' limit).
+///
+/// So short texts are bounded by tokens and long ones by attention: 16 texts of 8192 tokens
+/// never share a batch on 12 heads. An out-of-memory error halves both for the rest of the run.
+pub fn auto_budget(free: usize, config: &ModelConfig, dtype_bytes: usize) -> Budget {
     let kv = config.num_key_value_heads * config.head_dim;
     let activations = (6 * config.hidden_size + 3 * config.intermediate_size + 2 * kv) * dtype_bytes;
-    let scores = 2 * config.num_attention_heads * max_tokens.min(2048) * 4;
-    let tokens = free / 2 / (activations + scores).max(1);
-    (tokens / 1024 * 1024).clamp(2048, 131_072)
+    let share = free / 4;
+    let tokens = (share / activations.max(1) / 1024 * 1024).clamp(2048, 131_072);
+    let elements = (share / (2 * dtype_bytes).max(1)).clamp(1 << 20, MAX_ATTENTION_ELEMENTS);
+    Budget { tokens, attention: Some((config.num_attention_heads, elements)) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn auto_batch_tokens_follows_free_memory_and_model_size() {
-        let small = ModelConfig::from_json(
+    fn config(json: &str) -> ModelConfig {
+        ModelConfig::from_json(json).unwrap()
+    }
+
+    fn gte_1_5b() -> ModelConfig {
+        config(
             r#"{"model_type":"qwen2","vocab_size":151646,"hidden_size":1536,"intermediate_size":8960,
                 "num_hidden_layers":28,"num_attention_heads":12,"num_key_value_heads":2,
                 "max_position_embeddings":32768,"rms_norm_eps":1e-6}"#,
         )
-        .unwrap();
-        let big = ModelConfig::from_json(
+    }
+
+    fn gte_7b() -> ModelConfig {
+        config(
             r#"{"model_type":"qwen2","vocab_size":151646,"hidden_size":3584,"intermediate_size":18944,
                 "num_hidden_layers":28,"num_attention_heads":28,"num_key_value_heads":4,
                 "max_position_embeddings":32768,"rms_norm_eps":1e-6}"#,
         )
-        .unwrap();
+    }
+
+    #[test]
+    fn the_automatic_budget_follows_free_memory_model_size_and_the_kernels_limit() {
         const GB: usize = 1 << 30;
-        // An H100 after gte-Qwen2-1.5B's weights (~74 GB free), at review lengths.
-        let h100_small = auto_batch_tokens(74 * GB, &small, 2, 512);
-        assert!((100_000..=131_072).contains(&h100_small), "{h100_small}");
-        // The 7B model leaves less room and costs more per token.
-        let h100_big = auto_batch_tokens(60 * GB, &big, 2, 512);
-        assert!(h100_big < h100_small && h100_big >= 32_768, "{h100_big}");
-        // Long texts cost more attention memory per token.
-        assert!(auto_batch_tokens(20 * GB, &big, 2, 8192) < auto_batch_tokens(20 * GB, &big, 2, 512));
+        let (small, big) = (gte_1_5b(), gte_7b());
+        // An H100 after gte-Qwen2-1.5B's weights (~74 GB free): 1/4 for activations of
+        // (6·1536 + 3·8960 + 2·256)·2 B = 73 KB per token → 259 k, capped at 131,072.
+        let h100_small = auto_budget(74 * GB, &small, 2);
+        assert_eq!(h100_small.tokens, 131_072);
+        // ... and 1/4 for scores at 4 B per element = 4.9 G, capped at the kernels' 2³¹ − 1.
+        assert_eq!(h100_small.attention, Some((12, MAX_ATTENTION_ELEMENTS)));
+        // The 7B model: (6·3584 + 3·18944 + 2·512)·2 B = 155 KB per token; 15 GB / 155 KB = 94 k.
+        let h100_big = auto_budget(60 * GB, &big, 2);
+        assert_eq!(h100_big.tokens, 15 * GB / 158_720 / 1024 * 1024);
+        // On 8 GB free, 2 GB of scores: 536 M elements, fewer than one 8192-token text needs
+        // on 28 heads (1.88 G): that text runs alone, its attention in pieces.
+        let small_gpu = auto_budget(8 * GB, &big, 2);
+        assert_eq!(small_gpu.attention, Some((28, 2 * GB / 4)));
+        assert!(!small_gpu.fits(1, 8192) && small_gpu.fits(1, 4096));
+        // Review-length batches are bounded by tokens, long ones by attention.
+        assert!(h100_small.fits(256, 512));
+        assert!(h100_small.fits(2, 8192) && !h100_small.fits(3, 8192), "12 × 8192² = 805 M per text");
         // Never below a useful minimum, always a multiple of 1024.
-        assert_eq!(auto_batch_tokens(GB / 10, &big, 2, 512), 2048);
-        assert_eq!(auto_batch_tokens(10 * GB, &small, 2, 512) % 1024, 0);
+        assert_eq!(auto_budget(GB / 10, &big, 2).tokens, 2048);
+        assert_eq!(auto_budget(10 * GB, &small, 2).tokens % 1024, 0);
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_by_type_not_by_text() {
+        let injected = anyhow::Error::new(crate::faults::InjectedOutOfMemory { tokens: 10 })
+            .context("model forward pass failed");
+        assert!(is_out_of_memory(&injected));
+        let text_only = anyhow::anyhow!("CUDA_ERROR_OUT_OF_MEMORY: out of memory (just a message)");
+        assert!(!is_out_of_memory(&text_only));
+        let candle_msg = anyhow::Error::new(candle_core::Error::Msg("out of memory".into()));
+        assert!(!is_out_of_memory(&candle_msg));
     }
 }

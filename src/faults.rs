@@ -66,12 +66,24 @@ pub fn commit() -> std::io::Result<()> {
     Ok(())
 }
 
+/// An out-of-memory error injected by `oom-above=T`: recognised by type, as a CUDA one is.
+#[derive(Debug)]
+pub struct InjectedOutOfMemory {
+    pub tokens: usize,
+}
+
+impl std::fmt::Display for InjectedOutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "out of memory: batch of {} tokens (injected by --debug-faults)", self.tokens)
+    }
+}
+
+impl std::error::Error for InjectedOutOfMemory {}
+
 /// Called before each model batch with its padded size.
 pub fn model_batch(padded_tokens: usize) -> Result<()> {
     match PLAN.get().and_then(|p| p.oom_above) {
-        Some(limit) if padded_tokens > limit => {
-            bail!("out of memory: batch of {padded_tokens} tokens (injected by --debug-faults)")
-        }
+        Some(limit) if padded_tokens > limit => Err(InjectedOutOfMemory { tokens: padded_tokens }.into()),
         _ => Ok(()),
     }
 }

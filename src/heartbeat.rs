@@ -3,16 +3,16 @@
 //! a live worker from a dead one. The pipeline only bumps counters in [`Live`].
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lock::{unix_now, Beat, WorkerLock, HEARTBEAT};
+use crate::lock::{unix_now, Beat, HEARTBEAT};
 use crate::progress::WorkerProgress;
 use crate::shutdown::StopFlag;
+use crate::worker_folder::WorkerFolder;
 
 /// Counters the pipeline updates as it goes.
 #[derive(Default)]
@@ -33,21 +33,20 @@ pub struct Heartbeat {
 }
 
 struct Shared {
-    lock: Option<WorkerLock>,
+    folder: Arc<WorkerFolder>,
     progress: WorkerProgress,
-    dir: PathBuf,
-    /// Set when the lock was lost: the run must stop.
-    lost: Option<String>,
+    /// The last beat has been written: no more refreshes or progress.
+    finished: bool,
 }
 
 impl Heartbeat {
-    /// Starts beating for the worker folder `dir`, whose lock is `lock`.
-    pub fn start(dir: PathBuf, lock: WorkerLock, progress: WorkerProgress, stop: StopFlag) -> Self {
+    /// Starts beating for `folder` (held by this process).
+    pub fn start(folder: Arc<WorkerFolder>, progress: WorkerProgress, stop: StopFlag) -> Self {
         let live = Arc::new(Live::default());
         live.rows_done.store(progress.rows_done, Ordering::Relaxed);
         live.rows_committed.store(progress.rows_committed, Ordering::Relaxed);
         live.rows_failed.store(progress.rows_failed, Ordering::Relaxed);
-        let shared = Arc::new(Mutex::new(Shared { lock: Some(lock), progress, dir, lost: None }));
+        let shared = Arc::new(Mutex::new(Shared { folder, progress, finished: false }));
         shared.lock().expect("heartbeat state").update(&live);
         let (stop_tx, stop_rx) = channel::<()>();
         let thread = {
@@ -67,21 +66,22 @@ impl Heartbeat {
                             _ => return,
                         }
                         let mut s = shared.lock().expect("heartbeat state");
-                        if let Some(lock) = s.lock.as_mut() {
-                            match lock.refresh() {
-                                Ok(Beat::Alive) => failures = 0,
-                                Ok(Beat::Lost(why)) => {
-                                    s.lost = Some(why);
-                                    stop.set();
-                                    return;
+                        if s.finished {
+                            return;
+                        }
+                        match s.folder.lock().refresh() {
+                            Ok(Beat::Alive) => failures = 0,
+                            Ok(Beat::Lost(why)) => {
+                                s.folder.mark_lost(why);
+                                stop.set();
+                                return;
+                            }
+                            Err(e) => {
+                                // A flaky mount: say so now and then, and try again.
+                                if failures.is_multiple_of(12) {
+                                    eprintln!("batch-embed: warning: heartbeat: {e:#}; retrying");
                                 }
-                                Err(e) => {
-                                    // A flaky mount: say so now and then, and try again.
-                                    if failures.is_multiple_of(12) {
-                                        eprintln!("batch-embed: warning: heartbeat: {e:#}; retrying");
-                                    }
-                                    failures += 1;
-                                }
+                                failures += 1;
                             }
                         }
                         let now = started.elapsed();
@@ -109,13 +109,8 @@ impl Heartbeat {
         &self.live
     }
 
-    /// The reason the lock was lost, if it was.
-    pub fn lost(&self) -> Option<String> {
-        self.shared.lock().expect("heartbeat state").lost.clone()
-    }
-
-    /// Stops beating, writes the final state (`done`, `interrupted` or `failed` with `error`) and
-    /// releases the lock.
+    /// Stops beating and writes the final state (`done`, `interrupted` or `failed` with
+    /// `error`); the lock goes with the folder.
     pub fn finish(mut self, state: &str, error: Option<String>) {
         self.stop_thread();
         let mut s = self.shared.lock().expect("heartbeat state");
@@ -126,7 +121,7 @@ impl Heartbeat {
             s.progress.tokens_per_s = 0.0;
         }
         s.update(&self.live);
-        s.lock = None;
+        s.finished = true;
     }
 
     fn stop_thread(&mut self) {
@@ -158,6 +153,6 @@ impl Shared {
                 p.history.remove(0);
             }
         }
-        let _ = p.save(&self.dir);
+        let _ = self.folder.save_progress(p);
     }
 }

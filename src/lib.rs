@@ -2,8 +2,10 @@
 //! by candle on CUDA or CPU.
 //!
 //! The modules follow the data flow of a run (see ARCHITECTURE.md):
-//! `input` → `tokenize` → `batch` → `model` → `pool` → `output`, wired by `pipeline`.
+//! `input` → `tokenize` → `batch` → `model` → `pool` → `output`, run as the `stages` and wired
+//! by `pipeline`; `worker_folder` commits them, `run_spec` describes the run.
 
+pub mod atomic;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
@@ -11,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod embed;
 pub mod faults;
+pub mod fleet;
 pub mod heartbeat;
 pub mod identity;
 pub mod input;
@@ -22,8 +25,12 @@ pub mod partition;
 pub mod pipeline;
 pub mod pool;
 pub mod progress;
+pub mod run_spec;
 pub mod shutdown;
+pub mod stages;
 pub mod status;
 pub mod status_page;
+pub mod summary;
 pub mod tokenize;
 pub mod verify;
+pub mod worker_folder;

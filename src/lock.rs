@@ -1,20 +1,32 @@
-//! One writer per worker folder: `lock.json` holds the owner's pid, host and a heartbeat the
-//! owner refreshes every few seconds while it runs.
+//! One writer per worker folder: `lock.json` names its owner (a random token, pid, host) and a
+//! heartbeat counter the owner bumps every few seconds while it runs.
 //!
 //! A second process finding the lock:
 //! - same host, owner alive: refuses at once (two processes on one worker folder);
 //! - same host, owner gone (pid not running, or a different process now has that pid): takes over;
-//! - another host: waits while watching the heartbeat; if it stays still for `stale` the owner
-//!   is taken to be gone (a preempted VM or pod, whose replacement has another host name) and
-//!   the lock is taken over; if it moves, refuses and names the owner. `--force-unlock` takes
-//!   the lock at once.
+//! - another host: watches the lock; if its content stays unchanged for `stale` by *this*
+//!   machine's clock, the owner is taken to be gone (a preempted VM or pod, whose replacement has
+//!   another host name) and the lock is taken over; if it changes, refuses and names the owner.
+//!   The owner's own clock is never compared with ours, so clock skew between hosts cannot make
+//!   a live lock look stale. `--force-unlock` takes the lock at once.
 //!
-//! The lock is a plain file created with O_EXCL, so it also works on shared and bucket-mounted
-//! folders, where flock is unreliable.
+//! The file system offers no compare-and-swap, so each step is built to never destroy a lock it
+//! did not judge:
+//! - create: `O_CREAT | O_EXCL`, so of two creators exactly one succeeds;
+//! - take over: the judged lock is *renamed aside* (atomic: of two contenders one gets it), then
+//!   its content is compared with what was judged; if it is a newer lock (a third process took
+//!   over in between) it is put back where no newer lock exists, and the contender starts again;
+//! - refresh: the owner opens the lock, checks through that handle that it is still its own and
+//!   rewrites it in place through the same handle, so a lock that was replaced meanwhile is never
+//!   overwritten (the write lands in the owner's old file, not the new owner's).
+//!
+//! The lock is a plain file, so it also works on shared and bucket-mounted folders, where flock
+//! is unreliable. Committing is fenced by [`WorkerLock::check`] (see worker_folder.rs).
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -23,46 +35,74 @@ use serde::{Deserialize, Serialize};
 pub const FILE_NAME: &str = "lock.json";
 /// How often the owner refreshes its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A lock from another host whose heartbeat has not moved for this long is taken over.
+/// A lock from another host whose content has not changed for this long is taken over.
 pub const DEFAULT_STALE: Duration = Duration::from_secs(60);
+/// How long [`WorkerLock::check`] waits for a lock that is missing for a moment (a contender
+/// that renamed it aside and is putting it back) before calling it lost.
+const CHECK_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LockInfo {
+    /// Random, new for every acquisition: what "this lock is mine" means. Also written into the
+    /// checkpoint, so a commit can tell a folder taken over by a newer owner.
+    pub owner: String,
     pub pid: u32,
     pub host: String,
     /// The owner's process start time (Linux: clock ticks since boot), to tell a reused pid.
     pub process_start: Option<u64>,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch, by the owner's clock (shown to people, never compared).
     pub started_at: u64,
     pub heartbeat_at: u64,
+    /// Bumped by every heartbeat: a watcher sees the lock change.
+    pub beat: u64,
 }
 
 impl LockInfo {
-    fn mine() -> Self {
+    fn mine(host: &str) -> Self {
         let now = unix_now();
         LockInfo {
+            owner: new_token(),
             pid: std::process::id(),
-            host: host_name(),
+            host: host.to_string(),
             process_start: process_start(std::process::id()),
             started_at: now,
             heartbeat_at: now,
+            beat: 0,
         }
     }
 
-    fn same_owner(&self, other: &LockInfo) -> bool {
-        self.pid == other.pid && self.host == other.host && self.started_at == other.started_at
+    /// "pid 123 on host gpu-7"
+    pub fn describe(&self) -> String {
+        format!("pid {} on host {}", self.pid, self.host)
     }
 }
 
-/// A held lock; dropping it removes the file (if it is still ours).
-pub struct WorkerLock {
-    path: PathBuf,
-    info: LockInfo,
-    /// Heartbeats in a row that found the lock file missing or unreadable.
-    misses: u32,
+/// How a lock is taken.
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    /// Take over whatever lock is there (`--force-unlock`).
+    pub force: bool,
+    /// Another host's lock unchanged this long is taken over (`--lock-stale`).
+    pub stale: Duration,
+    /// The host name written into the lock (`host_name()` unless a test plays another host).
+    pub host: String,
 }
 
-/// What a heartbeat found.
+impl LockOptions {
+    pub fn new(force: bool, stale: Duration) -> Self {
+        LockOptions { force, stale, host: host_name() }
+    }
+}
+
+/// A held lock. Dropping it removes the file if it is still ours.
+pub struct WorkerLock {
+    path: PathBuf,
+    info: Mutex<LockInfo>,
+    /// Heartbeats in a row that found the lock file missing or unreadable.
+    misses: Mutex<u32>,
+}
+
+/// What a heartbeat or a check found.
 #[derive(Debug, PartialEq)]
 pub enum Beat {
     Alive,
@@ -70,91 +110,97 @@ pub enum Beat {
     Lost(String),
 }
 
+/// The lock file as read: its bytes, and its content when they parse.
+struct Seen {
+    bytes: Vec<u8>,
+    info: Option<LockInfo>,
+}
+
 impl WorkerLock {
     /// Takes the lock of worker folder `dir` (which must exist), following the rules above.
-    /// `note` receives one line when an abandoned lock is taken over.
-    pub fn acquire(dir: &Path, force: bool, stale: Duration, note: &mut dyn FnMut(&str)) -> Result<Self> {
+    /// `note` receives one line when a lock is waited for or taken over.
+    pub fn acquire(dir: &Path, opts: &LockOptions, note: &mut dyn FnMut(&str)) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let mine = LockInfo::mine();
-        let mut watching: Option<(LockInfo, Instant)> = None;
-        let mut force = force;
+        let mine = LockInfo::mine(&opts.host);
+        let mut force = opts.force;
+        // The content being watched and since when (by our clock).
+        let mut watching: Option<(Vec<u8>, Instant)> = None;
         loop {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let text = serde_json::to_string_pretty(&mine)?;
-                    f.write_all(text.as_bytes())
-                        .and_then(|_| f.sync_all())
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    crate::checkpoint::sync_dir(dir);
-                    return Ok(WorkerLock { path, info: mine, misses: 0 });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            if create_new(&path, &mine)? {
+                crate::atomic::sync_dir(dir);
+                return Ok(WorkerLock { path, info: Mutex::new(mine), misses: Mutex::new(0) });
             }
-            let held = match read(&path)? {
-                Some(info) => info,
-                // Vanished or half-written (its owner is creating it right now): look again.
-                None => {
-                    if watching.is_none() && file_age(&path) > stale {
-                        note(&format!(
-                            "taking over {}: unreadable and untouched for {}s",
-                            path.display(),
-                            stale.as_secs()
-                        ));
-                        remove(&path)?;
-                    } else {
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    continue;
-                }
+            let Some(seen) = read_seen(&path)? else {
+                continue; // vanished between our create and read: try again
             };
-            let owner = format!("pid {} on host {}", held.pid, held.host);
             if force {
+                let owner = seen.info.as_ref().map_or("an unreadable lock".into(), LockInfo::describe);
                 note(&format!("--force-unlock: taking over the lock of {owner}"));
-                remove(&path)?;
+                take_over(&path, &seen.bytes, &mine.owner)?;
                 force = false;
+                watching = None;
                 continue;
             }
+            // Unchanged content since we started watching it (by our clock)?
+            let unchanged_for = match &watching {
+                Some((bytes, since)) if *bytes == seen.bytes => Some(since.elapsed()),
+                _ => None,
+            };
+            let Some(held) = &seen.info else {
+                // Being written right now, or left half-written by a crash: wait for it to
+                // stay unchanged for `stale`.
+                match unchanged_for {
+                    Some(d) if d >= opts.stale => {
+                        note(&format!(
+                            "taking over {}: unreadable and unchanged for {}s",
+                            path.display(),
+                            opts.stale.as_secs()
+                        ));
+                        take_over(&path, &seen.bytes, &mine.owner)?;
+                        watching = None;
+                    }
+                    Some(_) => std::thread::sleep(Duration::from_millis(200)),
+                    None => watching = Some((seen.bytes, Instant::now())),
+                }
+                continue;
+            };
+            let owner = held.describe();
             if held.host == mine.host {
-                if held.pid != mine.pid && alive(&held) {
+                if alive(held) {
                     bail!(
                         "another batch-embed process ({owner}) is writing {}; stop it first, or use another --worker-id or --output",
                         dir.display()
                     );
                 }
                 note(&format!("taking over the lock of {owner}, which is no longer running"));
-                remove(&path)?;
+                take_over(&path, &seen.bytes, &mine.owner)?;
+                watching = None;
                 continue;
             }
-            // Another host: watch its heartbeat.
-            let age = Duration::from_secs(unix_now().saturating_sub(held.heartbeat_at));
-            match &watching {
-                Some((first, _)) if first.heartbeat_at != held.heartbeat_at || !first.same_owner(&held) => {
-                    bail!(
-                        "{} is locked by {owner}, which is still running (heartbeat {}s ago); stop it first, or use another --worker-id or --output. If that process is gone, pass --force-unlock",
-                        dir.display(),
-                        age.as_secs()
-                    );
-                }
-                Some((_, since)) if since.elapsed() >= stale || age > stale => {
+            // Another host: watch its lock by our own clock.
+            match (&watching, unchanged_for) {
+                (Some(_), None) => bail!(
+                    "{} is locked by {owner}, which is still running (its heartbeat moved while we watched); stop it first, or use another --worker-id or --output. If that process is gone, pass --force-unlock",
+                    dir.display()
+                ),
+                (Some(_), Some(d)) if d >= opts.stale => {
                     note(&format!(
-                        "taking over the lock of {owner}: no heartbeat for {}s (a preempted machine?)",
-                        age.as_secs().max(since.elapsed().as_secs())
+                        "taking over the lock of {owner}: unchanged for {}s (a preempted machine?)",
+                        d.as_secs()
                     ));
-                    remove(&path)?;
+                    take_over(&path, &seen.bytes, &mine.owner)?;
                     watching = None;
                 }
-                Some(_) => std::thread::sleep(Duration::from_millis(500)),
-                None => {
-                    if age < stale {
+                (Some(_), Some(_)) => std::thread::sleep(Duration::from_millis(250)),
+                (None, _) => {
+                    if !opts.stale.is_zero() {
                         note(&format!(
-                            "{} is locked by {owner} (heartbeat {}s ago); waiting up to {}s for it to go stale, or pass --force-unlock",
+                            "{} is locked by {owner}; waiting up to {}s for its heartbeat to stop, or pass --force-unlock",
                             dir.display(),
-                            age.as_secs(),
-                            stale.as_secs()
+                            opts.stale.as_secs()
                         ));
                     }
-                    watching = Some((held, Instant::now()));
+                    watching = Some((seen.bytes, Instant::now()));
                 }
             }
         }
@@ -163,71 +209,170 @@ impl WorkerLock {
     /// Refreshes the heartbeat (called every [`HEARTBEAT`] while the run goes on). An error is
     /// a passing I/O problem (a flaky mount): the caller warns and tries again at the next beat.
     /// [`Beat::Lost`] means another process owns the folder now, or the lock stayed missing for
-    /// three beats: the run must stop.
-    pub fn refresh(&mut self) -> Result<Beat> {
-        match read(&self.path)? {
-            Some(on_disk) if on_disk.same_owner(&self.info) => self.misses = 0,
-            Some(other) => {
-                return Ok(Beat::Lost(format!(
-                    "lost the lock {}: it now belongs to pid {} on host {}; stopping so that two processes never write one worker folder",
-                    self.path.display(),
-                    other.pid,
-                    other.host
-                )))
-            }
-            None => {
-                self.misses += 1;
-                if self.misses >= 3 {
+    /// three beats: the run must stop. Never writes a lock that is not this process's own.
+    pub fn refresh(&self) -> Result<Beat> {
+        let mut misses = self.misses.lock().expect("lock state");
+        let mut info = self.info.lock().expect("lock state");
+        let opened = OpenOptions::new().read(true).write(true).open(&self.path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *misses += 1;
+                if *misses >= 3 {
                     return Ok(Beat::Lost(format!(
                         "the lock {} disappeared; stopping so that two processes never write one worker folder",
                         self.path.display()
                     )));
                 }
-                bail!("{} is missing or unreadable", self.path.display());
+                bail!("{} is missing", self.path.display());
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", self.path.display()))?;
+        match serde_json::from_slice::<LockInfo>(&bytes) {
+            Ok(on_disk) if on_disk.owner == info.owner => *misses = 0,
+            Ok(other) => return Ok(Beat::Lost(lost_to(&self.path, &other))),
+            Err(_) => {
+                *misses += 1;
+                bail!("{} is unreadable", self.path.display());
             }
         }
-        self.info.heartbeat_at = unix_now();
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&self.info)?)
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
+        // NOTE: written through the handle that showed our own content: if a contender renamed
+        // the file aside meanwhile, this lands in our old file, never in a new owner's.
+        info.beat += 1;
+        info.heartbeat_at = unix_now();
+        let text = serde_json::to_vec_pretty(&*info)?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&text))
+            .and_then(|_| file.set_len(text.len() as u64))
             .with_context(|| format!("cannot refresh {}", self.path.display()))?;
         Ok(Beat::Alive)
     }
 
-    pub fn info(&self) -> &LockInfo {
-        &self.info
+    /// Whether this process still holds the lock, read from the file now (a missing lock is
+    /// waited for briefly: a contender may be putting it back). Commits call this right before
+    /// each rename and checkpoint save.
+    pub fn check(&self) -> Result<Beat> {
+        let owner = self.info.lock().expect("lock state").owner.clone();
+        let deadline = Instant::now() + CHECK_PATIENCE;
+        loop {
+            match read_seen(&self.path)? {
+                Some(Seen { info: Some(on_disk), .. }) if on_disk.owner == owner => return Ok(Beat::Alive),
+                Some(Seen { info: Some(other), .. }) => return Ok(Beat::Lost(lost_to(&self.path, &other))),
+                _ if Instant::now() >= deadline => {
+                    return Ok(Beat::Lost(format!(
+                        "the lock {} is gone; stopping so that two processes never write one worker folder",
+                        self.path.display()
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub fn info(&self) -> LockInfo {
+        self.info.lock().expect("lock state").clone()
+    }
+
+    /// The random token of this acquisition.
+    pub fn owner(&self) -> String {
+        self.info.lock().expect("lock state").owner.clone()
     }
 }
 
 impl Drop for WorkerLock {
     fn drop(&mut self) {
-        if let Ok(Some(on_disk)) = read(&self.path) {
-            if on_disk.same_owner(&self.info) {
-                let _ = std::fs::remove_file(&self.path);
+        let owner = self.owner();
+        if let Ok(Some(Seen { bytes, info: Some(on_disk) })) = read_seen(&self.path) {
+            if on_disk.owner == owner {
+                // Through the same rename-aside step as a takeover: never removes a newer lock.
+                let _ = take_over(&self.path, &bytes, &owner);
             }
         }
     }
 }
 
-/// The lock's content, or `None` when it is missing or not (yet) complete JSON.
-pub fn read(path: &Path) -> Result<Option<LockInfo>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(serde_json::from_str(&text).ok()),
+fn lost_to(path: &Path, other: &LockInfo) -> String {
+    format!(
+        "lost the lock {}: it now belongs to {}; stopping so that two processes never write one worker folder",
+        path.display(),
+        other.describe()
+    )
+}
+
+/// Creates the lock file with `info` if none exists; false when one does.
+fn create_new(path: &Path, info: &LockInfo) -> Result<bool> {
+    match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(mut f) => {
+            let text = serde_json::to_vec_pretty(info)?;
+            f.write_all(&text)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+fn read_seen(path: &Path) -> Result<Option<Seen>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let info = serde_json::from_slice(&bytes).ok();
+            Ok(Some(Seen { bytes, info }))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
+/// The lock's content, or `None` when it is missing or not (yet) complete JSON.
+pub fn read(path: &Path) -> Result<Option<LockInfo>> {
+    Ok(read_seen(path)?.and_then(|s| s.info))
 }
 
-fn file_age(path: &Path) -> Duration {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default()
+/// Removes the lock at `path` if and only if it still holds `judged` (the bytes the caller
+/// decided to take over). The file is renamed aside first, which only one process can do; if
+/// what was moved is not what was judged (a newer owner's lock), it is put back, unless an even
+/// newer lock exists by then. `token` makes the aside name ours alone.
+fn take_over(path: &Path, judged: &[u8], token: &str) -> Result<()> {
+    let aside = path.with_file_name(format!("{FILE_NAME}.{token}.aside"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // someone else moved it
+        Err(e) => return Err(e).with_context(|| format!("cannot move {} aside", path.display())),
+    }
+    let moved = std::fs::read(&aside).unwrap_or_default();
+    if moved != judged {
+        put_back(&aside, path);
+    }
+    let _ = std::fs::remove_file(&aside);
+    Ok(())
+}
+
+/// Moves `aside` back to `path` unless a file exists there (then `aside` is left to be removed).
+fn put_back(aside: &Path, path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(from), Ok(to)) = (
+        std::ffi::CString::new(aside.as_os_str().as_bytes()),
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+    ) else {
+        return;
+    };
+    // SAFETY: two NUL-terminated paths; renameat2 with RENAME_NOREPLACE fails if `path` exists.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        return;
+    }
+    // A file system without RENAME_NOREPLACE: a hard link also fails when `path` exists.
+    let _ = std::fs::hard_link(aside, path);
 }
 
 /// Whether the lock's owner (on this host) is still running.
@@ -243,6 +388,16 @@ fn alive(info: &LockInfo) -> bool {
         (Some(then), Some(now)) => then == now,
         _ => true,
     }
+}
+
+/// 16 random hex digits from the operating system.
+fn new_token() -> String {
+    let n = getrandom::u64().unwrap_or_else(|_| {
+        // No OS randomness (never seen): time and pid still make two processes differ.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+    });
+    format!("{n:016x}")
 }
 
 /// The host name written into locks: `BATCH_EMBED_HOSTNAME` if set, else the system's.
@@ -277,39 +432,82 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Barrier};
+
+    fn opts(host: &str, stale_ms: u64) -> LockOptions {
+        LockOptions { force: false, stale: Duration::from_millis(stale_ms), host: host.into() }
+    }
+
+    fn other_host(pid: u32, heartbeat_at: u64) -> LockInfo {
+        LockInfo {
+            owner: "0123456789abcdef".into(),
+            pid,
+            host: "elsewhere".into(),
+            process_start: None,
+            started_at: heartbeat_at,
+            heartbeat_at,
+            beat: 0,
+        }
+    }
 
     #[test]
     fn a_held_lock_refuses_a_second_owner_on_this_host_and_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = WorkerLock::acquire(dir.path(), false, DEFAULT_STALE, &mut |_| {}).unwrap();
-        assert!(dir.path().join(FILE_NAME).exists());
-        // Pretend another live process of this host holds it: our parent shell, say pid 1.
-        let mut other = lock.info().clone();
+        let lock =
+            WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {}).unwrap();
+        // A second acquisition on this host while the first is alive (this very process).
+        let err = WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {})
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("another batch-embed process (pid"), "{err}");
+        // Pretend another live process of this host holds it: pid 1, say.
+        let mut other = lock.info();
+        other.owner = "ffff".into();
         other.pid = 1;
         other.process_start = process_start(1);
         std::fs::write(dir.path().join(FILE_NAME), serde_json::to_string(&other).unwrap()).unwrap();
-        let err = WorkerLock::acquire(dir.path(), false, DEFAULT_STALE, &mut |_| {}).err().unwrap();
-        assert!(err.to_string().contains("another batch-embed process (pid 1 on host"), "{err}");
+        assert!(matches!(lock.check().unwrap(), Beat::Lost(m) if m.contains("pid 1 on host")));
         // Our lock is no longer ours: dropping it must leave the other owner's file alone.
         drop(lock);
-        assert!(dir.path().join(FILE_NAME).exists());
+        assert_eq!(read(&dir.path().join(FILE_NAME)).unwrap().unwrap().owner, "ffff");
     }
 
     #[test]
     fn a_heartbeat_notices_a_new_owner_and_tolerates_a_passing_miss() {
         let dir = tempfile::tempdir().unwrap();
-        let mut lock = WorkerLock::acquire(dir.path(), false, DEFAULT_STALE, &mut |_| {}).unwrap();
+        let lock =
+            WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {}).unwrap();
         assert_eq!(lock.refresh().unwrap(), Beat::Alive);
         let path = dir.path().join(FILE_NAME);
+        assert_eq!(read(&path).unwrap().unwrap().beat, 1, "the beat counter moves");
         let saved = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(lock.refresh().is_err(), "one miss is a passing problem");
         std::fs::write(&path, &saved).unwrap();
         assert_eq!(lock.refresh().unwrap(), Beat::Alive);
-        let mut other = lock.info().clone();
+        let mut other = lock.info();
+        other.owner = "new-owner".into();
         other.host = "elsewhere".into();
         std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
         assert!(matches!(lock.refresh().unwrap(), Beat::Lost(m) if m.contains("host elsewhere")));
+        // Refresh did not touch the new owner's lock.
+        assert_eq!(read(&path).unwrap().unwrap(), other);
+    }
+
+    #[test]
+    fn a_refresh_racing_a_takeover_never_overwrites_the_new_owner() {
+        // The owner has opened its lock; a contender renames it aside and creates its own; the
+        // owner's write must land in its old file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let lock = WorkerLock::acquire(dir.path(), &opts("a", 60_000), &mut |_| {}).unwrap();
+        let mut handle = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        std::fs::rename(&path, dir.path().join("aside")).unwrap();
+        let newer = WorkerLock::acquire(dir.path(), &opts("b", 60_000), &mut |_| {}).unwrap();
+        handle.write_all(b"{}").unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().owner, newer.owner());
+        assert!(matches!(lock.refresh().unwrap(), Beat::Lost(_)));
+        assert_eq!(read(&path).unwrap().unwrap().owner, newer.owner());
     }
 
     #[test]
@@ -318,64 +516,128 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let dead = LockInfo { pid, host: host_name(), process_start: None, started_at: 1, heartbeat_at: 1 };
+        let mut dead = other_host(pid, 1);
+        dead.host = host_name();
         std::fs::write(dir.path().join(FILE_NAME), serde_json::to_string(&dead).unwrap()).unwrap();
         let mut notes = Vec::new();
-        let lock = WorkerLock::acquire(dir.path(), false, DEFAULT_STALE, &mut |n| notes.push(n.to_string()))
-            .unwrap();
-        assert_eq!(lock.info().pid, std::process::id());
-        assert!(notes[0].contains("no longer running"), "{notes:?}");
-    }
-
-    #[test]
-    fn another_hosts_lock_is_taken_over_once_its_heartbeat_is_stale() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = unix_now();
-        let other = LockInfo {
-            pid: 4242,
-            host: "elsewhere".into(),
-            process_start: None,
-            started_at: now,
-            heartbeat_at: now,
-        };
-        std::fs::write(dir.path().join(FILE_NAME), serde_json::to_string(&other).unwrap()).unwrap();
-        let started = Instant::now();
-        let mut notes = Vec::new();
-        let lock = WorkerLock::acquire(dir.path(), false, Duration::from_secs(1), &mut |n| {
+        let lock = WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |n| {
             notes.push(n.to_string())
         })
         .unwrap();
-        assert!(started.elapsed() >= Duration::from_secs(1), "took over a fresh lock at once");
-        assert_eq!(lock.info().host, host_name());
-        assert!(notes.iter().any(|n| n.contains("no heartbeat")), "{notes:?}");
+        assert_eq!(lock.info().pid, std::process::id());
+        assert!(notes[0].contains("no longer running"), "{notes:?}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("aside")),
+            "the aside file is removed"
+        );
     }
 
     #[test]
-    fn another_hosts_live_lock_is_refused_unless_forced() {
+    fn another_hosts_lock_is_taken_over_once_unchanged_for_the_stale_time_by_our_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its clock runs an hour ahead: its heartbeat time looks fresh forever. Only our own
+        // timer counts.
+        let ahead = other_host(4242, unix_now() + 3600);
+        std::fs::write(dir.path().join(FILE_NAME), serde_json::to_string(&ahead).unwrap()).unwrap();
+        let started = Instant::now();
+        let mut notes = Vec::new();
+        let lock =
+            WorkerLock::acquire(dir.path(), &opts("here", 1000), &mut |n| notes.push(n.to_string())).unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1), "took over before the stale time");
+        assert_eq!(lock.info().host, "here");
+        assert!(notes.iter().any(|n| n.contains("unchanged for")), "{notes:?}");
+    }
+
+    #[test]
+    fn a_live_lock_from_a_host_whose_clock_is_behind_is_not_taken() {
+        // Its clock runs an hour behind: its heartbeat time looks an hour old, but it moves.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let mut other = LockInfo {
-            pid: 4242,
-            host: "elsewhere".into(),
-            process_start: None,
-            started_at: unix_now(),
-            heartbeat_at: unix_now(),
-        };
-        std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
-        // A live owner: its heartbeat moves while we watch.
+        let mut behind = other_host(4242, unix_now() - 3600);
+        std::fs::write(&path, serde_json::to_string(&behind).unwrap()).unwrap();
         let beating = {
             let path = path.clone();
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(700));
-                other.heartbeat_at += 5;
-                std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+                for _ in 0..5 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    behind.beat += 1;
+                    behind.heartbeat_at += 5;
+                    std::fs::write(&path, serde_json::to_string(&behind).unwrap()).unwrap();
+                }
             })
         };
-        let err = WorkerLock::acquire(dir.path(), false, Duration::from_secs(30), &mut |_| {}).err().unwrap();
+        let err = WorkerLock::acquire(dir.path(), &opts("here", 30_000), &mut |_| {}).err().unwrap();
         beating.join().unwrap();
         let msg = err.to_string();
         assert!(msg.contains("pid 4242 on host elsewhere") && msg.contains("--force-unlock"), "{msg}");
-        let lock = WorkerLock::acquire(dir.path(), true, Duration::from_secs(30), &mut |_| {}).unwrap();
-        assert_eq!(lock.info().pid, std::process::id());
+        let forced = LockOptions { force: true, ..opts("here", 30_000) };
+        let lock = WorkerLock::acquire(dir.path(), &forced, &mut |_| {}).unwrap();
+        assert_eq!(lock.info().host, "here");
+    }
+
+    #[test]
+    fn contenders_for_a_stale_lock_at_the_same_instant_leave_exactly_one_owner() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        for round in 0..100 {
+            // A stale lock: another host's (taken over after 200 ms unchanged), or a dead
+            // process's on host h0 (taken over at once by contender 0, which plays h0).
+            let stale = if round % 2 == 0 {
+                other_host(4242, 1)
+            } else {
+                LockInfo { host: "h0".into(), pid: dead_pid, ..other_host(0, 1) }
+            };
+            std::fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
+            let contenders = 2 + round % 3;
+            let barrier = Barrier::new(contenders);
+            let over = AtomicBool::new(false);
+            let results: Vec<Result<Arc<WorkerLock>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..contenders)
+                    .map(|i| {
+                        let (barrier, over, dir) = (&barrier, &over, dir.path());
+                        let host = format!("h{i}");
+                        s.spawn(move || {
+                            barrier.wait();
+                            let lock = Arc::new(WorkerLock::acquire(dir, &opts(&host, 200), &mut |_| {})?);
+                            // A winner beats like a live worker until every contender is done.
+                            let beating = lock.clone();
+                            s.spawn(move || {
+                                while !over.load(Ordering::Relaxed) {
+                                    let _ = beating.refresh();
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                            });
+                            Ok(lock)
+                        })
+                    })
+                    .collect();
+                let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                over.store(true, Ordering::Relaxed);
+                out
+            });
+            let holders: Vec<&Arc<WorkerLock>> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .filter(|l| l.check().unwrap() == Beat::Alive)
+                .collect();
+            assert_eq!(holders.len(), 1, "round {round}: {} holders", holders.len());
+            assert_eq!(read(&path).unwrap().unwrap().owner, holders[0].owner(), "round {round}");
+            for r in &results {
+                if let Err(e) = r {
+                    let msg = e.to_string();
+                    assert!(msg.contains("still running") || msg.contains("another batch-embed"), "{msg}");
+                }
+            }
+            drop(results);
+            assert!(!path.exists(), "round {round}: the holder's drop removes its lock");
+        }
     }
 }

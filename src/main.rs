@@ -16,8 +16,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed(*args),
-        Command::Verify(args) => batch_embed::verify::main(args),
-        Command::Status(args) => batch_embed::status::main(args),
+        Command::Verify(args) => verify(args),
+        Command::Status(args) => status(args),
     };
     match result {
         Ok(code) => code,
@@ -45,4 +45,39 @@ fn embed(mut args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{summary}");
     }
     Ok(if summary.interrupted { ExitCode::from(shutdown::EXIT_INTERRUPTED) } else { ExitCode::SUCCESS })
+}
+
+fn verify(args: batch_embed::cli::VerifyArgs) -> anyhow::Result<ExitCode> {
+    let report = batch_embed::verify::verify(&args.output, args.deep)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", batch_embed::verify::render(&report));
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn status(args: batch_embed::cli::StatusArgs) -> anyhow::Result<ExitCode> {
+    use batch_embed::status::{collect, render};
+    let stale = std::time::Duration::from_secs(args.stale_after);
+    if let Some(addr) = &args.serve {
+        batch_embed::status_page::serve(&args.output, addr, stale)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let status = collect(&args.output, stale)?;
+        let text = if args.json { serde_json::to_string_pretty(&status)? + "\n" } else { render(&status) };
+        if args.watch.is_some() {
+            // Clear the screen and home the cursor, then redraw.
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            print!("{text}");
+        }
+        match args.watch {
+            Some(every) if !status.complete => {
+                std::thread::sleep(std::time::Duration::from_secs_f64(every.max(0.5)))
+            }
+            _ => return Ok(if status.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        }
+    }
 }

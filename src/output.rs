@@ -1,9 +1,9 @@
 //! Vector shards: Parquet files with `row` (UInt64), optionally `id` (the input's id column, its
-//! own type) and `embedding` (FixedSizeList of Float32 or Float16), each written under a temporary
-//! name, fsynced and renamed into place, so a reader never sees half a file.
+//! own type) and `embedding` (FixedSizeList of Float32 or Float16). This module encodes them into
+//! a temporary file; the worker folder renames a finished one into place when it commits, so a
+//! reader never sees half a file.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,8 +14,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tempfile::NamedTempFile;
 
-use crate::checkpoint::{sync_dir, PartRecord};
+use crate::worker_folder::part_name;
 
 /// Element type of the `embedding` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,22 +41,12 @@ impl OutputDtype {
     }
 }
 
-/// `part-NNNNNN.parquet`
-pub fn part_name(seq: usize) -> String {
-    format!("part-{seq:06}.parquet")
-}
-
-/// The sequence number of a part file name, if it is one.
-pub fn part_seq(name: &str) -> Option<usize> {
-    name.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
-}
-
 /// Rows per Parquet row group in a part: bounds the writer's memory (≤ 4096 × dim × 4 bytes
 /// buffered) while keeping groups large enough for readers.
 const ROW_GROUP_ROWS: usize = 4096;
 
-/// Streams vectors into numbered part files: the open part is `part-N.parquet.tmp` until
-/// [`ShardWriter::write_part`] closes, fsyncs and renames it.
+/// Streams vectors into part files: the open part is a temporary file in the worker folder until
+/// [`ShardWriter::finish_part`] closes it and hands it to the commit.
 pub struct ShardWriter {
     dir: PathBuf,
     dim: usize,
@@ -66,9 +57,14 @@ pub struct ShardWriter {
 }
 
 struct OpenPart {
-    writer: ArrowWriter<File>,
-    tmp: PathBuf,
+    writer: ArrowWriter<NamedTempFile>,
     rows: u64,
+}
+
+/// A closed part file, not yet in place: the commit names and renames it.
+pub struct FinishedPart {
+    pub file: NamedTempFile,
+    pub rows: u64,
 }
 
 impl ShardWriter {
@@ -120,14 +116,14 @@ impl ShardWriter {
             self.open = Some(self.start_part()?);
         }
         let open = self.open.as_mut().expect("opened above");
-        open.writer.write(&batch).with_context(|| format!("cannot write {}", open.tmp.display()))?;
+        let path = open.writer.inner().path().to_path_buf();
+        open.writer.write(&batch).with_context(|| format!("cannot write {}", path.display()))?;
         open.rows += rows.len() as u64;
         Ok(())
     }
 
     fn start_part(&self) -> Result<OpenPart> {
-        let tmp = self.dir.join(format!("{}.tmp", part_name(self.next_part)));
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = crate::atomic::temp_for(&self.dir, &part_name(self.next_part))?;
         // NOTE: dictionary encoding and min/max statistics cost a hash or compare per float and
         // buy nothing for embedding values (profiled: ~15% of a no-model run); they stay on for
         // `row` and `id`, where readers use them to prune.
@@ -141,7 +137,7 @@ impl ShardWriter {
             .set_column_statistics_enabled(ColumnPath::from("id"), EnabledStatistics::Chunk)
             .build();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
-        Ok(OpenPart { writer, tmp, rows: 0 })
+        Ok(OpenPart { writer, rows: 0 })
     }
 
     /// Rows in the open part.
@@ -149,36 +145,14 @@ impl ShardWriter {
         self.open.as_ref().map_or(0, |o| o.rows as usize)
     }
 
-    /// Closes the open part (fsync, rename into place) and returns its record; `None` when no
-    /// part is open.
-    pub fn write_part(&mut self) -> Result<Option<PartRecord>> {
+    /// Closes the open part (Parquet footer written, not yet fsynced or renamed); `None` when
+    /// no part is open. The next part gets the next number.
+    pub fn finish_part(&mut self) -> Result<Option<FinishedPart>> {
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
-        let name = part_name(self.next_part);
-        let path = self.dir.join(&name);
-        let finish = || -> Result<()> {
-            let file = open.writer.into_inner()?;
-            file.sync_all()?;
-            std::fs::rename(&open.tmp, &path)?;
-            sync_dir(&self.dir);
-            Ok(())
-        };
-        finish().with_context(|| format!("cannot write {}", path.display()))?;
+        let file = open.writer.into_inner().context("cannot finish a part file")?;
         self.next_part += 1;
-        Ok(Some(PartRecord { file: name, rows: open.rows }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn part_names_round_trip() {
-        assert_eq!(part_name(7), "part-000007.parquet");
-        assert_eq!(part_seq("part-000007.parquet"), Some(7));
-        assert_eq!(part_seq("part-000007.parquet.tmp"), None);
-        assert_eq!(part_seq("checkpoint.json"), None);
+        Ok(Some(FinishedPart { file, rows: open.rows }))
     }
 }

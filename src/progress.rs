@@ -125,17 +125,10 @@ pub struct WorkerProgress {
     pub history: Vec<(u64, u64)>,
 }
 
-pub const PROGRESS_FILE: &str = "progress.json";
-
 impl WorkerProgress {
+    /// The `progress.json` of a worker folder, if there is a readable one.
     pub fn load(dir: &std::path::Path) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(PROGRESS_FILE)).ok()?).ok()
-    }
-
-    /// Replaces the file (temporary name, then rename, so readers never see half of it).
-    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{PROGRESS_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
-        std::fs::rename(&tmp, dir.join(PROGRESS_FILE))
+        let text = std::fs::read_to_string(dir.join(crate::worker_folder::PROGRESS)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 }

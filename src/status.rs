@@ -1,20 +1,16 @@
 //! `batch-embed status OUTPUT`: the fleet at a glance, from the output folder alone (so it works
 //! on a bucket mount): one line per worker from its `progress.json` and `checkpoint.json`, and
-//! totals. `--json` for scripts, `--watch` to refresh, `--serve ADDR` for a live web page.
+//! totals, as a table or JSON. The live page (`--serve`) is status_page.rs, drawn from the same
+//! [`FleetStatus`].
 
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
-use crate::cli::StatusArgs;
 use crate::lock::unix_now;
 use crate::partition::Partition;
-use crate::progress::WorkerProgress;
-use crate::verify::worker_dirs;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetStatus {
@@ -58,47 +54,17 @@ pub struct WorkerStatus {
     pub error: Option<String>,
 }
 
-pub fn main(args: StatusArgs) -> Result<ExitCode> {
-    let stale = Duration::from_secs(args.stale_after);
-    if let Some(addr) = &args.serve {
-        return crate::status_page::serve(&args.output, addr, stale).map(|_| ExitCode::SUCCESS);
-    }
-    loop {
-        let status = collect(&args.output, stale)?;
-        let text = if args.json { serde_json::to_string_pretty(&status)? + "\n" } else { render(&status) };
-        if args.watch.is_some() {
-            // Clear the screen and home the cursor, then redraw.
-            print!("\x1b[2J\x1b[H{text}");
-        } else {
-            print!("{text}");
-        }
-        match args.watch {
-            Some(every) if !status.complete => std::thread::sleep(Duration::from_secs_f64(every.max(0.5))),
-            _ => return Ok(if status.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-        }
-    }
-}
-
 /// Reads the output folder. Workers whose progress is older than `stale` while "running" are
 /// reported stale (killed or preempted without a chance to say so).
 pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
-    let dirs = worker_dirs(output)?;
-    if dirs.is_empty() {
-        bail!("{} holds no worker folders (worker-ID-of-N) yet", output.display());
-    }
+    let entries = crate::fleet::workers_required(output, " yet")?;
     let now = unix_now();
     // The fleet's shape from the first checkpoint (all workers of a run share it).
-    let mut reference = None;
-    for (_, dir) in &dirs {
-        if let Ok(Some(c)) = Checkpoint::load(dir) {
-            reference = Some(c.fingerprint);
-            break;
-        }
-    }
+    let reference = entries.iter().find_map(|e| e.checkpoint().ok().flatten()).map(|c| c.spec.rows);
     let n = reference
         .as_ref()
         .map(|f| f.num_workers)
-        .unwrap_or_else(|| dirs.iter().map(|((_, n), _)| *n).max().unwrap_or(1));
+        .unwrap_or_else(|| entries.iter().map(|e| e.num_workers).max().unwrap_or(1));
     let total_rows = reference.as_ref().map(|f| f.inputs.iter().map(|i| i.rows).sum::<u64>());
     let block = reference.as_ref().map(|f| f.stride_block).unwrap_or(crate::partition::DEFAULT_BLOCK);
 
@@ -107,9 +73,9 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
     for id in 0..n {
         let owned_by_rule =
             total_rows.and_then(|rows| Some(Partition::new(id, n, block).ok()?.owned_count(0..rows)));
-        let dir = dirs.iter().find(|((i, m), _)| *i == id && *m == n).map(|(_, d)| d);
-        let ckpt = dir.and_then(|d| Checkpoint::load(d).ok().flatten());
-        let progress = dir.and_then(|d| WorkerProgress::load(d));
+        let entry = entries.iter().find(|e| e.worker_id == id && e.num_workers == n);
+        let ckpt = entry.and_then(|e| e.checkpoint().ok().flatten());
+        let progress = entry.and_then(|e| e.progress());
         let Some(ckpt) = ckpt else {
             workers.push(WorkerStatus {
                 worker_id: id,
@@ -161,9 +127,9 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
     let rows_owned: u64 = workers.iter().map(|w| w.rows_owned).sum();
     let rows_done: u64 = workers.iter().map(|w| w.rows_done).sum();
     let rows_per_s: f64 = workers.iter().fold(0.0, |a, w| a + w.rows_per_s);
-    let tokens_per_s = dirs
+    let tokens_per_s = entries
         .iter()
-        .filter_map(|(_, d)| WorkerProgress::load(d))
+        .filter_map(|e| e.progress())
         .filter(|p| p.state == "running" && now.saturating_sub(p.updated_at) <= stale.as_secs())
         .fold(0.0, |a, p| a + p.tokens_per_s);
     let left = rows_owned.saturating_sub(rows_done) as f64;

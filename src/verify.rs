@@ -6,11 +6,9 @@
 //! Reading the `row` column only keeps this quick on a 30M-row output; a bitmap of owned rows
 //! per worker (one bit a row) finds duplicates and gaps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
@@ -20,26 +18,11 @@ use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::checkpoint::{self, Checkpoint};
-use crate::cli::VerifyArgs;
-use crate::output::part_seq;
+use crate::checkpoint::Checkpoint;
+use crate::fleet::WorkerEntry;
 use crate::partition::Partition;
-use crate::pipeline::FAILURES_FILE;
-
-/// Metadata keys every shard of a run must agree on.
-const SHARED_KEYS: &[&str] = &[
-    "model_hash",
-    "model_type",
-    "dim",
-    "pooling",
-    "normalized",
-    "attention",
-    "max_tokens",
-    "prompt",
-    "output_dtype",
-    "num_workers",
-    "stride_block",
-];
+use crate::run_spec::PartSpec;
+use crate::worker_folder::{part_seq, CHECKPOINT};
 /// With `--deep`: how far a normalised vector's norm may be from 1 (f16 output keeps ~3 digits).
 const NORM_TOLERANCE: f64 = 1e-2;
 /// Missing ranges listed per worker (the count is always given).
@@ -80,88 +63,49 @@ pub struct WorkerReport {
     pub bad_norm_vectors: u64,
 }
 
-pub fn main(args: VerifyArgs) -> Result<ExitCode> {
-    let report = verify(&args.output, args.deep)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// A worker folder name, `worker-00003-of-00008`, parsed.
-pub fn parse_worker_dir(name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix("worker-")?;
-    let (id, n) = rest.split_once("-of-")?;
-    Some((id.parse().ok()?, n.parse().ok()?))
-}
-
-/// The worker folders under `output`, by (id, N), sorted.
-pub fn worker_dirs(output: &Path) -> Result<Vec<((u64, u64), PathBuf)>> {
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(output).with_context(|| format!("cannot list {}", output.display()))?;
-    for e in entries {
-        let e = e?;
-        if let Some(key) = parse_worker_dir(&e.file_name().to_string_lossy()) {
-            if e.path().is_dir() {
-                out.push((key, e.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 pub fn verify(output: &Path, deep: bool) -> Result<Report> {
-    let dirs = worker_dirs(output)?;
-    if dirs.is_empty() {
-        bail!("{} holds no worker folders (worker-ID-of-N); is it the --output of a run?", output.display());
-    }
+    let entries = crate::fleet::workers_required(output, "; is it the --output of a run?")?;
     let mut report = Report { output: output.display().to_string(), deep, ..Report::default() };
-    let mut checkpoints = BTreeMap::new();
-    for ((id, n), dir) in &dirs {
-        match Checkpoint::load(dir) {
+    let mut checkpoints: BTreeMap<(u64, u64), (WorkerEntry, Checkpoint)> = BTreeMap::new();
+    for entry in &entries {
+        match entry.checkpoint() {
             Ok(Some(c)) => {
-                checkpoints.insert((*id, *n), (dir.clone(), c));
+                checkpoints.insert((entry.worker_id, entry.num_workers), (entry.clone(), c));
             }
-            Ok(None) => report.problems.push(format!("{} has no {}", dir.display(), checkpoint::FILE_NAME)),
+            Ok(None) => report.problems.push(format!("{} has no {CHECKPOINT}", entry.dir.display())),
             Err(e) => report.problems.push(format!("{e:#}")),
         }
     }
-    // The run's shape comes from the checkpoints; they must all agree on it.
-    let Some((_, (ref_dir, reference))) = checkpoints.iter().next() else {
+    // The run's description comes from the checkpoints; they must all agree on it.
+    let Some((_, (ref_entry, reference))) = checkpoints.iter().next() else {
         report.problems.push("no worker has a readable checkpoint".into());
         return Ok(report);
     };
-    let (ref_dir, reference) = (ref_dir.clone(), reference.fingerprint.clone());
-    for (dir, c) in checkpoints.values().skip(1) {
-        let mut fp = c.fingerprint.clone();
-        fp.worker_id = reference.worker_id;
-        let diff = fp.differences(&reference);
+    let (ref_dir, reference) = (ref_entry.dir.clone(), reference.spec.clone());
+    for (entry, c) in checkpoints.values().skip(1) {
+        let diff = c.spec.differences(&reference);
         if !diff.is_empty() {
             report.problems.push(format!(
                 "{} and {} come from different runs: {}",
                 ref_dir.display(),
-                dir.display(),
+                entry.dir.display(),
                 diff.join("; ")
             ));
         }
     }
-    let n = reference.num_workers;
+    let n = reference.rows.num_workers;
     report.num_workers = n;
-    report.rows_input = reference.inputs.iter().map(|i| i.rows).sum();
-    for ((id, dn), dir) in &dirs {
-        if *dn != n || *id >= n {
-            report.problems.push(format!("{} does not belong to a run of {n} workers", dir.display()));
+    report.rows_input = reference.rows.inputs.iter().map(|i| i.rows).sum();
+    for e in &entries {
+        if e.num_workers != n || e.worker_id >= n {
+            report.problems.push(format!("{} does not belong to a run of {n} workers", e.dir.display()));
         }
     }
 
-    let mut shard_meta: Option<(PathBuf, BTreeMap<String, String>)> = None;
     for id in 0..n {
-        let partition = Partition::new(id, n, reference.stride_block).map_err(anyhow::Error::msg)?;
+        let partition = Partition::new(id, n, reference.rows.stride_block).map_err(anyhow::Error::msg)?;
         let owned = partition.owned_count(0..report.rows_input);
-        let Some((dir, ckpt)) = checkpoints.get(&(id, n)) else {
+        let Some((entry, ckpt)) = checkpoints.get(&(id, n)) else {
             let missing = ranges_of(&vec![false; owned as usize], &partition);
             report.workers.push(WorkerReport {
                 worker_id: id,
@@ -176,7 +120,7 @@ pub fn verify(output: &Path, deep: bool) -> Result<Report> {
             }
             continue;
         };
-        let w = check_worker(id, dir, ckpt, &partition, owned, deep, &mut shard_meta, &mut report.problems)?;
+        let w = check_worker(entry, ckpt, &reference, &partition, owned, deep, &mut report.problems)?;
         report.workers.push(w);
     }
     for w in &report.workers {
@@ -195,17 +139,16 @@ pub fn verify(output: &Path, deep: bool) -> Result<Report> {
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_worker(
-    id: u64,
-    dir: &Path,
+    entry: &WorkerEntry,
     ckpt: &Checkpoint,
+    run: &crate::run_spec::RunSpec,
     partition: &Partition,
     owned: u64,
     deep: bool,
-    shard_meta: &mut Option<(PathBuf, BTreeMap<String, String>)>,
     problems: &mut Vec<String>,
 ) -> Result<WorkerReport> {
+    let (id, dir) = (entry.worker_id, entry.dir.as_path());
     let mut w =
         WorkerReport { worker_id: id, rows_owned: owned, parts: ckpt.parts.len(), ..Default::default() };
     if ckpt.rows_owned != owned {
@@ -223,7 +166,10 @@ fn check_worker(
         }
     }
 
-    let normalized = ckpt.fingerprint.normalize;
+    if ckpt.worker_id != id {
+        problems.push(format!("{}'s checkpoint belongs to worker {}", dir.display(), ckpt.worker_id));
+    }
+    let normalized = ckpt.spec.vectors.normalized;
     let shards: Vec<Result<Shard>> =
         ckpt.parts.par_iter().map(|p| read_shard(&dir.join(&p.file), deep, normalized)).collect();
     let mut seen = vec![false; owned as usize];
@@ -256,24 +202,19 @@ fn check_worker(
                 part.rows
             ));
         }
-        if shard.meta.get("worker_id").map(String::as_str) != Some(id.to_string().as_str()) {
-            problems.push(format!("{} was not written by worker {id}", path.display()));
-        }
-        match shard_meta {
-            None => *shard_meta = Some((path.clone(), shard.meta.clone())),
-            Some((first, meta)) => {
-                for key in SHARED_KEYS {
-                    if meta.get(*key) != shard.meta.get(*key) {
-                        problems.push(format!(
-                            "{} has {key} {:?} but {} has {:?}",
-                            path.display(),
-                            shard.meta.get(*key).map(String::as_str).unwrap_or("(none)"),
-                            first.display(),
-                            meta.get(*key).map(String::as_str).unwrap_or("(none)")
-                        ));
-                    }
+        // Each part must say it was made by this run, as this worker.
+        match PartSpec::from_metadata(&shard.meta) {
+            Ok(spec) => {
+                let diff = spec.differences(run, id);
+                if !diff.is_empty() {
+                    problems.push(format!(
+                        "{} was not written by this run's worker {id}: {}",
+                        path.display(),
+                        diff.join("; ")
+                    ));
                 }
             }
+            Err(e) => problems.push(format!("{}: {e:#}", path.display())),
         }
         w.rows_embedded += shard.rows.len() as u64;
         w.non_finite_vectors += shard.non_finite;
@@ -282,7 +223,7 @@ fn check_worker(
             mark(row, &mut seen, &mut w);
         }
     }
-    match read_failures(&dir.join(FAILURES_FILE), ckpt.failures_bytes) {
+    match entry.failed_rows(ckpt.failures_bytes) {
         Ok(rows) => {
             w.rows_failed = rows.len() as u64;
             for row in rows {
@@ -332,7 +273,7 @@ fn ranges_of(seen: &[bool], partition: &Partition) -> Vec<(u64, u64)> {
 
 struct Shard {
     rows: Vec<u64>,
-    meta: BTreeMap<String, String>,
+    meta: HashMap<String, String>,
     non_finite: u64,
     bad_norm: u64,
 }
@@ -342,12 +283,8 @@ fn read_shard(path: &Path, deep: bool, normalized: bool) -> Result<Shard> {
     let unreadable = || format!("{} does not open as a vector shard", path.display());
     let file = File::open(path).with_context(unreadable)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
-    let meta: BTreeMap<String, String> = builder
-        .schema()
-        .metadata()
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("batch_embed.")?.to_string(), v.clone())))
-        .collect();
+    let meta: HashMap<String, String> =
+        builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let schema = builder.schema().clone();
     let (Some((row_i, _)), Some((emb_i, _))) =
         (schema.column_with_name("row"), schema.column_with_name("embedding"))
@@ -391,25 +328,7 @@ fn read_shard(path: &Path, deep: bool, normalized: bool) -> Result<Shard> {
     Ok(shard)
 }
 
-/// The rows of the first `committed` bytes of a failures.jsonl.
-fn read_failures(path: &Path, committed: u64) -> Result<Vec<u64>> {
-    if committed == 0 {
-        return Ok(Vec::new());
-    }
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in BufReader::new(f.take(committed)).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let row = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v.get("row")?.as_u64())
-            .with_context(|| format!("{} line {} is not a failure record", path.display(), n + 1))?;
-        rows.push(row);
-    }
-    Ok(rows)
-}
-
-fn render(r: &Report) -> String {
+pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let owned: u64 = r.workers.iter().map(|w| w.rows_owned).sum();

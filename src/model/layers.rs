@@ -89,6 +89,8 @@ struct Layout {
     key_mask: Option<Tensor>,
     /// Attention runs on the packed tokens (CPU, f32) instead of the padded rectangle.
     packed: Option<Packed>,
+    /// Most elements of one padded score tensor (see `padded_attention`).
+    attention_limit: usize,
 }
 
 /// An additive mask from a 0/1 "blocked" tensor: -inf where blocked, 0 elsewhere.
@@ -105,14 +107,10 @@ struct Packed {
 }
 
 impl Layout {
-    fn new(
-        batch: &Batch,
-        rotary: &Rotary,
-        causal: bool,
-        packed: bool,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    fn new(batch: &Batch, decoder: &Decoder) -> Result<Self> {
+        let (rotary, causal, packed, dtype, device) =
+            (&decoder.rotary, decoder.causal, decoder.packed, decoder.dtype, &decoder.device);
+        let attention_limit = decoder.attention_limit.load(std::sync::atomic::Ordering::Relaxed);
         let texts = batch.len();
         let tokens = batch.input_ids.len();
         let max_len = batch.max_length as usize;
@@ -133,6 +131,7 @@ impl Layout {
                 mask: None,
                 key_mask: None,
                 packed,
+                attention_limit,
             });
         }
 
@@ -183,7 +182,19 @@ impl Layout {
             (Some(keys), None) => Some(keys.unsqueeze(3)?),
             (None, causal) => causal,
         };
-        Ok(Layout { texts, tokens, max_len, cos, sin, to_padded, to_packed, mask, key_mask, packed: None })
+        Ok(Layout {
+            texts,
+            tokens,
+            max_len,
+            cos,
+            sin,
+            to_padded,
+            to_packed,
+            mask,
+            key_mask,
+            packed: None,
+            attention_limit,
+        })
     }
 
     /// `[tokens, width]` packed → `[texts * max_len, width]` padded.
@@ -307,25 +318,97 @@ impl SelfAttention {
 
         let q = candle_nn::rotary_emb::rope_thd(&q, &layout.cos, &layout.sin)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, &layout.cos, &layout.sin)?;
-        let q = self.to_rect(&q, layout, h)?;
+        // NOTE: 1/√d is folded into q ([texts, heads, L, d]) rather than applied to the scores
+        // ([texts, heads, L, L]): fewer elements, and one score-sized tensor less.
+        let q = (self.to_rect(&q, layout, h)? * (1.0 / (d as f64).sqrt()))?;
         let k = self.to_rect(&k, layout, kv)?;
         let v = self.to_rect(&v, layout, kv)?;
-        // NOTE: grouped-query attention without repeating K/V: the `group` query heads that share
-        // a KV head are stacked along the row axis, so one matmul per KV head serves them all
-        // (query head i uses KV head i / group, as transformers' repeat_kv does).
-        let group = h / kv;
-        let q = q.reshape((b, kv, group * l, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match &layout.mask {
-            Some(mask) => scores.reshape((b, kv, group, l, l))?.broadcast_add(mask)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kv, group * l, l))?;
-        let out = probs.matmul(&v)?; // [b, kv, group * l, d] == [b, h, l, d]
-        let out = out.reshape((b, h, l, d))?.transpose(1, 2)?.contiguous()?.reshape((b * l, h * d))?;
+        let out = padded_attention(&q, &k, &v, layout.mask.as_ref(), layout.attention_limit)?; // [b, h, l, d]
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b * l, h * d))?;
         linear(&layout.unpad(&out)?, &self.o_weight, None)
     }
+}
+
+/// Most elements one attention score tensor may have on the padded path. candle's CUDA softmax
+/// indexes elements with 32-bit signed ints (`row * ncols + col`), and its element-wise kernels
+/// are launched with 32-bit counts, so `[texts, heads, queries, keys]` stays below 2³¹.
+pub const MAX_ATTENTION_ELEMENTS: usize = (1 << 31) - 1;
+
+/// Attention over the padded rectangle: `q` (already scaled by 1/√d) `[b, heads, l, d]`, `k` and
+/// `v` `[b, kv_heads, l, d]`, `mask` broadcastable to `[b, 1, 1, l, l]`; returns `[b, heads, l, d]`.
+///
+/// Computed in pieces — groups of texts, and for a text too long for one piece, groups of query
+/// rows — so that no score tensor has more than `limit` elements (at most
+/// [`MAX_ATTENTION_ELEMENTS`]); the batch budget normally makes it one piece. Each piece holds at
+/// most two score-sized tensors at once.
+fn padded_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    limit: usize,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    let limit = limit.clamp(1, MAX_ATTENTION_ELEMENTS);
+    let per_text = h * l * l;
+    let (texts_per_piece, rows_per_piece) =
+        if per_text <= limit { ((limit / per_text).clamp(1, b), l) } else { (1, (limit / (h * l)).max(1)) };
+    let mut texts = Vec::new();
+    for t0 in (0..b).step_by(texts_per_piece) {
+        let nt = texts_per_piece.min(b - t0);
+        let mut rows = Vec::new();
+        for r0 in (0..l).step_by(rows_per_piece) {
+            let nr = rows_per_piece.min(l - r0);
+            rows.push(attention_piece(q, k, v, mask, (t0, nt), (r0, nr))?);
+        }
+        texts.push(if rows.len() == 1 { rows.remove(0) } else { Tensor::cat(&rows, 2)? });
+    }
+    if texts.len() == 1 {
+        Ok(texts.remove(0))
+    } else {
+        Tensor::cat(&texts, 0)
+    }
+}
+
+/// One piece of [`padded_attention`]: texts `t0..t0 + nt`, query rows `r0..r0 + nr`.
+fn attention_piece(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    (t0, nt): (usize, usize),
+    (r0, nr): (usize, usize),
+) -> Result<Tensor> {
+    let (b, h, l, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    let group = h / kv;
+    let slice = |x: &Tensor, dim: usize, start: usize, len: usize| -> Result<Tensor> {
+        if x.dim(dim)? == 1 || (start == 0 && len == x.dim(dim)?) {
+            Ok(x.clone())
+        } else {
+            x.narrow(dim, start, len)
+        }
+    };
+    let q = slice(&slice(q, 0, t0, nt)?, 2, r0, nr)?.contiguous()?;
+    let (k, v) = (slice(k, 0, t0, nt)?, slice(v, 0, t0, nt)?);
+    // NOTE: grouped-query attention without repeating K/V: the `group` query heads that share
+    // a KV head are stacked along the row axis, so one matmul per KV head serves them all
+    // (query head i uses KV head i / group, as transformers' repeat_kv does).
+    let q = q.reshape((nt, kv, group * nr, d))?;
+    let scores = q.matmul(&k.t()?)?; // [nt, kv, group * nr, l]
+    let probs = match mask {
+        Some(mask) => {
+            let mask = slice(&slice(mask, 0, t0, nt)?, 3, r0, nr)?;
+            let masked = scores.reshape((nt, kv, group, nr, l))?.broadcast_add(&mask)?;
+            drop(scores);
+            candle_nn::ops::softmax_last_dim(&masked)?
+        }
+        None => candle_nn::ops::softmax_last_dim(&scores)?,
+    };
+    let out = probs.reshape((nt, kv, group * nr, l))?.matmul(&v)?; // [nt, kv, group * nr, d]
+    drop(probs);
+    debug_assert!(nt <= b);
+    out.reshape((nt, h, nr, d))
 }
 
 impl SelfAttention {
@@ -349,8 +432,8 @@ impl SelfAttention {
         let v = self.to_rect(&v, layout, kv)?;
         // The same grouped-query layout as the full path, with one query row per text; causal
         // or not, the last query sees every real key.
-        let q = q.reshape((b, kv, h / kv, d))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let q = (q.reshape((b, kv, h / kv, d))? * (1.0 / (d as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
         let scores = match &layout.key_mask {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
@@ -384,9 +467,13 @@ impl Mlp {
         if cpu_f32 {
             return linear(&super::cpu_ops::swiglu(&gu, self.intermediate)?, &self.down, None);
         }
-        let gate = gu.narrow(1, 0, self.intermediate)?;
-        let up = gu.narrow(1, self.intermediate, self.intermediate)?;
-        linear(&(candle_nn::ops::silu(&gate)? * up)?, &self.down, None)
+        let product = {
+            let gate = gu.narrow(1, 0, self.intermediate)?;
+            let up = gu.narrow(1, self.intermediate, self.intermediate)?;
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        drop(gu); // [tokens, 2 × intermediate]: the largest activation, gone before `down`
+        linear(&product, &self.down, None)
     }
 }
 
@@ -438,6 +525,9 @@ pub struct Decoder {
     causal: bool,
     packed: bool,
     hidden_size: usize,
+    heads: usize,
+    /// See [`super::EmbeddingModel::limit_attention`].
+    attention_limit: std::sync::atomic::AtomicUsize,
     dtype: DType,
     device: Device,
 }
@@ -471,6 +561,8 @@ impl Decoder {
             causal: opts.causal,
             packed: opts.packed,
             hidden_size: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            attention_limit: std::sync::atomic::AtomicUsize::new(MAX_ATTENTION_ELEMENTS),
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
@@ -478,34 +570,47 @@ impl Decoder {
 }
 
 impl super::EmbeddingModel for Decoder {
-    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+    fn forward(&self, batch: &Batch, rows: Option<&[u32]>) -> Result<Tensor> {
         if batch.is_empty() {
             return Tensor::zeros((0, self.hidden_size), DType::F32, &self.device);
         }
-        let layout = Layout::new(batch, &self.rotary, self.causal, self.packed, self.dtype, &self.device)?;
+        let layout = Layout::new(batch, self)?;
         let ids = Tensor::new(batch.input_ids.as_slice(), &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        let pooled = Tensor::new(batch.pooled_indices.as_slice(), &self.device)?;
+        let rows_tensor = rows.map(|r| Tensor::new(r, &self.device)).transpose()?;
         let Some((last, rest)) = self.layers.split_last() else {
-            return self.norm.forward(&x.index_select(&pooled, 0)?)?.to_dtype(DType::F32);
+            let x = match &rows_tensor {
+                Some(r) => x.index_select(r, 0)?,
+                None => x,
+            };
+            return self.norm.forward(&x)?.to_dtype(DType::F32);
         };
         for layer in rest {
             x = layer.forward(&x, &layout)?;
         }
-        // NOTE: pooling reads one row per text, so the last layer computes only those rows
-        // (and the final norm, being per token, too). Both paths compute each text's last
-        // query, so this applies only when that is the pooled row (last-token pooling).
-        let last_tokens =
-            (0..batch.len()).all(|b| batch.pooled_indices[b] + 1 == batch.cu_seq_lengths[b + 1]);
-        let x = if last_tokens {
-            last.forward_pooled(&x, &layout, &pooled)?
-        } else {
-            last.forward(&x, &layout)?.index_select(&pooled, 0)?
+        // NOTE: when the pooling reads one row per text, the last layer computes only those
+        // rows (and the final norm, being per token, too). Both attention paths compute each
+        // text's last query alone, so that shortcut applies when the rows are the last tokens.
+        let x = match (rows, &rows_tensor) {
+            (Some(r), Some(t)) if r == batch.last_tokens().as_slice() => {
+                last.forward_pooled(&x, &layout, t)?
+            }
+            (_, Some(t)) => last.forward(&x, &layout)?.index_select(t, 0)?,
+            _ => last.forward(&x, &layout)?,
         };
         self.norm.forward(&x)?.to_dtype(DType::F32)
     }
 
     fn hidden_size(&self) -> usize {
         self.hidden_size
+    }
+
+    fn attention_heads(&self) -> usize {
+        self.heads
+    }
+
+    fn limit_attention(&self, elements: usize) {
+        self.attention_limit
+            .store(elements.clamp(1, MAX_ATTENTION_ELEMENTS), std::sync::atomic::Ordering::Relaxed);
     }
 }

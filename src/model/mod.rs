@@ -1,9 +1,10 @@
 //! The embedding model: reading a model directory, picking the architecture from `config.json`,
 //! and the small trait the rest of the program calls.
 //!
-//! Callers hand the model plain data (a [`Batch`] of flat token ids with per-text offsets) and get
-//! one f32 vector per text back. How the model lays the batch out internally (padded attention
-//! today, a packed varlen kernel later) is its own business.
+//! Callers hand the model plain data (a [`Batch`] of flat token ids with per-text offsets) and the
+//! token rows the pooling reads, and get those rows' final states back as f32. How the model lays
+//! the batch out internally (packed per-text attention on the CPU, a padded rectangle elsewhere)
+//! is its own business.
 
 mod config;
 mod cpu_ops;
@@ -20,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::batch::Batch;
 pub use config::{Architecture, ModelConfig};
+pub use layers::MAX_ATTENTION_ELEMENTS;
 
 /// Causal or bidirectional self-attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,33 +50,44 @@ pub enum AttentionImpl {
     Padded,
     /// Per-text attention over the packed tokens (CPU, f32 only).
     Packed,
-    /// No model at all: zero vectors, to measure the pipeline alone (hidden bench flag).
-    Noop,
 }
 
-/// The stand-in for `AttentionImpl::Noop`.
-struct Noop {
+/// What every architecture offers to the pipeline.
+pub trait EmbeddingModel: Send + Sync {
+    /// The final hidden states (after the last norm) of `batch`, as f32: the packed token rows
+    /// `rows` in that order (`[rows.len(), hidden]`), or every token (`[tokens, hidden]`) when
+    /// `rows` is `None`.
+    fn forward(&self, batch: &Batch, rows: Option<&[u32]>) -> candle_core::Result<Tensor>;
+    /// Width of the states `forward` returns.
+    fn hidden_size(&self) -> usize;
+    /// Attention heads (what the padded attention's score tensors are made of).
+    fn attention_heads(&self) -> usize;
+    /// Computes padded attention in pieces of at most `elements` score elements (memory); the
+    /// kernels' own limit, [`MAX_ATTENTION_ELEMENTS`], always applies.
+    fn limit_attention(&self, _elements: usize) {}
+}
+
+/// A stand-in that returns zeros without computing anything: the bench hook
+/// `--debug-noop-model`, to measure the pipeline alone.
+struct FakeModel {
     hidden: usize,
+    heads: usize,
     device: Device,
 }
 
-impl EmbeddingModel for Noop {
-    fn embed(&self, batch: &Batch) -> candle_core::Result<Tensor> {
-        Tensor::zeros((batch.len(), self.hidden), DType::F32, &self.device)
+impl EmbeddingModel for FakeModel {
+    fn forward(&self, batch: &Batch, rows: Option<&[u32]>) -> candle_core::Result<Tensor> {
+        let n = rows.map_or(batch.input_ids.len(), <[u32]>::len);
+        Tensor::zeros((n, self.hidden), DType::F32, &self.device)
     }
 
     fn hidden_size(&self) -> usize {
         self.hidden
     }
-}
 
-/// What every architecture offers to the pipeline.
-pub trait EmbeddingModel: Send + Sync {
-    /// One row per text of `batch`: the hidden state of the token named in
-    /// `batch.pooled_indices`, after the final norm, as f32 of shape `[texts, hidden]`.
-    fn embed(&self, batch: &Batch) -> candle_core::Result<Tensor>;
-    /// Width of the vectors `embed` returns.
-    fn hidden_size(&self) -> usize;
+    fn attention_heads(&self) -> usize {
+        self.heads
+    }
 }
 
 /// The files of a model directory, found and checked before anything heavy is read.
@@ -103,6 +116,24 @@ impl ModelFiles {
         let (weights, index) = weights::locate(dir)?;
         Ok(ModelFiles { dir: dir.to_path_buf(), config, tokenizer, weights, index })
     }
+
+    /// A hash of what identifies the model's computation: config.json, tokenizer.json and the
+    /// weights' index or safetensors headers (names, dtypes, shapes, offsets) and sizes, not the
+    /// weight bytes, so it is quick for a 15 GB model. 32 hex digits.
+    pub fn content_hash(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for f in [Some(&self.config), Some(&self.tokenizer), self.index.as_ref()].into_iter().flatten() {
+            h.update(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?);
+        }
+        for w in &self.weights {
+            h.update(
+                weights::safetensors_header(w)
+                    .with_context(|| format!("{} is not a readable safetensors file", w.display()))?,
+            );
+        }
+        Ok(crate::run_spec::hex16(&h.finalize()))
+    }
 }
 
 /// A loaded model with what the pipeline needs to know about it.
@@ -127,16 +158,11 @@ pub fn load(
     device: &Device,
 ) -> Result<LoadedModel> {
     let cpu_f32 = device.is_cpu() && dtype == DType::F32;
-    if kernel == AttentionImpl::Noop {
-        let model = Box::new(Noop { hidden: config.hidden_size, device: device.clone() });
-        return Ok(LoadedModel { model, packed: true, config: config.clone(), attention, dtype });
-    }
     let packed = match kernel {
         AttentionImpl::Auto => cpu_f32,
         AttentionImpl::Padded => false,
         AttentionImpl::Packed if cpu_f32 => true,
         AttentionImpl::Packed => anyhow::bail!("packed attention runs only on the CPU in f32"),
-        AttentionImpl::Noop => unreachable!("handled above"),
     };
     let vb = weights::var_builder(files, dtype, device)?;
     let opts = layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
@@ -146,4 +172,14 @@ pub fn load(
         Architecture::Qwen3 => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
     };
     Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype })
+}
+
+/// A model of `config`'s width that computes nothing (zero vectors): the pipeline alone.
+pub fn fake(config: &ModelConfig, attention: Attention, device: &Device) -> LoadedModel {
+    let model = Box::new(FakeModel {
+        hidden: config.hidden_size,
+        heads: config.num_attention_heads,
+        device: device.clone(),
+    });
+    LoadedModel { model, packed: true, config: config.clone(), attention, dtype: DType::F32 }
 }

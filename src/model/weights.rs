@@ -67,3 +67,17 @@ pub fn var_builder(files: &ModelFiles, dtype: DType, device: &Device) -> Result<
         )
     }
 }
+/// A safetensors file's header (tensor names, dtypes, shapes, offsets) and its size: what
+/// identifies the weights without reading them.
+pub fn safetensors_header(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len).min(100 << 20);
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let size = f.metadata()?.len();
+    header.extend_from_slice(&size.to_le_bytes());
+    Ok(header)
+}

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use anyhow::{anyhow, Result};
 use rayon::prelude::*;
 use tokenizers::{
-    Encoding, NormalizerWrapper, Token, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    Encoding, NormalizerWrapper, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 mod byte_bpe;
@@ -41,11 +42,13 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         let mut inner = Tokenizer::from_str(&json)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
-        // NOTE: truncation keeps the post-processor's tokens (the appended <|endoftext|>) and cuts
-        // the text before it, as transformers does with truncation=True, max_length=N.
+        // NOTE: the tokenizer itself stops one token past the limit (tokenizers ≥ 0.23 stops
+        // tokenizing a long text once it has enough tokens, and then cannot tell a text of
+        // exactly the limit from a longer one); `finish` cuts to the limit and knows which texts
+        // were cut.
         inner
             .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
+                max_length: max_tokens + 1,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 direction: TruncationDirection::Right,
@@ -67,11 +70,13 @@ impl TextTokenizer {
         let prompt_ascii = prompt.as_deref().is_none_or(|p| p.is_ascii());
         let fast = byte_bpe::ByteLevelBpe::detect(&json, &inner);
         // Only the general road uses it: no second copy of the vocabulary when the fast road serves.
-        let ascii = (fast.is_none() && unicode_form && prompt_ascii).then(|| {
-            let mut t = inner.clone();
-            t.with_normalizer(None::<NormalizerWrapper>);
-            t
-        });
+        let ascii = (fast.is_none() && unicode_form && prompt_ascii)
+            .then(|| {
+                let mut t = inner.clone();
+                t.with_normalizer(None::<NormalizerWrapper>).ok()?;
+                Some(t)
+            })
+            .flatten();
         Ok(TextTokenizer { inner, ascii, fast, prompt, max_tokens })
     }
 
@@ -89,13 +94,30 @@ impl TextTokenizer {
         let encoding = match fast {
             Some(ids) => {
                 let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
-                // Truncation and the post-processor (an appended end-of-text token) as usual.
-                self.inner.post_process(Encoding::from_tokens(tokens, 0), None, true)
+                Encoding::from_tokens(tokens, 0)
             }
-            None => self.general(&text).encode_fast(text.as_ref(), true),
+            None => self
+                .general(&text)
+                .encode_fast(text.as_ref(), false)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?,
         };
-        let mut encoding = encoding.map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        let truncated = !encoding.take_overflowing().is_empty();
+        self.finish(encoding)
+    }
+
+    /// Cuts the text's tokens (no special tokens yet, at most one past the limit) so that with
+    /// the post-processor's tokens (an appended end-of-text token) they make `max_tokens`, and
+    /// runs the post-processor. NOTE: the post-processor's tokens are kept and the text is cut
+    /// before them, as transformers does with truncation=True, max_length=N.
+    fn finish(&self, mut encoding: Encoding) -> Result<Tokenized> {
+        let added = self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let keep = self.max_tokens.saturating_sub(added);
+        let truncated = encoding.len() > keep;
+        if truncated {
+            encoding.truncate(keep, 0, TruncationDirection::Right);
+            encoding.take_overflowing();
+        }
+        let encoding =
+            self.inner.post_process(encoding, None, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(Tokenized { ids: encoding.get_ids().to_vec(), truncated })
     }
 
@@ -118,11 +140,21 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
     }
 
-    /// `tokenizers` alone, with the same truncation and prompt: what every road must give.
+    /// `tokenizers` alone, with the same truncation and prompt: what every road must give. A
+    /// text is truncated when its whole tokenization is longer than the limit.
     fn reference(t: &TextTokenizer, text: &str) -> Tokenized {
         let full = format!("{}{text}", t.prompt.as_deref().unwrap_or(""));
-        let mut e = t.inner.encode_fast(full, true).unwrap();
-        Tokenized { truncated: !e.take_overflowing().is_empty(), ids: e.get_ids().to_vec() }
+        let mut cut = t.inner.clone();
+        cut.with_truncation(Some(TruncationParams {
+            max_length: t.max_tokens,
+            ..TruncationParams::default()
+        }))
+        .unwrap();
+        let mut whole = t.inner.clone();
+        whole.with_truncation(None).unwrap();
+        let ids = cut.encode_fast(full.as_str(), true).unwrap().get_ids().to_vec();
+        let truncated = whole.encode_fast(full.as_str(), true).unwrap().len() > t.max_tokens;
+        Tokenized { truncated, ids }
     }
 
     /// Random texts built from the pieces the pre-tokenizer pattern treats specially.
@@ -250,6 +282,24 @@ mod tests {
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, json).unwrap();
         TextTokenizer::from_file(&path, max_tokens, prompt.map(String::from)).unwrap()
+    }
+
+    #[test]
+    fn a_text_cut_exactly_at_a_piece_boundary_counts_as_truncated() {
+        // Regression: tokenizers 0.23 stops tokenizing once it has `max_length` tokens, so with
+        // no special tokens to add, a text whose first pieces make exactly the limit came back
+        // with no overflow, and was not counted as cut.
+        let json = std::fs::read_to_string(fixture("tests/fixtures/qwen2-mha-bidir/tokenizer.json")).unwrap();
+        let text = "hello\n'x\u{250d1}|>\u{c}\u{13}\u{4e2d}\u{6587}\u{8}";
+        let t = load(&json, 12, None);
+        let general = t.finish(t.general(text).encode_fast(text, false).unwrap()).unwrap();
+        let fast = t.encode(text).unwrap();
+        for got in [general, fast] {
+            assert_eq!(got.ids.len(), 12);
+            assert!(got.truncated, "a 21-token text cut to 12 is truncated");
+        }
+        let whole = load(&json, 21, None).encode(text).unwrap();
+        assert_eq!((whole.ids.len(), whole.truncated), (21, false));
     }
 
     #[test]

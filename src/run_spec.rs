@@ -1,0 +1,320 @@
+//! The one description of a run: everything that decides which rows a worker owns and what their
+//! vectors are. The checkpoint's fingerprint, every part file's metadata and `verify`'s
+//! comparisons are all made from this type, so an option is added here once and reaches all
+//! three.
+//!
+//! Two halves, because they answer different questions:
+//! - [`RowSpec`]: which rows exist and who owns them (inputs with their content identity,
+//!   columns, the stride rule). A worker folder is continued only by a run with the same rows.
+//! - [`VectorSpec`]: what decides a row's vector (model, pooling, truncation, prompt, dtypes).
+//!   Part files carry it, so a vector can be traced to what made it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Prefix of every key batch-embed writes into a part file's metadata.
+pub const META_PREFIX: &str = "batch_embed.";
+/// The metadata key holding the whole [`PartSpec`] as JSON (the flat keys beside it are for
+/// people and SQL; this one is what `verify` compares).
+pub const META_SPEC: &str = "batch_embed.spec";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub rows: RowSpec,
+    pub vectors: VectorSpec,
+}
+
+/// Which rows there are and which worker owns each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowSpec {
+    pub inputs: Vec<InputSpec>,
+    pub text_column: String,
+    pub id_column: Option<String>,
+    pub num_workers: u64,
+    pub stride_block: u64,
+}
+
+/// One input file as the run saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub path: String,
+    pub bytes: u64,
+    pub rows: u64,
+    /// SHA-256 (first 16 bytes, hex) of the Parquet footer: a file rewritten with other
+    /// contents but the same size and row count is told apart without reading its data.
+    pub footer: String,
+}
+
+/// What decides a row's vector, besides its text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VectorSpec {
+    /// See `checkpoint::model_hash`: config, tokenizer and weight headers.
+    pub model_hash: String,
+    pub model_type: String,
+    pub dim: usize,
+    pub pooling: String,
+    pub normalized: bool,
+    pub attention: String,
+    pub max_tokens: usize,
+    pub prompt: Option<String>,
+    /// The compute dtype (f32, bf16, f16).
+    pub dtype: String,
+    pub output_dtype: String,
+}
+
+/// What every part file records about the run that wrote it: the vector half, the stride rule,
+/// and the writer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartSpec {
+    #[serde(flatten)]
+    pub vectors: VectorSpec,
+    pub num_workers: u64,
+    pub stride_block: u64,
+    pub worker_id: u64,
+}
+
+impl RunSpec {
+    /// Names each field that differs from `earlier`, with both values, e.g.
+    /// `max_tokens was 512 and is now 100`.
+    pub fn differences(&self, earlier: &RunSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rows.inputs != earlier.rows.inputs {
+            out.push(describe_input_change(&earlier.rows.inputs, &self.rows.inputs));
+        }
+        let strip = |s: &RunSpec| {
+            let mut v = serde_json::to_value(s).expect("serializable");
+            v["rows"].as_object_mut().expect("object").remove("inputs");
+            v
+        };
+        diff_values("", &strip(earlier), &strip(self), &mut out);
+        out
+    }
+
+    /// The metadata of a part file written by worker `worker_id` of this run.
+    pub fn part_metadata(&self, worker_id: u64, model_dir: &str) -> HashMap<String, String> {
+        let spec = PartSpec {
+            vectors: self.vectors.clone(),
+            num_workers: self.rows.num_workers,
+            stride_block: self.rows.stride_block,
+            worker_id,
+        };
+        let mut m = HashMap::new();
+        // Flat keys, one per field, for people and SQL (`prompt` is "" when there is none).
+        let value = serde_json::to_value(&spec).expect("serializable");
+        for (k, v) in value.as_object().expect("object") {
+            let text = match v {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            m.insert(format!("{META_PREFIX}{k}"), text);
+        }
+        m.insert(META_SPEC.to_string(), value.to_string());
+        m.insert(format!("{META_PREFIX}version"), env!("CARGO_PKG_VERSION").to_string());
+        m.insert(format!("{META_PREFIX}model"), model_dir.to_string());
+        m
+    }
+}
+
+impl PartSpec {
+    /// The spec a part file was written with, from its metadata.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self> {
+        let Some(json) = meta.get(META_SPEC) else {
+            bail!("no {META_SPEC} in its metadata (not written by this version of batch-embed)");
+        };
+        serde_json::from_str(json).with_context(|| format!("{META_SPEC} is not readable"))
+    }
+
+    /// Names what differs from the run's own description (the checkpoint's).
+    pub fn differences(&self, run: &RunSpec, worker_id: u64) -> Vec<String> {
+        let expected = PartSpec {
+            vectors: run.vectors.clone(),
+            num_workers: run.rows.num_workers,
+            stride_block: run.rows.stride_block,
+            worker_id,
+        };
+        let mut out = Vec::new();
+        diff_values(
+            "",
+            &serde_json::to_value(&expected).expect("serializable"),
+            &serde_json::to_value(self).expect("serializable"),
+            &mut out,
+        );
+        out
+    }
+}
+
+/// Walks two JSON values and names each leaf that differs as `key was OLD and is now NEW`.
+fn diff_values(key: &str, then: &serde_json::Value, now: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (then, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let (x, y) = (a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null));
+                diff_values(k, x, y, out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{key} was {} and is now {}", short(a), short(b))),
+        _ => {}
+    }
+}
+
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn describe_input_change(then: &[InputSpec], now: &[InputSpec]) -> String {
+    if then.len() != now.len() {
+        return format!("the input files changed ({} files before, {} now)", then.len(), now.len());
+    }
+    for (a, b) in then.iter().zip(now) {
+        if a.path != b.path {
+            return format!("the input files changed ({} is now {})", a.path, b.path);
+        }
+        if (a.bytes, a.rows) != (b.bytes, b.rows) {
+            return format!(
+                "input {} changed ({} bytes and {} rows before, {} bytes and {} rows now)",
+                a.path, a.bytes, a.rows, b.bytes, b.rows
+            );
+        }
+        if a.footer != b.footer {
+            return format!(
+                "input {} changed (same size and row count, but its Parquet footer differs: the file was rewritten)",
+                a.path
+            );
+        }
+    }
+    "the input files changed".to_string()
+}
+
+/// The content identity of a Parquet file: a hash of its footer (schema, row groups, column
+/// chunk offsets and statistics), read from the end of the file.
+pub fn footer_hash(path: &Path) -> Result<String> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        if len < 12 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "too short for Parquet"));
+        }
+        f.seek(SeekFrom::End(-8))?;
+        let mut tail = [0u8; 8];
+        f.read_exact(&mut tail)?;
+        let footer_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+        if &tail[4..] != b"PAR1" || footer_len + 8 > len {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no Parquet footer"));
+        }
+        f.seek(SeekFrom::End(-8 - footer_len as i64))?;
+        let mut footer = vec![0u8; footer_len as usize];
+        f.read_exact(&mut footer)?;
+        Ok(footer)
+    };
+    let footer = read().with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    Ok(hex16(&Sha256::digest(&footer)))
+}
+
+/// The first 16 bytes of a digest as 32 hex digits.
+pub fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn spec() -> RunSpec {
+        RunSpec {
+            rows: RowSpec {
+                inputs: vec![InputSpec { path: "a.parquet".into(), bytes: 10, rows: 5, footer: "f".into() }],
+                text_column: "text".into(),
+                id_column: None,
+                num_workers: 3,
+                stride_block: 4096,
+            },
+            vectors: VectorSpec {
+                model_hash: "h".into(),
+                model_type: "qwen2".into(),
+                dim: 64,
+                pooling: "last_token".into(),
+                normalized: true,
+                attention: "causal".into(),
+                max_tokens: 512,
+                prompt: None,
+                dtype: "f32".into(),
+                output_dtype: "f32".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn names_what_differs() {
+        let a = spec();
+        let mut b = spec();
+        assert!(b.differences(&a).is_empty());
+        b.rows.num_workers = 4;
+        b.rows.inputs[0].rows = 6;
+        b.vectors.prompt = Some("q: ".into());
+        let d = b.differences(&a);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.iter().any(|s| s == "num_workers was 3 and is now 4"), "{d:?}");
+        assert!(d.iter().any(|s| s == "prompt was null and is now \"q: \""), "{d:?}");
+        assert!(d.iter().any(|s| s.contains("input a.parquet changed")), "{d:?}");
+        let mut c = spec();
+        c.rows.inputs[0].footer = "g".into();
+        assert!(c.differences(&a)[0].contains("footer differs"), "{:?}", c.differences(&a));
+    }
+
+    #[test]
+    fn part_metadata_round_trips_and_has_flat_keys() {
+        let run = spec();
+        let meta = run.part_metadata(2, "/models/m");
+        assert_eq!(meta["batch_embed.max_tokens"], "512");
+        assert_eq!(meta["batch_embed.prompt"], "");
+        assert_eq!(meta["batch_embed.normalized"], "true");
+        assert_eq!(meta["batch_embed.worker_id"], "2");
+        assert_eq!(meta["batch_embed.model"], "/models/m");
+        let back = PartSpec::from_metadata(&meta).unwrap();
+        assert!(back.differences(&run, 2).is_empty());
+        assert_eq!(back.differences(&run, 1), ["worker_id was 1 and is now 2"]);
+        let mut other = run.clone();
+        other.vectors.dim = 32;
+        assert_eq!(back.differences(&other, 2), ["dim was 32 and is now 64"]);
+    }
+
+    #[test]
+    fn footer_hash_tells_rewritten_files_apart() {
+        use arrow::array::{ArrayRef, RecordBatch, StringArray};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, texts: [&str; 2]| {
+            let path = dir.path().join(name);
+            let col: ArrayRef = std::sync::Arc::new(StringArray::from(texts.to_vec()));
+            let batch = RecordBatch::try_from_iter([("text", col)]).unwrap();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None)
+                    .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            path
+        };
+        let a = write("a.parquet", ["one", "two"]);
+        let b = write("b.parquet", ["one", "tWo"]);
+        assert_eq!(std::fs::metadata(&a).unwrap().len(), std::fs::metadata(&b).unwrap().len());
+        assert_ne!(footer_hash(&a).unwrap(), footer_hash(&b).unwrap());
+        assert_eq!(footer_hash(&a).unwrap(), footer_hash(&a).unwrap());
+        std::fs::write(dir.path().join("c.parquet"), b"not parquet").unwrap();
+        assert!(footer_hash(&dir.path().join("c.parquet")).is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! The four stages of a worker's run, each a function that owns its channel ends, so the
+//! pipeline is only wiring:
+//!
+//! ```text
+//! read ──Chunk──▶ tokenize ──(Chunk, Prepared)──▶ model ──(Chunk, Embedded)──▶ write
+//! ```
+//!
+//! A stage returns when its input ends or its output is gone (a later stage stopped; that stage
+//! reports why). The first error is the cause; the others only saw their channel close.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use arrow::array::{Array, UInt32Array};
+
+use crate::checkpoint::Checkpoint;
+use crate::embed::{Embedded, Embedder, Prepared};
+use crate::heartbeat::Live;
+use crate::input::{self, Chunk, InputFile};
+use crate::output::ShardWriter;
+use crate::progress::Progress;
+use crate::shutdown::StopFlag;
+use crate::worker_folder::{CommitCounts, LostFolder, WorkerFolder};
+
+/// Attempts at reading a chunk of input before giving up on the file; the waits between them
+/// double from [`READ_BACKOFF`] (0.5 + 1 + 2 + 4 + 8 s in all).
+const READ_ATTEMPTS: u32 = 6;
+const READ_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the read stage reads: for each file (index into `files`), the owned global row ranges
+/// still to do, in order.
+pub struct ReadPlan<'a> {
+    pub files: &'a [InputFile],
+    pub ranges: Vec<(usize, Vec<Range<u64>>)>,
+    /// Rows per chunk: the unit that is tokenized, sorted and committed together.
+    pub chunk_rows: usize,
+    pub quiet: bool,
+}
+
+/// Read: sends the planned rows down `tx` in chunks.
+pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<()> {
+    for (i, ranges) in &plan.ranges {
+        if !read_file(&plan.files[*i], ranges, plan.chunk_rows, &tx, plan.quiet)? {
+            return Ok(()); // a later stage stopped; it reports why
+        }
+    }
+    Ok(())
+}
+
+/// Sends the owned rows `ranges` of `file` down `tx` in chunks. A read that fails (a flaky
+/// network filesystem or bucket mount) is retried with backoff from the first row not yet
+/// sent; after [`READ_ATTEMPTS`] the error names the file. Returns false when the receiver is
+/// gone.
+fn read_file(
+    file: &InputFile,
+    ranges: &[Range<u64>],
+    chunk_rows: usize,
+    tx: &SyncSender<Chunk>,
+    quiet: bool,
+) -> Result<bool> {
+    let mut sent = 0u64;
+    let mut attempt = 1;
+    loop {
+        let remaining = match skip_owned(vec![(0, ranges.to_vec())], sent).pop() {
+            Some((_, r)) => r,
+            None => return Ok(true),
+        };
+        let error = match input::read_rows(file, &remaining, chunk_rows) {
+            Err(e) => e,
+            Ok(chunks) => {
+                let mut error = None;
+                for chunk in chunks {
+                    match chunk {
+                        Ok(c) => {
+                            sent += c.rows.len() as u64;
+                            attempt = 1;
+                            if tx.send(c).is_err() {
+                                return Ok(false);
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match error {
+                    None => return Ok(true),
+                    Some(e) => e,
+                }
+            }
+        };
+        if attempt >= READ_ATTEMPTS {
+            return Err(error.context(format!(
+                "giving up on {} after {attempt} attempts to read it",
+                file.path.display()
+            )));
+        }
+        let wait = READ_BACKOFF * 2u32.pow(attempt - 1);
+        if !quiet {
+            eprintln!(
+                "batch-embed: {error:#}; retrying in {:.1}s (attempt {} of {READ_ATTEMPTS})",
+                wait.as_secs_f64(),
+                attempt + 1
+            );
+        }
+        std::thread::sleep(wait);
+        attempt += 1;
+    }
+}
+
+/// Drops the first `done` owned rows from a plan of (file, ranges).
+pub fn skip_owned(plan: Vec<(usize, Vec<Range<u64>>)>, mut done: u64) -> Vec<(usize, Vec<Range<u64>>)> {
+    let mut out = Vec::new();
+    for (file, ranges) in plan {
+        let mut kept = Vec::new();
+        for r in ranges {
+            let len = r.end - r.start;
+            if done >= len {
+                done -= len;
+            } else {
+                kept.push(r.start + done..r.end);
+                done = 0;
+            }
+        }
+        if !kept.is_empty() {
+            out.push((file, kept));
+        }
+    }
+    out
+}
+
+/// Tokenize: each chunk's texts tokenized, sorted by length and packed into batches.
+pub fn tokenize(embedder: &Embedder, rx: Receiver<Chunk>, tx: SyncSender<(Chunk, Prepared)>) -> Result<()> {
+    for chunk in rx {
+        let texts: Vec<Option<&str>> =
+            (0..chunk.texts.len()).map(|i| (!chunk.texts.is_null(i)).then(|| chunk.texts.value(i))).collect();
+        let prepared = embedder.prepare(&texts)?;
+        drop(texts);
+        if tx.send((chunk, prepared)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What the model stage did.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub rows: u64,
+    pub tokens: u64,
+    pub padded_tokens: u64,
+    pub oom_splits: u64,
+    pub oom_retries: u64,
+    /// Stopped by `stop` before its input ended.
+    pub interrupted: bool,
+}
+
+/// Model: runs each chunk's batches (on the calling thread, which owns the device), checking
+/// `stop` between batches. A chunk cut off by a stop is dropped: it is not committed, and the
+/// next run redoes it.
+pub fn model(
+    embedder: &Embedder,
+    rx: Receiver<(Chunk, Prepared)>,
+    tx: SyncSender<(Chunk, Embedded)>,
+    stop: &StopFlag,
+    progress: &mut Progress,
+    live: &Live,
+    delay: Duration,
+) -> Result<ModelStats> {
+    let mut stats = ModelStats::default();
+    for (chunk, prepared) in rx {
+        if stop.is_set() {
+            stats.interrupted = true;
+            break;
+        }
+        std::thread::sleep(delay);
+        let embedded = embedder.run_with(prepared, |texts, tokens| {
+            progress.advance(texts, tokens);
+            live.rows_done.fetch_add(texts, Relaxed);
+            live.tokens.fetch_add(tokens, Relaxed);
+            !stop.is_set()
+        })?;
+        let Some(embedded) = embedded else {
+            stats.interrupted = true;
+            break;
+        };
+        stats.tokens += embedded.tokens;
+        stats.padded_tokens += embedded.padded_tokens;
+        stats.oom_splits += embedded.oom_splits;
+        stats.oom_retries += embedded.oom_retries;
+        stats.rows += chunk.rows.len() as u64;
+        // Rows without a vector (failures) count as done too.
+        let failed = embedded.failed() as u64;
+        progress.advance(failed, 0);
+        live.rows_done.fetch_add(failed, Relaxed);
+        if tx.send((chunk, embedded)).is_err() {
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+/// Where and when the write stage commits.
+pub struct WritePlan<'a> {
+    pub folder: &'a WorkerFolder,
+    /// The checkpoint on disk, advanced by each commit.
+    pub ckpt: &'a mut Checkpoint,
+    pub shards: ShardWriter,
+    /// Commit at least this often,
+    pub every: Duration,
+    /// and whenever the open part holds this many rows.
+    pub rows_per_part: usize,
+}
+
+/// Write: buffers vectors into the open part and failure lines, and commits through the worker
+/// folder every `rows_per_part` rows or `every`, and at the end.
+pub fn write(rx: Receiver<(Chunk, Embedded)>, plan: WritePlan<'_>, live: &Live) -> Result<()> {
+    let WritePlan { folder, ckpt, mut shards, every, rows_per_part } = plan;
+    let result = write_chunks(rx, folder, ckpt, &mut shards, (every, rows_per_part), live);
+    result.map_err(|e| {
+        if e.downcast_ref::<LostFolder>().is_some() {
+            return e;
+        }
+        e.context(format!(
+            "writing to {} failed; the checkpoint keeps the {} rows committed before, so the same command resumes once this is fixed",
+            folder.dir().display(),
+            ckpt.rows_done
+        ))
+    })
+}
+
+fn write_chunks(
+    rx: Receiver<(Chunk, Embedded)>,
+    folder: &WorkerFolder,
+    ckpt: &mut Checkpoint,
+    writer: &mut ShardWriter,
+    (every, rows_per_part): (Duration, usize),
+    live: &Live,
+) -> Result<()> {
+    let mut pending = CommitCounts::default();
+    let mut failure_lines: Vec<u8> = Vec::new();
+    let mut last_commit = Instant::now();
+    let commit =
+        |writer: &mut ShardWriter, pending: &mut CommitCounts, lines: &mut Vec<u8>, ckpt: &mut Checkpoint| {
+            folder.commit(ckpt, writer.finish_part()?, lines, pending)?;
+            live.rows_committed.store(ckpt.rows_done, Relaxed);
+            live.rows_failed.store(ckpt.rows_failed, Relaxed);
+            *pending = CommitCounts::default();
+            lines.clear();
+            anyhow::Ok(())
+        };
+    for (chunk, embedded) in rx {
+        let Chunk { rows: chunk_rows, ids: chunk_ids, .. } = chunk;
+        let total = chunk_rows.len() as u64;
+        let failed = embedded.failed();
+        let (rows, values, ids) = if failed == 0 {
+            // The common case: every row has a vector; hand the chunk's buffers over as they are.
+            (chunk_rows, embedded.values, chunk_ids)
+        } else {
+            let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
+            let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
+            for (i, failure) in embedded.failures.iter().enumerate() {
+                match failure {
+                    None => {
+                        keep.push(i as u32);
+                        values.extend_from_slice(&embedded.values[i * embedded.dim..(i + 1) * embedded.dim]);
+                    }
+                    Some(f) => {
+                        let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
+                        writeln!(failure_lines, "{line}")?;
+                        pending.failed += 1;
+                    }
+                }
+            }
+            let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
+            let ids = match &chunk_ids {
+                Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
+                None => None,
+            };
+            (rows, values, ids)
+        };
+        writer.push(&rows, values, ids)?;
+        pending.embedded += rows.len() as u64;
+        pending.rows += total;
+        pending.truncated += embedded.truncated;
+        pending.tokens += embedded.tokens;
+        if writer.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
+            commit(writer, &mut pending, &mut failure_lines, ckpt)?;
+            last_commit = Instant::now();
+        }
+    }
+    commit(writer, &mut pending, &mut failure_lines, ckpt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn skips_the_first_done_rows_across_files() {
+        let plan = vec![(0, vec![0..4, 8..12]), (1, vec![16..20])];
+        assert_eq!(skip_owned(plan.clone(), 0), plan);
+        assert_eq!(skip_owned(plan.clone(), 5), vec![(0, vec![9..12]), (1, vec![16..20])]);
+        assert_eq!(skip_owned(plan.clone(), 8), vec![(1, vec![16..20])]);
+        assert_eq!(skip_owned(plan, 12), vec![]);
+    }
+}

@@ -1,0 +1,102 @@
+//! The closing summary of a worker's run.
+
+use std::time::Duration;
+
+use crate::checkpoint::Checkpoint;
+
+/// What a run did, for the closing summary.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub worker: String,
+    /// Rows this worker owns.
+    pub rows_owned: u64,
+    /// Owned rows already done by earlier runs (resumed).
+    pub rows_before: u64,
+    /// Totals over all runs of this worker.
+    pub embedded: u64,
+    pub failed: u64,
+    pub truncated: u64,
+    /// This run only.
+    pub rows_this_run: u64,
+    pub tokens: u64,
+    pub padded_tokens: u64,
+    pub parts: usize,
+    pub elapsed: Duration,
+    /// Part of `elapsed` spent loading the model.
+    pub load: Duration,
+    pub device: String,
+    pub already_complete: bool,
+    /// Stopped by a signal before the end; the checkpoint holds what was committed.
+    pub interrupted: bool,
+    /// Model batches split after running out of memory.
+    pub oom_splits: u64,
+    /// Texts that ran out of memory alone and were retried after the budget shrank.
+    pub oom_retries: u64,
+}
+
+impl Summary {
+    /// The all-runs totals a checkpoint holds; this run's figures stay zero.
+    pub fn totals(worker: String, ckpt: &Checkpoint, rows_before: u64, device: String) -> Self {
+        Summary {
+            worker,
+            rows_owned: ckpt.rows_owned,
+            rows_before,
+            embedded: ckpt.rows_embedded,
+            failed: ckpt.rows_failed,
+            truncated: ckpt.texts_truncated,
+            parts: ckpt.parts.len(),
+            device,
+            ..Summary::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.already_complete {
+            return write!(
+                f,
+                "{}: already complete ({} rows: {} embedded, {} failed); nothing to do",
+                self.worker, self.rows_owned, self.embedded, self.failed
+            );
+        }
+        if self.interrupted {
+            return write!(
+                f,
+                "{}: interrupted; {} of {} rows are committed ({} this run); run the same command to resume",
+                self.worker,
+                self.embedded + self.failed,
+                self.rows_owned,
+                self.embedded + self.failed - self.rows_before
+            );
+        }
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let padding =
+            if self.padded_tokens > 0 { 1.0 - self.tokens as f64 / self.padded_tokens as f64 } else { 0.0 };
+        writeln!(f, "{}: done", self.worker)?;
+        writeln!(f, "rows:       {} ({} embedded, {} failed)", self.rows_owned, self.embedded, self.failed)?;
+        if self.rows_before > 0 {
+            writeln!(f, "resumed:    {} rows were done before this run", self.rows_before)?;
+        }
+        writeln!(f, "truncated:  {} texts", self.truncated)?;
+        writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
+        writeln!(f, "parts:      {}", self.parts)?;
+        if self.oom_splits > 0 || self.oom_retries > 0 {
+            writeln!(
+                f,
+                "memory:     {} batches split after running out of memory; {} texts retried alone after the batch budget shrank",
+                self.oom_splits, self.oom_retries
+            )?;
+        }
+        let work = (secs - self.load.as_secs_f64()).max(1e-9);
+        write!(
+            f,
+            "time:       {:.2}s on {} (model load {:.2}s); after load {:.1} rows/s, {:.0} tokens/s",
+            secs,
+            self.device,
+            self.load.as_secs_f64(),
+            self.rows_this_run as f64 / work,
+            self.tokens as f64 / work
+        )
+    }
+}
