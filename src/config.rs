@@ -94,12 +94,6 @@ impl EmbedConfig {
             DtypeArg::Bf16 => DtypeChoice::Bf16,
             DtypeArg::F16 => DtypeChoice::F16,
         };
-        if dtype == DtypeChoice::F16 && model_config.architecture.overflows_f16() {
-            bail!(
-                "--dtype f16 is refused for {} models: their hidden states grow past f16's largest value (65504) in real checkpoints, which turns vectors into NaN or infinity; use --dtype bf16 (the default on CUDA: f32's range at f16's size) or f32",
-                model_config.architecture.as_str()
-            );
-        }
         Ok(EmbedConfig {
             inputs: args.inputs,
             model,

@@ -4,7 +4,9 @@
 //! - `read=N`: the first N attempts to read a chunk of input fail like a flaky network mount;
 //! - `commit=N`: the N-th commit of a part fails like a full disk;
 //! - `oom-above=T`: every model batch of more than T tokens (padding included) fails like an
-//!   out-of-memory allocation.
+//!   out-of-memory allocation;
+//! - `oom-first=N`: the first N model batches fail like an out-of-memory allocation, whatever
+//!   their size (memory that another process held for a moment).
 //!
 //! Comma-separated, e.g. `read=2,oom-above=64`. Without the flag nothing here fires.
 
@@ -18,11 +20,13 @@ struct Plan {
     read_failures: u64,
     commit_failure: Option<u64>,
     oom_above: Option<usize>,
+    oom_first: u64,
 }
 
 static PLAN: OnceLock<Plan> = OnceLock::new();
 static READS: AtomicU64 = AtomicU64::new(0);
 static COMMITS: AtomicU64 = AtomicU64::new(0);
+static BATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// Parses and installs a fault plan (once per process).
 pub fn install(spec: &str) -> Result<()> {
@@ -35,7 +39,8 @@ pub fn install(spec: &str) -> Result<()> {
             "read" => plan.read_failures = n,
             "commit" => plan.commit_failure = Some(n),
             "oom-above" => plan.oom_above = Some(n as usize),
-            _ => bail!("--debug-faults: unknown fault {key:?} (read, commit, oom-above)"),
+            "oom-first" => plan.oom_first = n,
+            _ => bail!("--debug-faults: unknown fault {key:?} (read, commit, oom-above, oom-first)"),
         }
     }
     let _ = PLAN.set(plan);
@@ -82,7 +87,10 @@ impl std::error::Error for InjectedOutOfMemory {}
 
 /// Called before each model batch with its padded size.
 pub fn model_batch(padded_tokens: usize) -> Result<()> {
-    match PLAN.get().and_then(|p| p.oom_above) {
+    let Some(plan) = PLAN.get() else { return Ok(()) };
+    let early = BATCHES.fetch_add(1, Ordering::Relaxed) < plan.oom_first;
+    match plan.oom_above {
+        _ if early => Err(InjectedOutOfMemory { tokens: padded_tokens }.into()),
         Some(limit) if padded_tokens > limit => Err(InjectedOutOfMemory { tokens: padded_tokens }.into()),
         _ => Ok(()),
     }

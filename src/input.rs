@@ -6,17 +6,22 @@
 //! column of the output.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelectionPolicy, RowSelector,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::reader::{ChunkReader, Length};
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
@@ -169,6 +174,50 @@ fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         .with_context(|| format!("{} is not a readable Parquet file", path.display()))
 }
 
+/// An input file that counts the bytes read from it: what `read_rows` fetches is what a
+/// worker pays for on a network file system or bucket, and the tests check that pages a worker
+/// does not own are not among it.
+struct CountingFile {
+    file: File,
+    bytes: Arc<AtomicU64>,
+}
+
+/// A reader of a [`CountingFile`] from some offset.
+struct CountingRead {
+    file: File,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Read for CountingRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Length for CountingFile {
+    fn len(&self) -> u64 {
+        self.file.len()
+    }
+}
+
+impl ChunkReader for CountingFile {
+    type T = std::io::BufReader<CountingRead>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(start))?;
+        Ok(std::io::BufReader::new(CountingRead { file, bytes: self.bytes.clone() }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        let data = self.file.get_bytes(start, length)?;
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+}
+
 /// Consecutive owned rows of one file.
 pub struct Chunk {
     /// Global row number of each row.
@@ -183,7 +232,11 @@ pub struct Chunk {
 /// others, unowned rows are skipped by a row selection (pages are skipped where the file has a
 /// page index).
 pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> Result<Chunks> {
-    let handle = File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?;
+    let handle = CountingFile {
+        file: File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?,
+        bytes: Arc::new(AtomicU64::new(0)),
+    };
+    let bytes_read = handle.bytes.clone();
     // The page index (when the file has one) lets the row selection skip whole pages.
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options)
@@ -222,16 +275,21 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
             selectors.push(RowSelector::skip((group.end - at) as usize));
         }
     }
+    // NOTE: selectors, never a mask: parquet's automatic choice reads every page and filters
+    // rows afterwards when the selected runs are short (under 32 rows), and fetching pages of
+    // rows another worker owns is what this reader exists to avoid.
     let reader = builder
         .with_projection(mask)
         .with_row_groups(groups)
         .with_row_selection(RowSelection::from(selectors))
+        .with_row_selection_policy(RowSelectionPolicy::Selectors)
         .with_batch_size(chunk_rows)
         .build()
         .with_context(|| format!("cannot read {}", file.path.display()))?;
     let rows: Vec<u64> = owned.iter().flat_map(|r| r.clone()).collect();
     Ok(Chunks {
         reader,
+        bytes_read,
         rows,
         next: 0,
         path: file.path.clone(),
@@ -242,6 +300,7 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
 
 pub struct Chunks {
     reader: ParquetRecordBatchReader,
+    bytes_read: Arc<AtomicU64>,
     rows: Vec<u64>,
     next: usize,
     path: PathBuf,
@@ -251,6 +310,11 @@ pub struct Chunks {
 }
 
 impl Chunks {
+    /// Bytes read from the file so far (footer, page index and the pages fetched).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
     fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Chunk> {
         let (text_col, id_col) = match (self.has_ids, self.text_first) {
             (false, _) => (0, None),
@@ -286,5 +350,103 @@ impl Iterator for Chunks {
             Err(e) => return Some(Err(e).with_context(|| format!("cannot read {}", self.path.display()))),
         };
         Some(self.convert(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Partition;
+    use arrow::array::RecordBatch;
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+
+    /// 4 row groups of 64 rows, pages of 8 rows, ~300 bytes of text per row, with a page index.
+    fn pages_file(path: &Path) {
+        let mut rng = 7u64;
+        let texts: Vec<String> = (0..256)
+            .map(|i| {
+                let noise: String = (0..300)
+                    .map(|_| {
+                        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        char::from(b'a' + (rng >> 59) as u8 % 26)
+                    })
+                    .collect();
+                format!("row {i} {noise}")
+            })
+            .collect();
+        let batch =
+            RecordBatch::try_from_iter([("text", Arc::new(StringArray::from(texts)) as ArrayRef)]).unwrap();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .set_max_row_group_row_count(Some(64))
+            .set_data_page_row_count_limit(8)
+            .set_write_batch_size(8)
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn read_owned(file: &InputFile, partition: &Partition) -> (Vec<u64>, u64) {
+        let owned = partition.owned_ranges(file.global_rows());
+        let mut chunks = read_rows(file, &owned, 100).unwrap();
+        let mut rows = Vec::new();
+        for c in chunks.by_ref() {
+            rows.extend(c.unwrap().rows);
+        }
+        (rows, chunks.bytes_read())
+    }
+
+    #[test]
+    fn a_worker_reads_only_the_pages_it_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pages.parquet");
+        pages_file(&path);
+        let file = open_all(std::slice::from_ref(&path), "text", None).unwrap().files.remove(0);
+        let (all_rows, all_bytes) = read_owned(&file, &Partition::new(0, 1, 4096).unwrap());
+        assert_eq!(all_rows, (0..256).collect::<Vec<u64>>());
+
+        // Worker 1 of 4 with blocks of 16 rows owns rows 16..32 of each group of 64: two pages
+        // of eight per row group.
+        let partition = Partition::new(1, 4, 16).unwrap();
+        let (rows, bytes) = read_owned(&file, &partition);
+        assert_eq!(rows, (0..256).filter(|r| partition.owns(*r)).collect::<Vec<u64>>());
+        // What it may read: the footer and page index, and the pages holding its rows.
+        let meta = ParquetRecordBatchReaderBuilder::try_new_with_options(
+            File::open(&path).unwrap(),
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+        )
+        .unwrap()
+        .metadata()
+        .clone();
+        let index = meta.page_index().expect("the test file has a page index");
+        let mut data_bytes = 0u64;
+        let mut owned_page_bytes = 0u64;
+        let mut first_row = 0u64;
+        for (g, group) in meta.row_groups().iter().enumerate() {
+            data_bytes += group.column(0).compressed_size() as u64;
+            let pages = index.offset_index(g, 0).unwrap().page_locations();
+            for (p, page) in pages.iter().enumerate() {
+                let start = first_row + page.first_row_index as u64;
+                let end = pages
+                    .get(p + 1)
+                    .map_or(first_row + group.num_rows() as u64, |n| first_row + n.first_row_index as u64);
+                if (start..end).any(|r| partition.owns(r)) {
+                    owned_page_bytes += page.compressed_page_size as u64;
+                }
+            }
+            first_row += group.num_rows() as u64;
+        }
+        let metadata_bytes = std::fs::metadata(&path).unwrap().len() - data_bytes;
+        assert!(owned_page_bytes * 4 >= data_bytes - 100, "a quarter of the pages are owned");
+        assert!(
+            bytes <= metadata_bytes + owned_page_bytes,
+            "read {bytes} bytes; the footer, page index and owned pages are {}",
+            metadata_bytes + owned_page_bytes
+        );
+        assert!(all_bytes >= data_bytes, "a worker of one reads every page");
     }
 }

@@ -6,8 +6,15 @@
 //! with the same arguments plus `--device`, `--worker-id` and `--num-workers`; SIGTERM/SIGINT
 //! are passed on to every child. Exit code: 0 when all finished, 75 when none failed but some
 //! were interrupted, 1 otherwise.
+//!
+//! Signals: each child runs in a process group of its own, so a signal sent to the launcher's
+//! whole group (Ctrl-C in a terminal, Slurm's and Kubernetes' stop signals) reaches a child only
+//! once, passed on by the launcher; a child signalled twice would exit at once without committing
+//! its finished work. A child whose launcher dies (kill -9) gets SIGTERM from the kernel and
+//! stops as if signalled.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitCode};
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +62,19 @@ pub fn run(devices: &[DeviceChoice], machine: &Identity, quiet: bool) -> Result<
             .env("BATCH_EMBED_PLAIN_PROGRESS", "1");
         for v in ENGINE_VARIABLES.iter().chain(&["BATCH_EMBED_WORKER_ID", "BATCH_EMBED_NUM_WORKERS"]) {
             cmd.env_remove(v);
+        }
+        cmd.process_group(0);
+        let launcher = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The launcher may have died before the line above took effect.
+                if libc::getppid() != launcher {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().with_context(|| format!("cannot start worker {worker}"))?;
         if !quiet {

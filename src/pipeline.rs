@@ -144,6 +144,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             load,
             oom_splits: stats.oom_splits,
             oom_retries: stats.oom_retries,
+            input_bytes: stats.input_bytes,
             interrupted: stats.interrupted,
             ..Summary::totals(worker.clone(), &ckpt, rows_before, device_name.clone())
         };
@@ -234,7 +235,34 @@ fn load_embedder(
     if let (None, Some((free, _))) = (cfg.batch_tokens, crate::device::memory_info(device)) {
         embedder.set_budget(crate::embed::auto_budget(free, &cfg.model_config, dtype.size_in_bytes()));
     }
+    if dtype == candle_core::DType::F16 && !cfg.debug_noop_model {
+        check_f16(&embedder)?;
+    }
     Ok(embedder)
+}
+
+/// Texts for the f16 check: prose, digits, code and a repeated phrase (long runs of the same
+/// tokens are where decoders grow their largest activations).
+const F16_PROBE: &[&str] = &[
+    "The book arrived on time and the story kept me reading well past midnight; the ending was a surprise.",
+    "Order #40213 shipped 2024-03-07: 3 items, total $129.99, tracking 1Z999AA10123456784.",
+    "fn main() { let v: Vec<u32> = (0..10).map(|x| x * x).collect(); println!(\"{v:?}\"); }",
+    "great great great great great great great great great great great great great great great great",
+];
+
+/// `--dtype f16` keeps values below 65504, and some checkpoints (large Qwen-family decoders in
+/// particular) grow activations past that, which turns vectors into NaN. A model that overflows
+/// on the probe texts is refused before any vector is written; otherwise every vector is still
+/// checked, and one with NaN or infinite values is recorded as a failure, never written.
+fn check_f16(embedder: &Embedder) -> Result<()> {
+    let texts: Vec<Option<&str>> = F16_PROBE.iter().map(|t| Some(*t)).collect();
+    let probe = embedder.embed(&texts)?;
+    if (0..probe.len()).any(|i| probe.vector(i) == Err(crate::embed::Failure::NonFinite)) {
+        bail!(
+            "this model overflows f16: its vectors for plain probe texts hold NaN or infinite values (f16 stops at 65504); use --dtype bf16 (f32's range at f16's size, the default on CUDA) or f32"
+        );
+    }
+    Ok(())
 }
 
 fn start_line(
@@ -299,6 +327,7 @@ fn stream(
         let writer = s.spawn(move || stages::write(done_rx, write, live));
         let model = stages::model(embedder, prep_rx, done_tx, stop, progress, live, delay);
         let read = reader.join().expect("reader thread panicked");
+        let input_bytes = read.as_ref().map_or(0, |b| *b);
         let tokenize = tokenizer.join().expect("tokenizer thread panicked");
         let write = writer.join().expect("writer thread panicked");
         // A lost folder explains whatever else failed; otherwise the first stage to fail is the
@@ -310,7 +339,7 @@ fn stream(
         tokenize?;
         let stats = model?;
         write?;
-        Ok(stats)
+        Ok(ModelStats { input_bytes, ..stats })
     })
 }
 

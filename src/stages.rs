@@ -41,14 +41,15 @@ pub struct ReadPlan<'a> {
     pub quiet: bool,
 }
 
-/// Read: sends the planned rows down `tx` in chunks.
-pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<()> {
+/// Read: sends the planned rows down `tx` in chunks. Returns the bytes read from the input.
+pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<u64> {
+    let mut bytes = 0;
     for (i, ranges) in &plan.ranges {
-        if !read_file(&plan.files[*i], ranges, plan.chunk_rows, &tx, plan.quiet)? {
-            return Ok(()); // a later stage stopped; it reports why
+        if !read_file(&plan.files[*i], ranges, plan.chunk_rows, &tx, plan.quiet, &mut bytes)? {
+            break; // a later stage stopped; it reports why
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Sends the owned rows `ranges` of `file` down `tx` in chunks. A read that fails (a flaky
@@ -61,6 +62,7 @@ fn read_file(
     chunk_rows: usize,
     tx: &SyncSender<Chunk>,
     quiet: bool,
+    bytes: &mut u64,
 ) -> Result<bool> {
     let mut sent = 0u64;
     let mut attempt = 1;
@@ -71,14 +73,15 @@ fn read_file(
         };
         let error = match input::read_rows(file, &remaining, chunk_rows) {
             Err(e) => e,
-            Ok(chunks) => {
+            Ok(mut chunks) => {
                 let mut error = None;
-                for chunk in chunks {
+                for chunk in chunks.by_ref() {
                     match chunk {
                         Ok(c) => {
                             sent += c.rows.len() as u64;
                             attempt = 1;
                             if tx.send(c).is_err() {
+                                *bytes += chunks.bytes_read();
                                 return Ok(false);
                             }
                         }
@@ -88,6 +91,7 @@ fn read_file(
                         }
                     }
                 }
+                *bytes += chunks.bytes_read();
                 match error {
                     None => return Ok(true),
                     Some(e) => e,
@@ -156,6 +160,8 @@ pub struct ModelStats {
     pub padded_tokens: u64,
     pub oom_splits: u64,
     pub oom_retries: u64,
+    /// Bytes read from the input files (set by the pipeline from the read stage).
+    pub input_bytes: u64,
     /// Stopped by `stop` before its input ended.
     pub interrupted: bool,
 }

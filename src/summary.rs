@@ -32,6 +32,8 @@ pub struct Summary {
     pub oom_splits: u64,
     /// Texts that ran out of memory alone and were retried after the budget shrank.
     pub oom_retries: u64,
+    /// Bytes read from the input files this run (footers, page indexes, owned pages).
+    pub input_bytes: u64,
 }
 
 impl Summary {
@@ -81,6 +83,7 @@ impl std::fmt::Display for Summary {
         writeln!(f, "truncated:  {} texts", self.truncated)?;
         writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
+        writeln!(f, "input:      {:.1} MiB read", self.input_bytes as f64 / (1u64 << 20) as f64)?;
         if self.oom_splits > 0 || self.oom_retries > 0 {
             writeln!(
                 f,

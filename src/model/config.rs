@@ -27,15 +27,6 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
         }
     }
-
-    /// Whether real checkpoints of this architecture are known to overflow f16: the Qwen
-    /// decoders' residual streams hold activations far above f16's 65504 (see BENCHMARKS.md
-    /// for the figures measured on Qwen2), so they run in bf16 or f32.
-    pub fn overflows_f16(self) -> bool {
-        match self {
-            Architecture::Qwen2 | Architecture::Qwen3 => true,
-        }
-    }
 }
 
 /// The validated model configuration the layers are built from.

@@ -254,3 +254,46 @@ fn bad_input_fails_before_writing() {
     std::fs::write(&junk, b"this is not parquet at all").unwrap();
     run(&junk, &[], "junk.parquet is not a readable Parquet file");
 }
+
+#[test]
+fn f16_is_refused_for_a_model_that_overflows_it_and_works_for_one_that_does_not() {
+    // A copy of the fixture whose token embeddings are scaled by 1e7: RMSNorm makes the model
+    // indifferent to the scale in f32, but the residual stream passes f16's 65504.
+    let dir = tempdir();
+    let model = dir.path().join("huge");
+    std::fs::create_dir(&model).unwrap();
+    let source = fixture("qwen2-gqa");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(source.join(f), model.join(f)).unwrap();
+    }
+    let mut tensors = std::collections::HashMap::new();
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        for (name, t) in
+            candle_core::safetensors::load(source.join(shard), &candle_core::Device::Cpu).unwrap()
+        {
+            let t = if name.ends_with("embed_tokens.weight") { (t * 1e7).unwrap() } else { t };
+            tensors.insert(name, t);
+        }
+    }
+    candle_core::safetensors::save(&tensors, model.join("model.safetensors")).unwrap();
+    let input = corpus(dir.path(), 20);
+    // f32 is fine with it.
+    embed_with(&model, &input, &dir.path().join("f32"), &[]).assert().success();
+    // f16 is refused before any vector is written.
+    let out = dir.path().join("f16");
+    embed_with(&model, &input, &out, &["--dtype", "f16"])
+        .assert()
+        .failure()
+        .stderr(contains("this model overflows f16"))
+        .stderr(contains("--dtype bf16"));
+    assert!(part_files(&out).is_empty());
+    // The fixture itself runs in f16 (on the padded path), close to f32.
+    let ok = dir.path().join("fixture-f16");
+    embed_with(&fixture("qwen2-gqa"), &input, &ok, &["--dtype", "f16"]).assert().success();
+    let f32_out = dir.path().join("fixture-f32");
+    embed_cmd(&input, &f32_out, &[]).assert().success();
+    for ((_, a), (_, b)) in read_vectors(&ok).iter().zip(read_vectors(&f32_out)) {
+        assert!(max_abs_diff(a, &b) < 1e-2);
+    }
+    batch_embed().arg("verify").arg(&ok).assert().success();
+}

@@ -415,3 +415,71 @@ fn watch_redraws_until_done_and_status_of_a_non_run_is_an_error() {
         .failure()
         .stderr(contains("holds no worker folders"));
 }
+
+#[test]
+fn device_workers_commit_when_the_whole_process_group_is_signalled_or_the_launcher_dies() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let input = corpus(dir.path(), 300);
+    let slow = [
+        "--devices",
+        "cpu,cpu,cpu",
+        "--stride-block",
+        "8",
+        "--rows-per-part",
+        "8",
+        "--checkpoint-every",
+        "0",
+    ];
+    let folders = |out: &std::path::Path| -> Vec<std::path::PathBuf> {
+        (0..3).map(|w| out.join(format!("worker-{w:05}-of-00003"))).collect()
+    };
+    // 1. SIGTERM to the launcher's whole process group, as Ctrl-C, Slurm and Kubernetes do.
+    let out = dir.path().join("group");
+    let log = dir.path().join("group.log");
+    let mut launcher = embed_child(&input, &out, &slow)
+        .args(["--debug-chunk-delay-ms", "150"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_for("every worker to commit", || folders(&out).iter().all(|f| done(&f.join("checkpoint.json")) > 0));
+    // SAFETY: signalling the process group our child leads.
+    assert_eq!(unsafe { libc::kill(-(launcher.id() as libc::pid_t), libc::SIGTERM) }, 0);
+    assert_eq!(wait_exit(&mut launcher, Duration::from_secs(20)), 75);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !stderr.contains("second SIGTERM") && !stderr.contains("exiting now"),
+        "a worker was signalled twice: {stderr}"
+    );
+    for f in folders(&out) {
+        let progress: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.join("progress.json")).unwrap()).unwrap();
+        assert_eq!(progress["state"], "interrupted", "{}: {stderr}", f.display());
+        assert_eq!(progress["rows_done"], progress["rows_committed"], "{}", f.display());
+    }
+    embed_cmd(&input, &out, &slow).assert().success();
+    batch_embed().arg("verify").arg(&out).assert().success();
+
+    // 2. The launcher killed outright: its workers are told by the kernel and stop cleanly.
+    let out = dir.path().join("orphans");
+    let log = dir.path().join("orphans.log");
+    let mut launcher = embed_child(&input, &out, &slow)
+        .args(["--debug-chunk-delay-ms", "150"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("every worker to commit", || folders(&out).iter().all(|f| done(&f.join("checkpoint.json")) > 0));
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    wait_for("every worker to stop", || {
+        folders(&out).iter().all(|f| {
+            std::fs::read_to_string(f.join("progress.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|p| p["state"] == "interrupted")
+        })
+    });
+    embed_cmd(&input, &out, &slow).assert().success();
+    batch_embed().arg("verify").arg(&out).assert().success();
+}

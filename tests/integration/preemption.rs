@@ -341,3 +341,80 @@ fn an_out_of_memory_batch_is_split_and_a_text_too_big_alone_is_recorded() {
     assert_same_vectors(&want, &read_vectors(&out));
     verify(&out).success();
 }
+
+#[test]
+fn a_worker_whose_folder_is_taken_over_commits_nothing_more_and_says_so() {
+    // node-a runs; node-b takes the folder with --force-unlock midway. node-a must stop at its
+    // next commit without renaming a part or saving the checkpoint, and node-b's result must be
+    // the uninterrupted output: every row once, verify OK.
+    let dir = tempdir();
+    let input = corpus(dir.path(), 400);
+    let clean = clean_run(&input, dir.path());
+    let out = dir.path().join("out");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut slow = SLOW.to_vec();
+    slow[7] = "80";
+    let mut a = embed_child(&input, &out, &slow)
+        .env("BATCH_EMBED_HOSTNAME", "node-a")
+        .stderr(std::fs::File::create(&log_a).unwrap())
+        .spawn()
+        .unwrap();
+    let checkpoint = worker0(&out).join("checkpoint.json");
+    wait_for_progress(&mut a, &checkpoint, 32);
+    let mut b = embed_child(&input, &out, &[&slow[..], &["--force-unlock"]].concat())
+        .env("BATCH_EMBED_HOSTNAME", "node-b")
+        .stderr(std::fs::File::create(&log_b).unwrap())
+        .spawn()
+        .unwrap();
+    let code_a = wait_exit(&mut a, Duration::from_secs(60));
+    let stderr_a = std::fs::read_to_string(&log_a).unwrap();
+    assert_eq!(code_a, 1, "{stderr_a}");
+    assert!(
+        stderr_a.contains("on host node-b")
+            && stderr_a.contains("nothing more was committed by this process"),
+        "{stderr_a}"
+    );
+    // node-b is still running when node-a is gone: node-a stopped at its first commit after.
+    assert!(b.try_wait().unwrap().is_none(), "node-b finished before node-a noticed");
+    let code_b = wait_exit(&mut b, Duration::from_secs(120));
+    assert_eq!(code_b, 0, "{}", std::fs::read_to_string(&log_b).unwrap());
+    let ckpt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    assert_eq!(ckpt["rows_done"], 400);
+    assert_same_output(&clean, &out);
+    // node-a's progress record did not overwrite node-b's.
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(worker0(&out).join("progress.json")).unwrap()).unwrap();
+    assert_eq!((progress["host"].as_str(), progress["state"].as_str()), (Some("node-b"), Some("done")));
+}
+
+#[test]
+fn a_text_that_runs_out_of_memory_alone_is_retried_once_before_it_counts_as_failed() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 60);
+    let clean = clean_run(&input, dir.path());
+    let out = dir.path().join("out");
+    // One text per batch; the first batch runs out of memory (a passing shortage): that text is
+    // retried after the others and embedded, nothing fails.
+    embed_with(&fixture("qwen2-gqa"), &input, &out, &["--id-column", "id", "--batch-tokens", "1"])
+        .args(["--debug-faults", "oom-first=1"])
+        .assert()
+        .success();
+    assert_eq!(read_failures(&out), read_failures(&clean));
+    assert_same_output(&clean, &out);
+    // Out of memory every time (the first try and the retry): each text is a failure, recorded
+    // with its reason, and the run is still complete and sound.
+    let always = dir.path().join("always");
+    embed_with(&fixture("qwen2-gqa"), &input, &always, &["--id-column", "id", "--batch-tokens", "1"])
+        .args(["--debug-faults", "oom-first=100000"])
+        .assert()
+        .success();
+    let failures = read_failures(&always);
+    let oom = failures
+        .iter()
+        .filter(|(_, r)| r.contains("also when retried after the batch budget shrank"))
+        .count();
+    assert_eq!(oom + read_failures(&clean).len(), 60, "{failures:?}");
+    assert!(read_vectors(&always).is_empty());
+    verify(&always).success();
+}
