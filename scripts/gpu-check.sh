@@ -13,8 +13,9 @@
 #      cosine >= 0.99999 (f32) / 0.999 (bf16);
 #   2. ours on DEVICE vs ours on the CPU (f32): cosine >= 0.99999 (f32) / 0.999 (bf16);
 # then, on the GPU only, with the 1.5B-shaped model:
-#   3. a batch budget far too big for the GPU (long texts): out-of-memory batches are split and
-#      retried, the run completes, `verify` passes and the vectors match a normal run;
+#   3. the GPU nearly full (--debug-faults hog-gib takes all but a few GiB after the model loads)
+#      and a batch budget far too big: CUDA's out-of-memory errors are recognised, batches are
+#      split and retried, the run completes, `verify` passes and the vectors match a normal run;
 #   4. kill -9 twice mid-run and resume: the output matches an uninterrupted run, `verify` passes.
 # Exits 1 if any check fails. Env: BIN (default target/cuda/batch-embed), PY (default the
 # PyTorch venv at /opt/torch/.venv, else python3), WORK (default a temp dir), ROWS (64).
@@ -76,10 +77,12 @@ done
 
 if [[ $DEVICE == cuda ]]; then
   big="$WORK/$(echo "$SHAPES" | awk '{print $1}')"
-  step "out-of-memory split on $DEVICE ($(basename "$big"), long texts)"
+  step "out-of-memory split on $DEVICE ($(basename "$big"), long texts, all but ${LEAVE_GIB:-6} GiB taken)"
+  total_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | awk '{print int($1 / 1024)}')
+  hog=$((total_gib - ${LEAVE_GIB:-6} - 4))
   embed --device cuda --model "$big" --output "$WORK/long-ref" --batch-tokens 16384 "$WORK/long.parquet"
   "$BIN" embed --device cuda --model "$big" --output "$WORK/long-oom" --batch-tokens 4000000 \
-    --max-tokens 8192 "$WORK/long.parquet" 2>&1 | tee "$WORK/oom.log" | tail -3
+    --max-tokens 8192 --debug-faults "hog-gib=$hog" "$WORK/long.parquet" 2>&1 | tee "$WORK/oom.log" | tail -3
   check "a batch too big for the GPU was split" grep -q "split after running out of memory" "$WORK/oom.log"
   check "verify after the splits" "$BIN" verify "$WORK/long-oom"
   check "split batches give the same vectors" "$PY" scripts/compare_outputs.py "$WORK/long-ref" "$WORK/long-oom" \

@@ -100,7 +100,8 @@ fn keep_freed_memory(device: &Device) {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
         use cudarc::driver::sys;
-        let ctx = d.cuda_stream().context();
+        let stream = d.cuda_stream();
+        let ctx = stream.context();
         let _ = ctx.bind_to_thread();
         let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
         let mut threshold: u64 = u64::MAX;

@@ -6,7 +6,10 @@
 //! - `oom-above=T`: every model batch of more than T tokens (padding included) fails like an
 //!   out-of-memory allocation;
 //! - `oom-first=N`: the first N model batches fail like an out-of-memory allocation, whatever
-//!   their size (memory that another process held for a moment).
+//!   their size (memory that another process held for a moment);
+//! - `hog-gib=N`: N GiB of GPU memory are taken after the model loads and held for the whole
+//!   run (another process on the GPU), so that big batches run out of memory for real (CUDA's
+//!   own error, which must be recognised and split). Nothing happens on the CPU.
 //!
 //! Comma-separated, e.g. `read=2,oom-above=64`. Without the flag nothing here fires.
 
@@ -21,12 +24,14 @@ struct Plan {
     commit_failure: Option<u64>,
     oom_above: Option<usize>,
     oom_first: u64,
+    hog_gib: u64,
 }
 
 static PLAN: OnceLock<Plan> = OnceLock::new();
 static READS: AtomicU64 = AtomicU64::new(0);
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 static BATCHES: AtomicU64 = AtomicU64::new(0);
+static HOG: OnceLock<candle_core::Tensor> = OnceLock::new();
 
 /// Parses and installs a fault plan (once per process).
 pub fn install(spec: &str) -> Result<()> {
@@ -40,7 +45,8 @@ pub fn install(spec: &str) -> Result<()> {
             "commit" => plan.commit_failure = Some(n),
             "oom-above" => plan.oom_above = Some(n as usize),
             "oom-first" => plan.oom_first = n,
-            _ => bail!("--debug-faults: unknown fault {key:?} (read, commit, oom-above, oom-first)"),
+            "hog-gib" => plan.hog_gib = n,
+            _ => bail!("--debug-faults: unknown fault {key:?} (read, commit, oom-above, oom-first, hog-gib)"),
         }
     }
     let _ = PLAN.set(plan);
@@ -94,4 +100,16 @@ pub fn model_batch(padded_tokens: usize) -> Result<()> {
         Some(limit) if padded_tokens > limit => Err(InjectedOutOfMemory { tokens: padded_tokens }.into()),
         _ => Ok(()),
     }
+}
+
+/// Called once the model is loaded: takes `hog-gib` GiB of the GPU's memory for the rest of the
+/// process.
+pub fn hog(device: &candle_core::Device) -> Result<()> {
+    let Some(gib) = PLAN.get().map(|p| p.hog_gib).filter(|&g| g > 0) else { return Ok(()) };
+    if device.is_cpu() {
+        return Ok(());
+    }
+    let held = candle_core::Tensor::zeros((gib as usize) << 30, candle_core::DType::U8, device)?;
+    let _ = HOG.set(held);
+    Ok(())
 }

@@ -232,6 +232,7 @@ fn load_embedder(
     } else {
         Embedder::load(&cfg.model, &cfg.model_config, options, dtype, device)?
     };
+    crate::faults::hog(device)?;
     if let (None, Some((free, _))) = (cfg.batch_tokens, crate::device::memory_info(device)) {
         embedder.set_budget(crate::embed::auto_budget(free, &cfg.model_config, dtype.size_in_bytes()));
     }
