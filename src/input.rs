@@ -29,6 +29,8 @@ pub struct InputFile {
     pub path: PathBuf,
     pub bytes: u64,
     pub rows: u64,
+    /// The content identity of the file: a hash of its Parquet footer (`run_spec::footer_hash`).
+    pub footer_hash: String,
     /// Global number of this file's first row.
     pub first_row: u64,
     /// Rows in each row group, in order.
@@ -158,6 +160,7 @@ pub fn open_all(paths: &[PathBuf], text_column: &str, id_column: Option<&str>) -
             path: path.clone(),
             bytes,
             rows,
+            footer_hash: crate::run_spec::footer_hash(path)?,
             first_row,
             row_groups,
             text_index,

@@ -63,7 +63,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let device = crate::device::open(cfg.device, cfg.cuda_lib_dir.as_deref(), &mut note)?;
     let dtype = crate::device::dtype(cfg.dtype, &device);
     let device_name = crate::device::describe(&device);
-    let spec = describe_run(cfg, &inputs, &cfg.model.content_hash()?, dtype)?;
+    let spec = describe_run(cfg, &inputs, &cfg.model.content_hash()?, dtype);
 
     let worker = format!("worker {} of {}", cfg.partition.worker_id, cfg.partition.num_workers);
     let lock = LockOptions::new(cfg.force_unlock, cfg.lock_stale);
@@ -171,25 +171,18 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
 }
 
 /// The run's description: what decides its rows and its vectors.
-fn describe_run(
-    cfg: &EmbedConfig,
-    inputs: &Inputs,
-    model_hash: &str,
-    dtype: candle_core::DType,
-) -> Result<RunSpec> {
+fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: candle_core::DType) -> RunSpec {
     let inputs = inputs
         .files
         .iter()
-        .map(|f| {
-            Ok(InputSpec {
-                path: canonical(&f.path),
-                bytes: f.bytes,
-                rows: f.rows,
-                footer: crate::run_spec::footer_hash(&f.path)?,
-            })
+        .map(|f| InputSpec {
+            path: canonical(&f.path),
+            bytes: f.bytes,
+            rows: f.rows,
+            footer: f.footer_hash.clone(),
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RunSpec {
+        .collect();
+    RunSpec {
         rows: RowSpec {
             inputs,
             text_column: cfg.text_column.clone(),
@@ -209,7 +202,7 @@ fn describe_run(
             dtype: format!("{dtype:?}").to_lowercase(),
             output_dtype: cfg.output_dtype.as_str().to_string(),
         },
-    })
+    }
 }
 
 /// The model (or the bench hook's stand-in) with its batch budget: the flag, else 8192 tokens

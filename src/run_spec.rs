@@ -96,14 +96,19 @@ impl RunSpec {
         out
     }
 
-    /// The metadata of a part file written by worker `worker_id` of this run.
-    pub fn part_metadata(&self, worker_id: u64, model_dir: &str) -> HashMap<String, String> {
-        let spec = PartSpec {
+    /// What a part file written by worker `worker_id` of this run records.
+    pub fn part_spec(&self, worker_id: u64) -> PartSpec {
+        PartSpec {
             vectors: self.vectors.clone(),
             num_workers: self.rows.num_workers,
             stride_block: self.rows.stride_block,
             worker_id,
-        };
+        }
+    }
+
+    /// The metadata of a part file written by worker `worker_id` of this run.
+    pub fn part_metadata(&self, worker_id: u64, model_dir: &str) -> HashMap<String, String> {
+        let spec = self.part_spec(worker_id);
         let mut m = HashMap::new();
         // Flat keys, one per field, for people and SQL (`prompt` is "" when there is none).
         let value = serde_json::to_value(&spec).expect("serializable");
@@ -133,12 +138,7 @@ impl PartSpec {
 
     /// Names what differs from the run's own description (the checkpoint's).
     pub fn differences(&self, run: &RunSpec, worker_id: u64) -> Vec<String> {
-        let expected = PartSpec {
-            vectors: run.vectors.clone(),
-            num_workers: run.rows.num_workers,
-            stride_block: run.rows.stride_block,
-            worker_id,
-        };
+        let expected = run.part_spec(worker_id);
         let mut out = Vec::new();
         diff_values(
             "",
