@@ -1,5 +1,5 @@
 //! The one description of a run: everything that decides which rows a worker owns and what their
-//! vectors are. The checkpoint's fingerprint, every part file's metadata and `verify`'s
+//! vectors are. The checkpoint's copy of it, every part file's metadata and `verify`'s
 //! comparisons are all made from this type, so an option is added here once and reaches all
 //! three.
 //!
