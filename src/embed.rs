@@ -65,6 +65,8 @@ pub struct Embedded {
     pub padded_tokens: u64,
     /// Texts cut to `max_tokens`.
     pub truncated: u64,
+    /// Per text: whether it was cut.
+    pub cut: Vec<bool>,
     /// Batches split in two after running out of memory.
     pub oom_splits: u64,
     /// Texts that ran out of memory alone and were retried once after the budget shrank.
@@ -101,6 +103,7 @@ pub struct Prepared {
     /// Each batch with, per text in it, the index of that text in the input.
     batches: Vec<(Batch, Vec<usize>)>,
     truncated: u64,
+    cut: Vec<bool>,
 }
 
 pub struct Embedder {
@@ -209,6 +212,7 @@ impl Embedder {
         let mut tokenized = self.tokenizer.encode_batch(&present)?.into_iter();
         let mut failures = vec![None; texts.len()];
         let mut truncated = 0;
+        let mut cut = vec![false; texts.len()];
         let mut seqs: Vec<Vec<u32>> = Vec::new();
         let mut slots: Vec<usize> = Vec::new(); // seqs[i] belongs to texts[slots[i]]
         for (i, text) in texts.iter().enumerate() {
@@ -222,6 +226,7 @@ impl Embedder {
                 continue;
             }
             truncated += t.truncated as u64;
+            cut[i] = t.truncated;
             seqs.push(t.ids);
             slots.push(i);
         }
@@ -233,7 +238,7 @@ impl Embedder {
                 (Batch::new(&refs), group.iter().map(|&i| slots[i]).collect())
             })
             .collect();
-        Ok(Prepared { failures, batches, truncated })
+        Ok(Prepared { failures, batches, truncated, cut })
     }
 
     /// The device half: run the prepared batches through the model, pool and normalise.
@@ -254,6 +259,7 @@ impl Embedder {
             dim,
             failures: prepared.failures,
             truncated: prepared.truncated,
+            cut: prepared.cut,
             ..Embedded::default()
         };
         // Texts that ran out of memory alone: retried once at the end, after the budget shrank.

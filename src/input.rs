@@ -226,6 +226,8 @@ pub struct Chunk {
     /// Global row number of each row.
     pub rows: Vec<u64>,
     pub texts: StringArray,
+    /// Each text's content hash (`sync::text_hash`; 0 for a null text).
+    pub hashes: Vec<u128>,
     /// The id column's values, when asked for.
     pub ids: Option<ArrayRef>,
 }
@@ -337,7 +339,8 @@ impl Chunks {
             .to_vec();
         self.next += n;
         let ids = id_col.map(|i| batch.column(i).clone());
-        Ok(Chunk { rows, texts, ids })
+        let hashes = texts.iter().map(|t| t.map_or(0, crate::sync::text_hash)).collect();
+        Ok(Chunk { rows, texts, hashes, ids })
     }
 }
 

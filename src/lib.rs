@@ -31,6 +31,7 @@ pub mod stages;
 pub mod status;
 pub mod status_page;
 pub mod summary;
+pub mod sync;
 pub mod tokenize;
 pub mod verify;
 pub mod worker_folder;

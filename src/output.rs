@@ -1,5 +1,6 @@
 //! Vector shards: Parquet files with `row` (UInt64), optionally `id` (the input's id column, its
-//! own type) and `embedding` (FixedSizeList of Float32 or Float16). This module encodes them into
+//! own type), `text_hash` (FixedSizeBinary(16), see `sync::text_hash`) and `embedding`
+//! (FixedSizeList of Float32 or Float16). This module encodes them into
 //! a temporary file; the worker folder renames a finished one into place when it commits, so a
 //! reader never sees half a file.
 
@@ -8,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt64Array};
+use arrow::array::{
+    ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt64Array,
+};
+use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -40,6 +44,9 @@ impl OutputDtype {
         }
     }
 }
+
+/// The name of the text hash column.
+pub const TEXT_HASH: &str = "text_hash";
 
 /// Rows per Parquet row group in a part: bounds the writer's memory (≤ 4096 × dim × 4 bytes
 /// buffered) while keeping groups large enough for readers.
@@ -81,6 +88,7 @@ impl ShardWriter {
         if let Some(t) = id_type {
             fields.push(Field::new("id", t, true));
         }
+        fields.push(Field::new(TEXT_HASH, DataType::FixedSizeBinary(16), false));
         let item = Field::new_list_field(dtype.arrow(), false);
         fields.push(Field::new("embedding", DataType::FixedSizeList(Arc::new(item), dim as i32), false));
         ShardWriter {
@@ -93,23 +101,39 @@ impl ShardWriter {
         }
     }
 
-    /// Appends one vector per row to the open part: `values` is row-major `[rows, dim]` (taken
-    /// over without a copy for f32); `ids` (if the run has an id column) holds one value per row.
-    pub fn push(&mut self, rows: &[u64], values: Vec<f32>, ids: Option<ArrayRef>) -> Result<()> {
-        debug_assert_eq!(rows.len() * self.dim, values.len());
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let values: ArrayRef = match self.dtype {
+    /// The output's element array for row-major `[rows, dim]` f32 values (taken over without a
+    /// copy for f32 output).
+    pub fn values(&self, values: Vec<f32>) -> ArrayRef {
+        match self.dtype {
             OutputDtype::F32 => Arc::new(Float32Array::from(values)),
             OutputDtype::F16 => {
                 Arc::new(Float16Array::from_iter_values(values.into_iter().map(half::f16::from_f32)))
             }
-        };
+        }
+    }
+
+    /// Appends one vector per row to the open part: `values` is the flat `[rows × dim]` array of
+    /// the output's element type (see [`ShardWriter::values`]); `hashes` are the rows' text
+    /// hashes; `ids` (if the run has an id column) holds one value per row.
+    pub fn push(
+        &mut self,
+        rows: &[u64],
+        hashes: &[u128],
+        ids: Option<ArrayRef>,
+        values: ArrayRef,
+    ) -> Result<()> {
+        debug_assert_eq!(rows.len() * self.dim, values.len());
+        debug_assert_eq!(rows.len(), hashes.len());
+        if rows.is_empty() {
+            return Ok(());
+        }
         let item = Arc::new(Field::new_list_field(self.dtype.arrow(), false));
         let list = FixedSizeListArray::try_new(item, self.dim as i32, values, None)?;
+        let hash_bytes: Vec<u8> = hashes.iter().flat_map(|&h| crate::sync::hash_bytes(h)).collect();
+        let hashes = FixedSizeBinaryArray::new(16, Buffer::from_vec(hash_bytes), None);
         let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(rows.to_vec()))];
         columns.extend(ids);
+        columns.push(Arc::new(hashes));
         columns.push(Arc::new(list));
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         if self.open.is_none() {

@@ -29,6 +29,7 @@ use crate::run_spec::{InputSpec, RowSpec, RunSpec, VectorSpec};
 use crate::shutdown::StopFlag;
 use crate::stages::{self, ModelStats, ReadPlan, WritePlan};
 use crate::summary::Summary;
+use crate::sync::dedup::Dedup;
 use crate::worker_folder::{LostFolder, WorkerFolder};
 
 /// Rows read and tokenized together: the window sorted by length before packing, and the
@@ -144,6 +145,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             load,
             oom_splits: stats.oom_splits,
             oom_retries: stats.oom_retries,
+            deduplicated: stats.deduplicated,
             input_bytes: stats.input_bytes,
             interrupted: stats.interrupted,
             ..Summary::totals(worker.clone(), &ckpt, rows_before, device_name.clone())
@@ -312,14 +314,15 @@ fn stream(
     monitor: Monitor<'_>,
 ) -> Result<ModelStats> {
     let Monitor { stop, live, progress, delay } = monitor;
+    let dedup = &Dedup::new(embedder.dim(), crate::sync::dedup::DEFAULT_CACHE_BYTES);
     std::thread::scope(|s| {
         let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(QUEUE);
         let (prep_tx, prep_rx) = sync_channel(QUEUE);
         let (done_tx, done_rx) = sync_channel(QUEUE);
         let reader = s.spawn(move || stages::read(read, chunk_tx));
-        let tokenizer = s.spawn(move || stages::tokenize(embedder, chunk_rx, prep_tx));
+        let tokenizer = s.spawn(move || stages::tokenize(embedder, dedup, chunk_rx, prep_tx));
         let writer = s.spawn(move || stages::write(done_rx, write, live));
-        let model = stages::model(embedder, prep_rx, done_tx, stop, progress, live, delay);
+        let model = stages::model(embedder, dedup, prep_rx, done_tx, stop, progress, live, delay);
         let read = reader.join().expect("reader thread panicked");
         let input_bytes = read.as_ref().map_or(0, |b| *b);
         let tokenize = tokenizer.join().expect("tokenizer thread panicked");

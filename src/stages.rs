@@ -24,6 +24,7 @@ use crate::input::{self, Chunk, InputFile};
 use crate::output::ShardWriter;
 use crate::progress::Progress;
 use crate::shutdown::StopFlag;
+use crate::sync::dedup::{ChunkPlan, Dedup};
 use crate::worker_folder::{CommitCounts, LostFolder, WorkerFolder};
 
 /// Attempts at reading a chunk of input before giving up on the file; the waits between them
@@ -138,14 +139,31 @@ pub fn skip_owned(plan: Vec<(usize, Vec<Range<u64>>)>, mut done: u64) -> Vec<(us
     out
 }
 
-/// Tokenize: each chunk's texts tokenized, sorted by length and packed into batches.
-pub fn tokenize(embedder: &Embedder, rx: Receiver<Chunk>, tx: SyncSender<(Chunk, Prepared)>) -> Result<()> {
+/// A chunk on its way to the model: its rows mapped onto unique texts (dedup.rs), and those
+/// texts tokenized and packed.
+pub struct Tokenized {
+    pub chunk: Chunk,
+    pub plan: ChunkPlan,
+    pub prepared: Prepared,
+}
+
+/// Tokenize: each chunk's unique texts (repeats and remembered texts left out) tokenized,
+/// sorted by length and packed into batches.
+pub fn tokenize(
+    embedder: &Embedder,
+    dedup: &Dedup,
+    rx: Receiver<Chunk>,
+    tx: SyncSender<Tokenized>,
+) -> Result<()> {
     for chunk in rx {
         let texts: Vec<Option<&str>> =
             (0..chunk.texts.len()).map(|i| (!chunk.texts.is_null(i)).then(|| chunk.texts.value(i))).collect();
-        let prepared = embedder.prepare(&texts)?;
-        drop(texts);
-        if tx.send((chunk, prepared)).is_err() {
+        let lengths: Vec<Option<usize>> = texts.iter().map(|t| t.map(str::len)).collect();
+        let plan = dedup.plan(&chunk.hashes, &lengths);
+        let unique: Vec<Option<&str>> = plan.unique_rows.iter().map(|&r| texts[r]).collect();
+        let prepared = embedder.prepare(&unique)?;
+        drop((texts, unique));
+        if tx.send(Tokenized { chunk, plan, prepared }).is_err() {
             break;
         }
     }
@@ -160,6 +178,8 @@ pub struct ModelStats {
     pub padded_tokens: u64,
     pub oom_splits: u64,
     pub oom_retries: u64,
+    /// Rows whose text was already embedded in this run (a repeat).
+    pub deduplicated: u64,
     /// Bytes read from the input files (set by the pipeline from the read stage).
     pub input_bytes: u64,
     /// Stopped by `stop` before its input ended.
@@ -169,9 +189,11 @@ pub struct ModelStats {
 /// Model: runs each chunk's batches (on the calling thread, which owns the device), checking
 /// `stop` between batches. A chunk cut off by a stop is dropped: it is not committed, and the
 /// next run redoes it.
+#[allow(clippy::too_many_arguments)]
 pub fn model(
     embedder: &Embedder,
-    rx: Receiver<(Chunk, Prepared)>,
+    dedup: &Dedup,
+    rx: Receiver<Tokenized>,
     tx: SyncSender<(Chunk, Embedded)>,
     stop: &StopFlag,
     progress: &mut Progress,
@@ -179,31 +201,35 @@ pub fn model(
     delay: Duration,
 ) -> Result<ModelStats> {
     let mut stats = ModelStats::default();
-    for (chunk, prepared) in rx {
+    for Tokenized { chunk, plan, prepared } in rx {
         if stop.is_set() {
             stats.interrupted = true;
             break;
         }
         std::thread::sleep(delay);
-        let embedded = embedder.run_with(prepared, |texts, tokens| {
+        let mut counted = 0;
+        let unique = embedder.run_with(prepared, |texts, tokens| {
+            counted += texts;
             progress.advance(texts, tokens);
             live.rows_done.fetch_add(texts, Relaxed);
             live.tokens.fetch_add(tokens, Relaxed);
             !stop.is_set()
         })?;
-        let Some(embedded) = embedded else {
+        let Some(unique) = unique else {
             stats.interrupted = true;
             break;
         };
+        let embedded = dedup.expand(&plan, unique);
         stats.tokens += embedded.tokens;
         stats.padded_tokens += embedded.padded_tokens;
         stats.oom_splits += embedded.oom_splits;
         stats.oom_retries += embedded.oom_retries;
+        stats.deduplicated += plan.deduplicated();
         stats.rows += chunk.rows.len() as u64;
-        // Rows without a vector (failures) count as done too.
-        let failed = embedded.failed() as u64;
-        progress.advance(failed, 0);
-        live.rows_done.fetch_add(failed, Relaxed);
+        // Rows not counted batch by batch (failures, repeats) are done too.
+        let rest = chunk.rows.len() as u64 - counted;
+        progress.advance(rest, 0);
+        live.rows_done.fetch_add(rest, Relaxed);
         if tx.send((chunk, embedded)).is_err() {
             break;
         }
@@ -261,12 +287,12 @@ fn write_chunks(
             anyhow::Ok(())
         };
     for (chunk, embedded) in rx {
-        let Chunk { rows: chunk_rows, ids: chunk_ids, .. } = chunk;
+        let Chunk { rows: chunk_rows, ids: chunk_ids, hashes: chunk_hashes, .. } = chunk;
         let total = chunk_rows.len() as u64;
         let failed = embedded.failed();
-        let (rows, values, ids) = if failed == 0 {
+        let (rows, hashes, values, ids) = if failed == 0 {
             // The common case: every row has a vector; hand the chunk's buffers over as they are.
-            (chunk_rows, embedded.values, chunk_ids)
+            (chunk_rows, chunk_hashes, embedded.values, chunk_ids)
         } else {
             let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
             let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
@@ -284,13 +310,15 @@ fn write_chunks(
                 }
             }
             let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
+            let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
             let ids = match &chunk_ids {
                 Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
                 None => None,
             };
-            (rows, values, ids)
+            (rows, hashes, values, ids)
         };
-        writer.push(&rows, values, ids)?;
+        let values = writer.values(values);
+        writer.push(&rows, &hashes, ids, values)?;
         pending.embedded += rows.len() as u64;
         pending.rows += total;
         pending.truncated += embedded.truncated;

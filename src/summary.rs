@@ -34,6 +34,8 @@ pub struct Summary {
     pub oom_retries: u64,
     /// Bytes read from the input files this run (footers, page indexes, owned pages).
     pub input_bytes: u64,
+    /// Rows of this run whose text had already been embedded in it (repeats).
+    pub deduplicated: u64,
 }
 
 impl Summary {
@@ -81,6 +83,11 @@ impl std::fmt::Display for Summary {
             writeln!(f, "resumed:    {} rows were done before this run", self.rows_before)?;
         }
         writeln!(f, "truncated:  {} texts", self.truncated)?;
+        writeln!(
+            f,
+            "repeats:    {} rows had a text already embedded in this run (embedded once)",
+            self.deduplicated
+        )?;
         writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
         writeln!(f, "input:      {:.1} MiB read", self.input_bytes as f64 / (1u64 << 20) as f64)?;

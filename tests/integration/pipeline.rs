@@ -237,10 +237,11 @@ fn shards_have_the_documented_schema_and_metadata() {
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&parts[0]).unwrap()).unwrap();
     let schema = reader.schema().clone();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["row", "id", "embedding"]);
+    assert_eq!(names, ["row", "id", "text_hash", "embedding"]);
     assert_eq!(schema.field(0).data_type(), &DataType::UInt64);
     assert_eq!(schema.field(1).data_type(), &DataType::Int64, "id keeps its type");
-    match schema.field(2).data_type() {
+    assert_eq!(schema.field(2).data_type(), &DataType::FixedSizeBinary(16));
+    match schema.field(3).data_type() {
         DataType::FixedSizeList(item, 64) => assert_eq!(item.data_type(), &DataType::Float16),
         other => panic!("embedding is {other}"),
     }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -111,8 +111,8 @@ fn deep_finds_nan_and_unnormalised_vectors() {
     let schema = reader.schema().clone();
     let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
     let batch = arrow::compute::concat_batches(&schema, &batches).unwrap();
-    let rows = batch.column(0).clone();
-    let emb = batch.column(1).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    let emb_index = schema.index_of("embedding").unwrap();
+    let emb = batch.column(emb_index).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
     let dim = emb.value_length() as usize;
     let mut values: Vec<f32> =
         emb.values().as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
@@ -123,9 +123,9 @@ fn deep_finds_nan_and_unnormalised_vectors() {
     let item = Arc::new(Field::new_list_field(DataType::Float32, false));
     let list =
         FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None).unwrap();
-    let rows = rows.as_any().downcast_ref::<UInt64Array>().unwrap().clone();
-    let tampered =
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(rows) as ArrayRef, Arc::new(list)]).unwrap();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[emb_index] = Arc::new(list);
+    let tampered = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let mut w = ArrowWriter::try_new(std::fs::File::create(&part).unwrap(), schema, None).unwrap();
     w.write(&tampered).unwrap();
     w.close().unwrap();
