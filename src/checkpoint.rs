@@ -16,7 +16,7 @@ use crate::run_spec::RunSpec;
 
 pub const FILE_NAME: &str = "checkpoint.json";
 /// Checkpoints of other versions are refused (`--restart` starts over).
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// One committed part file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,10 +37,20 @@ pub struct Checkpoint {
     pub owner: String,
     /// Rows this worker owns in total.
     pub rows_owned: u64,
-    /// Owned rows accounted for, in owned-row order: a vector in a listed part or a line in
+    /// Owned rows accounted for: a vector in a listed part (embedded or reused) or a line in
     /// failures.jsonl.
     pub rows_done: u64,
+    /// Rows whose vector this run computed (repeats of an embedded text included).
     pub rows_embedded: u64,
+    /// Rows whose vector was copied from a previous output (`--reuse`).
+    pub rows_reused: u64,
+    /// Of `rows_embedded`, rows whose text had already been embedded in this run.
+    pub rows_deduplicated: u64,
+    /// Rows of the embed phase done: a prefix, in order, of the owned rows that are not reused
+    /// (all owned rows without `--reuse`). A resumed run skips them.
+    pub embed_done: u64,
+    /// With `--reuse`: where vectors are copied from, and how far the copy got.
+    pub reuse: Option<crate::sync::reuse::ReuseState>,
     pub rows_failed: u64,
     /// Length of failures.jsonl that belongs to the committed rows.
     pub failures_bytes: u64,
@@ -63,6 +73,10 @@ impl Checkpoint {
             rows_owned,
             rows_done: 0,
             rows_embedded: 0,
+            rows_reused: 0,
+            rows_deduplicated: 0,
+            embed_done: 0,
+            reuse: None,
             rows_failed: 0,
             failures_bytes: 0,
             texts_truncated: 0,
@@ -144,7 +158,7 @@ mod tests {
         assert!(Checkpoint::load(&dir.path().join("none")).unwrap().is_none());
         let old = std::fs::read_to_string(dir.path().join(FILE_NAME))
             .unwrap()
-            .replace("\"version\": 2", "\"version\": 1");
+            .replace("\"version\": 3", "\"version\": 1");
         std::fs::write(dir.path().join(FILE_NAME), old).unwrap();
         let err = Checkpoint::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("--restart") && err.contains("version 1"), "{err}");

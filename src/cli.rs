@@ -103,6 +103,12 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "NAME")]
     pub id_column: Option<String>,
 
+    /// An earlier output to copy vectors from: a row whose key (its id with --id-column, else its
+    /// text) is there with the same text hash is not embedded again. May be given more than
+    /// once; the earlier run must have used the same model and options.
+    #[arg(long, value_name = "PREVIOUS_OUTPUT")]
+    pub reuse: Vec<PathBuf>,
+
     /// Element type of the output vectors.
     #[arg(long, value_enum, default_value_t = OutputDtypeArg::F32)]
     pub output_dtype: OutputDtypeArg,

@@ -26,6 +26,8 @@ pub struct EmbedConfig {
     pub identity_source: String,
     pub text_column: String,
     pub id_column: Option<String>,
+    /// `--reuse`: earlier outputs to copy vectors from.
+    pub reuse: Vec<PathBuf>,
     pub output_dtype: OutputDtype,
     pub restart: bool,
     pub checkpoint_every: std::time::Duration,
@@ -80,6 +82,14 @@ impl EmbedConfig {
         if let Some(spec) = &args.debug_faults {
             crate::faults::install(spec)?;
         }
+        for previous in &args.reuse {
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+            };
+            if same(previous, &args.output) {
+                bail!("--reuse {} is this run's --output; reuse an earlier run's output", previous.display());
+            }
+        }
         if args.rows_per_part == 0 {
             bail!("--rows-per-part must be at least 1");
         }
@@ -103,6 +113,7 @@ impl EmbedConfig {
             identity_source: identity.source,
             text_column: args.text_column,
             id_column: args.id_column,
+            reuse: args.reuse,
             output_dtype: match args.output_dtype {
                 OutputDtypeArg::F32 => OutputDtype::F32,
                 OutputDtypeArg::F16 => OutputDtype::F16,

@@ -71,6 +71,8 @@ pub struct Embedded {
     pub oom_splits: u64,
     /// Texts that ran out of memory alone and were retried once after the budget shrank.
     pub oom_retries: u64,
+    /// Texts whose vector was copied from an identical text of this run (sync::dedup).
+    pub deduplicated: u64,
 }
 
 impl Embedded {

@@ -21,6 +21,8 @@ pub struct Live {
     pub rows_done: AtomicU64,
     pub rows_committed: AtomicU64,
     pub rows_failed: AtomicU64,
+    /// Rows copied from previous outputs (all runs).
+    pub rows_reused: AtomicU64,
     /// Tokens this run.
     pub tokens: AtomicU64,
 }
@@ -46,6 +48,7 @@ impl Heartbeat {
         live.rows_done.store(progress.rows_done, Ordering::Relaxed);
         live.rows_committed.store(progress.rows_committed, Ordering::Relaxed);
         live.rows_failed.store(progress.rows_failed, Ordering::Relaxed);
+        live.rows_reused.store(progress.rows_reused, Ordering::Relaxed);
         let shared = Arc::new(Mutex::new(Shared { folder, progress, finished: false }));
         shared.lock().expect("heartbeat state").update(&live);
         let (stop_tx, stop_rx) = channel::<()>();
@@ -146,6 +149,7 @@ impl Shared {
         p.rows_done = live.rows_done.load(Ordering::Relaxed);
         p.rows_committed = live.rows_committed.load(Ordering::Relaxed);
         p.rows_failed = live.rows_failed.load(Ordering::Relaxed);
+        p.rows_reused = live.rows_reused.load(Ordering::Relaxed);
         p.updated_at = unix_now();
         if p.history.last().is_none_or(|&(t, _)| p.updated_at >= t + 30) {
             p.history.push((p.updated_at, p.rows_done));

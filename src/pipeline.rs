@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::config::EmbedConfig;
 use crate::embed::{Embedder, EmbedderOptions};
@@ -30,6 +30,7 @@ use crate::shutdown::StopFlag;
 use crate::stages::{self, ModelStats, ReadPlan, WritePlan};
 use crate::summary::Summary;
 use crate::sync::dedup::Dedup;
+use crate::sync::reuse;
 use crate::worker_folder::{LostFolder, WorkerFolder};
 
 /// Rows read and tokenized together: the window sorted by length before packing, and the
@@ -65,6 +66,11 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let dtype = crate::device::dtype(cfg.dtype, &device);
     let device_name = crate::device::describe(&device);
     let spec = describe_run(cfg, &inputs, &cfg.model.content_hash()?, dtype);
+    // Earlier outputs to reuse are checked before anything is written, too.
+    let sources = match cfg.reuse.is_empty() {
+        true => None,
+        false => Some(reuse::find_sources(&cfg.reuse, &spec, &mut note)?),
+    };
 
     let worker = format!("worker {} of {}", cfg.partition.worker_id, cfg.partition.num_workers);
     let lock = LockOptions::new(cfg.force_unlock, cfg.lock_stale);
@@ -89,6 +95,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         rows_done: ckpt.rows_done,
         rows_committed: ckpt.rows_done,
         rows_failed: ckpt.rows_failed,
+        rows_reused: ckpt.rows_reused,
         started_at: lock_info.started_at,
         updated_at: lock_info.started_at,
         history: WorkerProgress::load(folder.dir()).map(|p| p.history).unwrap_or_default(),
@@ -107,25 +114,64 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         let load = load_started.elapsed();
         let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet, worker.clone());
         progress.note(&start_line(cfg, &inputs, &embedder, rows_before, &device_name, dtype, load));
+        let metadata = ckpt.spec.part_metadata(cfg.partition.worker_id, &cfg.model.dir.display().to_string());
+        let shards = |ckpt: &crate::checkpoint::Checkpoint| {
+            ShardWriter::new(
+                folder.dir(),
+                embedder.dim(),
+                cfg.output_dtype,
+                inputs.id_type.clone(),
+                ckpt.next_part(),
+                metadata.clone(),
+            )
+        };
+
+        // With --reuse: copy what earlier outputs have, then embed the rest.
+        let mut plan = plan;
+        let reused_before = ckpt.rows_reused;
+        let mut note = |n: &str| progress.note(&format!("batch-embed: {n}"));
+        if let Some(reuse) = plan_reuse(cfg, &inputs, &plan, sources, &folder, &mut ckpt, &mut note)? {
+            let copy = WritePlan {
+                shards: shards(&ckpt),
+                folder: &folder,
+                ckpt: &mut ckpt,
+                every: cfg.checkpoint_every,
+                rows_per_part: cfg.rows_per_part,
+            };
+            let finished = reuse::copy(
+                &reuse,
+                &cfg.partition,
+                inputs.id_type.as_ref(),
+                copy,
+                heartbeat.live(),
+                &mut progress,
+                stop,
+                cfg.debug_chunk_delay,
+            )?;
+            if !finished {
+                progress.finish();
+                return Ok(Summary {
+                    interrupted: true,
+                    reused_this_run: ckpt.rows_reused - reused_before,
+                    elapsed: started.elapsed(),
+                    load,
+                    ..Summary::totals(worker.clone(), &ckpt, rows_before, device_name.clone())
+                });
+            }
+            plan = reuse.remaining(&plan);
+        }
+
         let chunk_rows = if device.is_cpu() { CPU_CHUNK_ROWS } else { CHUNK_ROWS }.min(cfg.rows_per_part);
         let read_plan = ReadPlan {
             files: &inputs.files,
-            ranges: stages::skip_owned(plan, ckpt.rows_done),
+            ranges: stages::skip_owned(plan, ckpt.embed_done),
             chunk_rows,
             quiet: cfg.quiet,
         };
-        let shards = ShardWriter::new(
-            folder.dir(),
-            embedder.dim(),
-            cfg.output_dtype,
-            inputs.id_type.clone(),
-            ckpt.next_part(),
-            ckpt.spec.part_metadata(cfg.partition.worker_id, &cfg.model.dir.display().to_string()),
-        );
         let write_plan = WritePlan {
+            shards: shards(&ckpt),
             folder: &folder,
             ckpt: &mut ckpt,
-            shards,
             every: cfg.checkpoint_every,
             rows_per_part: cfg.rows_per_part,
         };
@@ -146,6 +192,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             oom_splits: stats.oom_splits,
             oom_retries: stats.oom_retries,
             deduplicated: stats.deduplicated,
+            reused_this_run: ckpt.rows_reused - reused_before,
             input_bytes: stats.input_bytes,
             interrupted: stats.interrupted,
             ..Summary::totals(worker.clone(), &ckpt, rows_before, device_name.clone())
@@ -170,6 +217,57 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         Err(e) => heartbeat.finish("failed", Some(format!("{e:#}"))),
     }
     result
+}
+
+/// With `--reuse`: the sources (listed and recorded at the first start, checked unchanged on a
+/// resume) and which owned rows take their vectors from them. `None` without `--reuse`.
+fn plan_reuse(
+    cfg: &EmbedConfig,
+    inputs: &Inputs,
+    plan: &[(usize, Vec<Range<u64>>)],
+    sources: Option<reuse::ReuseState>,
+    folder: &WorkerFolder,
+    ckpt: &mut crate::checkpoint::Checkpoint,
+    note: &mut dyn FnMut(&str),
+) -> Result<Option<reuse::ReusePlan>> {
+    let dir = folder.dir().display();
+    let given: Vec<String> = cfg.reuse.iter().map(|p| canonical(p)).collect();
+    match &ckpt.reuse {
+        None if given.is_empty() => return Ok(None),
+        Some(state) if given.is_empty() => bail!(
+            "{dir} was started with --reuse {}; pass the same to resume it, or --restart to start over",
+            state.outputs.join(" --reuse ")
+        ),
+        Some(state) if state.outputs != given => bail!(
+            "{dir} was started with --reuse {}, not --reuse {}; pass the same to resume it, or --restart to start over",
+            state.outputs.join(" --reuse "),
+            given.join(" --reuse ")
+        ),
+        Some(state) => reuse::check_sources(state)?,
+        None if ckpt.rows_done > 0 => bail!(
+            "{dir} was started without --reuse and has {} rows committed; resume it without --reuse, or --restart to start over with it",
+            ckpt.rows_done
+        ),
+        None => {
+            ckpt.reuse = Some(sources.context("internal error: --reuse sources not listed")?);
+            folder.save_checkpoint(ckpt)?;
+        }
+    }
+    let state = ckpt.reuse.as_ref().expect("set above");
+    let started = Instant::now();
+    let by_id = ckpt.spec.rows.id_column.is_some();
+    let reuse = reuse::plan(&inputs.files, plan, by_id, &state.sources)?;
+    note(&format!(
+        "--reuse: {} of {} owned rows have a vector in {} parts of {} previous output(s) (matched by {} in {:.1}s); {} to embed",
+        reuse.count,
+        ckpt.rows_owned,
+        state.sources.len(),
+        state.outputs.len(),
+        if by_id { "id and text hash" } else { "text hash" },
+        started.elapsed().as_secs_f64(),
+        ckpt.rows_owned - reuse.count
+    ));
+    Ok(Some(reuse))
 }
 
 /// The run's description: what decides its rows and its vectors.

@@ -113,6 +113,9 @@ pub struct WorkerProgress {
     /// Owned rows in committed parts and failures (what a restart keeps).
     pub rows_committed: u64,
     pub rows_failed: u64,
+    /// Owned rows whose vector was copied from a previous output (`--reuse`), committed or not.
+    #[serde(default)]
+    pub rows_reused: u64,
     /// Rates over the last minute of this run.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,

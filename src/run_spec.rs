@@ -96,6 +96,19 @@ impl RunSpec {
         out
     }
 
+    /// Names each vector-deciding field (model, pooling, options, dtypes) that differs from
+    /// `earlier`'s: what decides whether `earlier`'s vectors can stand for this run's.
+    pub fn vectors_differences(&self, earlier: &RunSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        diff_values(
+            "",
+            &serde_json::to_value(&earlier.vectors).expect("serializable"),
+            &serde_json::to_value(&self.vectors).expect("serializable"),
+            &mut out,
+        );
+        out
+    }
+
     /// What a part file written by worker `worker_id` of this run records.
     pub fn part_spec(&self, worker_id: u64) -> PartSpec {
         PartSpec {

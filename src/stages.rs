@@ -224,7 +224,7 @@ pub fn model(
         stats.padded_tokens += embedded.padded_tokens;
         stats.oom_splits += embedded.oom_splits;
         stats.oom_retries += embedded.oom_retries;
-        stats.deduplicated += plan.deduplicated();
+        stats.deduplicated += embedded.deduplicated;
         stats.rows += chunk.rows.len() as u64;
         // Rows not counted batch by batch (failures, repeats) are done too.
         let rest = chunk.rows.len() as u64 - counted;
@@ -323,6 +323,7 @@ fn write_chunks(
         pending.rows += total;
         pending.truncated += embedded.truncated;
         pending.tokens += embedded.tokens;
+        pending.deduplicated += embedded.deduplicated;
         if writer.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
             commit(writer, &mut pending, &mut failure_lines, ckpt)?;
             last_commit = Instant::now();

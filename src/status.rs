@@ -19,6 +19,8 @@ pub struct FleetStatus {
     pub rows_owned: u64,
     pub rows_done: u64,
     pub rows_failed: u64,
+    /// Rows whose vector was copied from a previous output (`--reuse`).
+    pub rows_reused: u64,
     /// Sum over running workers.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,
@@ -47,6 +49,8 @@ pub struct WorkerStatus {
     pub rows_done: u64,
     pub rows_owned: u64,
     pub rows_failed: u64,
+    /// Rows whose vector was copied from a previous output (`--reuse`).
+    pub rows_reused: u64,
     pub rows_per_s: f64,
     pub host: Option<String>,
     /// Seconds since the worker last wrote its progress.
@@ -83,6 +87,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
                 rows_done: 0,
                 rows_owned: owned_by_rule.unwrap_or(0),
                 rows_failed: 0,
+                rows_reused: 0,
                 rows_per_s: 0.0,
                 host: None,
                 updated_s_ago: None,
@@ -104,9 +109,13 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             }
         };
         let running = state == "running";
-        let (rows_done, rows_failed) = match &progress {
-            Some(p) if running => (p.rows_done.max(ckpt.rows_done), p.rows_failed.max(ckpt.rows_failed)),
-            _ => (ckpt.rows_done, ckpt.rows_failed),
+        let (rows_done, rows_failed, rows_reused) = match &progress {
+            Some(p) if running => (
+                p.rows_done.max(ckpt.rows_done),
+                p.rows_failed.max(ckpt.rows_failed),
+                p.rows_reused.max(ckpt.rows_reused),
+            ),
+            _ => (ckpt.rows_done, ckpt.rows_failed, ckpt.rows_reused),
         };
         if let Some(p) = &progress {
             histories.push(p.history.clone());
@@ -117,6 +126,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             rows_done,
             rows_owned: ckpt.rows_owned,
             rows_failed,
+            rows_reused,
             rows_per_s: if running { progress.as_ref().map_or(0.0, |p| p.rows_per_s) } else { 0.0 },
             host: progress.as_ref().map(|p| p.host.clone()),
             updated_s_ago: age.or_else(|| Some(now.saturating_sub(ckpt.updated_at))),
@@ -139,6 +149,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
         rows_owned,
         rows_done,
         rows_failed: workers.iter().map(|w| w.rows_failed).sum(),
+        rows_reused: workers.iter().map(|w| w.rows_reused).sum(),
         rows_per_s,
         tokens_per_s,
         eta_s: if left == 0.0 {
@@ -211,9 +222,10 @@ pub fn render(s: &FleetStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "progress: {}/{} rows ({pct:.1}%), {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
+        "progress: {}/{} rows ({pct:.1}%), {} reused, {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
         s.rows_done,
         s.rows_owned,
+        s.rows_reused,
         s.rows_failed,
         s.rows_per_s,
         s.tokens_per_s,
@@ -221,18 +233,19 @@ pub fn render(s: &FleetStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>6}  {:<12} {:>12} {:>12} {:>8} {:>10} {:>10}  host",
-        "worker", "state", "rows done", "owned", "failed", "rows/s", "updated"
+        "{:>6}  {:<12} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10}  host",
+        "worker", "state", "rows done", "owned", "failed", "reused", "rows/s", "updated"
     );
     for w in &s.workers {
         let _ = writeln!(
             out,
-            "{:>6}  {:<12} {:>12} {:>12} {:>8} {:>10.1} {:>10}  {}{}",
+            "{:>6}  {:<12} {:>12} {:>12} {:>8} {:>10} {:>10.1} {:>10}  {}{}",
             w.worker_id,
             w.state,
             w.rows_done,
             w.rows_owned,
             w.rows_failed,
+            w.rows_reused,
             w.rows_per_s,
             w.updated_text(),
             w.host.as_deref().unwrap_or("-"),

@@ -70,6 +70,7 @@ td.state {{ text-align: left; font-weight: 600; }}
 <span id="rate"><b>{rate:.0}</b> rows/s, {tps:.0} tokens/s</span>
 <span id="eta">ETA <b>{eta}</b></span>
 <span id="failures">{failed_rows} failed rows</span>
+<span id="reused">{reused_rows} reused rows</span>
 </div>
 <div class="bar"><div style="width: {pct:.2}%"></div></div>
 <div class="summary"><span>{n} workers: {done} done, {running} running, {stale} stale, {interrupted} interrupted, {failed} failed, {not_started} not started</span></div>
@@ -80,6 +81,7 @@ td.state {{ text-align: left; font-weight: 600; }}
         rate = s.rows_per_s,
         tps = s.tokens_per_s,
         failed_rows = s.rows_failed,
+        reused_rows = s.rows_reused,
         n = s.num_workers,
         done = s.done,
         running = s.running,
@@ -91,18 +93,19 @@ td.state {{ text-align: left; font-weight: 600; }}
     html.push_str(&chart(&s.history));
     html.push_str(
         "<table id=\"workers\"><tr><th>worker</th><th>state</th><th>rows done</th><th>owned</th>\
-         <th>failed</th><th>rows/s</th><th>updated</th><th>host</th><th>error</th></tr>\n",
+         <th>failed</th><th>reused</th><th>rows/s</th><th>updated</th><th>host</th><th>error</th></tr>\n",
     );
     for w in &s.workers {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td class=\"state {}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"state {}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             w.worker_id,
             w.state.replace(' ', "-"),
             w.state,
             w.rows_done,
             w.rows_owned,
             w.rows_failed,
+            w.rows_reused,
             w.rows_per_s,
             w.updated_text(),
             escape(w.host.as_deref().unwrap_or("-")),

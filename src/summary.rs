@@ -36,6 +36,9 @@ pub struct Summary {
     pub input_bytes: u64,
     /// Rows of this run whose text had already been embedded in it (repeats).
     pub deduplicated: u64,
+    /// Rows whose vector was copied from a previous output: all runs, and this run.
+    pub reused: u64,
+    pub reused_this_run: u64,
 }
 
 impl Summary {
@@ -46,6 +49,7 @@ impl Summary {
             rows_owned: ckpt.rows_owned,
             rows_before,
             embedded: ckpt.rows_embedded,
+            reused: ckpt.rows_reused,
             failed: ckpt.rows_failed,
             truncated: ckpt.texts_truncated,
             parts: ckpt.parts.len(),
@@ -60,8 +64,8 @@ impl std::fmt::Display for Summary {
         if self.already_complete {
             return write!(
                 f,
-                "{}: already complete ({} rows: {} embedded, {} failed); nothing to do",
-                self.worker, self.rows_owned, self.embedded, self.failed
+                "{}: already complete ({} rows: {} embedded, {} reused, {} failed); nothing to do",
+                self.worker, self.rows_owned, self.embedded, self.reused, self.failed
             );
         }
         if self.interrupted {
@@ -78,7 +82,19 @@ impl std::fmt::Display for Summary {
         let padding =
             if self.padded_tokens > 0 { 1.0 - self.tokens as f64 / self.padded_tokens as f64 } else { 0.0 };
         writeln!(f, "{}: done", self.worker)?;
-        writeln!(f, "rows:       {} ({} embedded, {} failed)", self.rows_owned, self.embedded, self.failed)?;
+        if self.reused > 0 {
+            writeln!(
+                f,
+                "rows:       {} ({} embedded, {} reused, {} failed)",
+                self.rows_owned, self.embedded, self.reused, self.failed
+            )?;
+        } else {
+            writeln!(
+                f,
+                "rows:       {} ({} embedded, {} failed)",
+                self.rows_owned, self.embedded, self.failed
+            )?;
+        }
         if self.rows_before > 0 {
             writeln!(f, "resumed:    {} rows were done before this run", self.rows_before)?;
         }

@@ -71,11 +71,17 @@ impl std::error::Error for LostFolder {}
 /// What a commit adds besides the part file.
 #[derive(Debug, Default)]
 pub struct CommitCounts {
+    /// Rows of the embed phase (embedded or failed): they advance `embed_done`.
     pub rows: u64,
     pub embedded: u64,
     pub failed: u64,
     pub truncated: u64,
     pub tokens: u64,
+    pub deduplicated: u64,
+    /// Rows copied from a previous output, and where the copy now stands (source part, rows
+    /// of it copied).
+    pub reused: u64,
+    pub reuse_cursor: Option<(usize, u64)>,
 }
 
 /// A worker folder held by this process.
@@ -275,8 +281,15 @@ impl WorkerFolder {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             next.failures_bytes += failure_lines.len() as u64;
         }
-        next.rows_done += counts.rows;
+        next.rows_done += counts.rows + counts.reused;
+        next.embed_done += counts.rows;
         next.rows_embedded += counts.embedded;
+        next.rows_reused += counts.reused;
+        next.rows_deduplicated += counts.deduplicated;
+        if let (Some(state), Some((source, rows))) = (next.reuse.as_mut(), counts.reuse_cursor) {
+            state.sources_done = source;
+            state.source_rows_done = rows;
+        }
         next.rows_failed += counts.failed;
         next.texts_truncated += counts.truncated;
         next.tokens += counts.tokens;
@@ -291,6 +304,13 @@ impl WorkerFolder {
             self.remove_files(|name| part_seq(name).is_some_and(|seq| seq >= parts))?;
         }
         Ok(())
+    }
+
+    /// Saves the checkpoint as it is (after a change that commits no rows), if the folder is
+    /// still ours.
+    pub fn save_checkpoint(&self, ckpt: &mut Checkpoint) -> Result<()> {
+        self.ensure_owner()?;
+        ckpt.save(&self.dir)
     }
 
     /// Replaces `progress.json` (skipped once the folder is lost: it is the new owner's now).

@@ -49,7 +49,7 @@ pub struct ChunkPlan {
 }
 
 impl ChunkPlan {
-    /// Rows whose vector is not computed for them (copies and cached).
+    /// Rows not sent to the model (copies and cached), whatever their outcome.
     pub fn deduplicated(&self) -> u64 {
         self.origins.iter().filter(|o| matches!(o, Origin::Copy(_) | Origin::Cached(..))).count() as u64
     }
@@ -129,6 +129,7 @@ impl Dedup {
             padded_tokens: unique.padded_tokens,
             oom_splits: unique.oom_splits,
             oom_retries: unique.oom_retries,
+            deduplicated: 0,
             truncated: 0,
         };
         for (row, origin) in plan.origins.iter().enumerate() {
@@ -148,6 +149,12 @@ impl Dedup {
             };
         }
         out.truncated = out.cut.iter().filter(|&&c| c).count() as u64;
+        out.deduplicated = plan
+            .origins
+            .iter()
+            .zip(&out.failures)
+            .filter(|(o, f)| matches!(o, Origin::Copy(_) | Origin::Cached(..)) && f.is_none())
+            .count() as u64;
         let mut inner = self.inner.lock().expect("dedup state");
         for (u, &(hash, short)) in plan.unique_hashes.iter().enumerate() {
             let Ok(v) = unique.vector(u) else { continue };

@@ -7,5 +7,6 @@ mod fleet;
 mod pipeline;
 mod preemption;
 mod reference;
+mod sync;
 mod util;
 mod verify;
