@@ -17,9 +17,13 @@ pub const TMP_SUFFIX: &str = ".tmp";
 
 /// A new temporary file in `dir` that will become `dir/name`.
 pub fn temp_for(dir: &Path, name: &str) -> Result<NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(TMP_SUFFIX)
+        // NOTE: tempfile makes files only the owner can read; outputs are shared (a fleet's
+        // bucket, a team's file system), so they get the usual rw-r--r--.
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file for {} in {}", name, dir.display()))
 }

@@ -26,6 +26,33 @@ pub enum Command {
     /// rows, rates and the fleet's ETA, from the output folder alone. Exit 0 only when every
     /// worker is done.
     Status(StatusArgs),
+    /// The change set between two runs made with --id-column: upserted.parquet (id, embedding,
+    /// text_hash of every new or changed id) and deleted.parquet (id of every id that is gone),
+    /// for a vector database.
+    Changes(ChangesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ChangesArgs {
+    /// The --output of the earlier run (what the vector database holds now).
+    #[arg(value_name = "PREVIOUS")]
+    pub previous: PathBuf,
+
+    /// The --output of the later run (what it should hold).
+    #[arg(value_name = "CURRENT")]
+    pub current: PathBuf,
+
+    /// Folder for upserted.parquet, deleted.parquet (and duplicates.parquet when ids repeat).
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// Use runs that are not complete (ids of rows not embedded yet then look deleted or new).
+    #[arg(long)]
+    pub allow_incomplete: bool,
+
+    /// Print the counts as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed(*args),
         Command::Verify(args) => verify(args),
         Command::Status(args) => status(args),
+        Command::Changes(args) => changes(args),
     };
     match result {
         Ok(code) => code,
@@ -80,4 +81,15 @@ fn status(args: batch_embed::cli::StatusArgs) -> anyhow::Result<ExitCode> {
             _ => return Ok(if status.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         }
     }
+}
+
+fn changes(args: batch_embed::cli::ChangesArgs) -> anyhow::Result<ExitCode> {
+    use batch_embed::sync::changes;
+    let report = changes::changes(&args.previous, &args.current, &args.output, args.allow_incomplete)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", changes::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -65,7 +65,13 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let device = crate::device::open(cfg.device, cfg.cuda_lib_dir.as_deref(), &mut note)?;
     let dtype = crate::device::dtype(cfg.dtype, &device);
     let device_name = crate::device::describe(&device);
-    let spec = describe_run(cfg, &inputs, &cfg.model.content_hash()?, dtype);
+    // NOTE: the bench hook's zero vectors say so in the description, so that they are never
+    // reused for, or resumed as, real ones.
+    let model_hash = match cfg.debug_noop_model {
+        true => format!("noop:{}", cfg.model.content_hash()?),
+        false => cfg.model.content_hash()?,
+    };
+    let spec = describe_run(cfg, &inputs, &model_hash, dtype);
     // Earlier outputs to reuse are checked before anything is written, too.
     let sources = match cfg.reuse.is_empty() {
         true => None,

@@ -1,1 +1,484 @@
-//! TODO
+//! `batch-embed changes PREVIOUS CURRENT --output DIR`: what a vector database holding
+//! PREVIOUS's vectors must do to hold CURRENT's. Both runs need ids (`--id-column`).
+//!
+//! - `DIR/upserted.parquet`: `id`, `embedding`, `text_hash` for every id that is new in CURRENT
+//!   or whose text changed (or every id, when the two runs' vectors were made differently);
+//! - `DIR/deleted.parquet`: `id` for every id of PREVIOUS that CURRENT no longer has;
+//! - `DIR/duplicates.parquet` (only when there are some): ids that occur more than once in one
+//!   snapshot, with the snapshot and the count. Such an id is left out of the change set: a
+//!   key-value store cannot hold both rows, and picking one would be a silent merge.
+//!
+//! Memory: PREVIOUS's ids and text hashes as 32 bytes each (a 128-bit key of the id and the
+//! 128-bit text hash) plus a byte of bookkeeping, sorted; CURRENT is streamed part by part (its
+//! new ids are kept to find repeats among them, and the rows to upsert as 20 bytes each), and
+//! only the rows to upsert are read in full (their pages of the embedding column).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Schema};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
+};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use crate::output::TEXT_HASH;
+use crate::run_spec::RunSpec;
+
+pub const UPSERTED: &str = "upserted.parquet";
+pub const DELETED: &str = "deleted.parquet";
+pub const DUPLICATES: &str = "duplicates.parquet";
+
+/// What changed between two snapshots.
+#[derive(Debug, Default, Serialize)]
+pub struct ChangeReport {
+    pub previous: String,
+    pub current: String,
+    pub unchanged: u64,
+    pub changed: u64,
+    pub new: u64,
+    pub deleted: u64,
+    /// Ids that occur more than once in PREVIOUS / in CURRENT (left out of the change set).
+    pub duplicate_ids_previous: u64,
+    pub duplicate_ids_current: u64,
+    /// The two runs' vectors were made differently (another model or options): every id of
+    /// CURRENT is upserted.
+    pub vectors_differ: Vec<String>,
+    /// Rows written to upserted.parquet and deleted.parquet.
+    pub upserted: u64,
+    pub files: Vec<String>,
+    /// Incomplete runs used with --allow-incomplete.
+    pub incomplete: Vec<String>,
+}
+
+/// What happened to a CURRENT row's id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Unchanged,
+    Changed,
+    New,
+}
+
+/// A run's output as `changes` reads it.
+struct Snapshot {
+    output: PathBuf,
+    spec: RunSpec,
+    parts: Vec<PathBuf>,
+    /// Rows committed (vectors and failures) and rows the run owns.
+    done: u64,
+    owned: u64,
+}
+
+fn snapshot(output: &Path, role: &str) -> Result<Snapshot> {
+    let shown = output.display();
+    let workers = crate::fleet::workers_required(output, &format!("; {role} must be the --output of a run"))?;
+    let mut spec: Option<RunSpec> = None;
+    let (mut parts, mut done, mut owned) = (Vec::new(), 0, 0);
+    let n = workers.iter().map(|w| w.num_workers).max().unwrap_or(1);
+    for w in &workers {
+        let ckpt = w
+            .checkpoint()?
+            .with_context(|| format!("{role} {shown}: {} has no checkpoint", w.dir.display()))?;
+        match &spec {
+            None => spec = Some(ckpt.spec.clone()),
+            Some(s) if s != &ckpt.spec => {
+                bail!(
+                    "{role} {shown}: its worker folders come from different runs ({} differs)",
+                    w.dir.display()
+                )
+            }
+            Some(_) => {}
+        }
+        done += ckpt.rows_done;
+        owned += ckpt.rows_owned;
+        parts.extend(ckpt.parts.iter().map(|p| w.dir.join(&p.file)));
+    }
+    let spec = spec.expect("at least one worker");
+    if spec.rows.id_column.is_none() {
+        bail!("{role} {shown} was made without --id-column; `changes` matches rows by id, so both runs need one");
+    }
+    // Worker folders that never started own rows too.
+    if (workers.len() as u64) < n {
+        let total: u64 = spec.rows.inputs.iter().map(|i| i.rows).sum();
+        owned = total;
+    }
+    Ok(Snapshot { output: output.to_path_buf(), spec, parts, done, owned })
+}
+
+/// Computes the change set from `previous` to `current` into `dir`.
+pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bool) -> Result<ChangeReport> {
+    let prev = snapshot(previous, "PREVIOUS")?;
+    let cur = snapshot(current, "CURRENT")?;
+    let mut report = ChangeReport {
+        previous: previous.display().to_string(),
+        current: current.display().to_string(),
+        ..ChangeReport::default()
+    };
+    for (s, role) in [(&prev, "PREVIOUS"), (&cur, "CURRENT")] {
+        if s.done < s.owned {
+            let what =
+                format!("{role} {} is incomplete ({} of {} rows)", s.output.display(), s.done, s.owned);
+            if !allow_incomplete {
+                bail!("{what}; pass --allow-incomplete to use what is there (ids of rows not yet embedded then look deleted or new)");
+            }
+            report.incomplete.push(what);
+        }
+    }
+    report.vectors_differ = cur.spec.vectors_differences(&prev.spec);
+    let id_type = part_id_type(&cur)?;
+    if let (Some(a), Some(b)) = (part_id_type(&prev)?, &id_type) {
+        if &a != b {
+            bail!("the ids are {a} in PREVIOUS and {b} in CURRENT; they cannot be matched");
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    // PREVIOUS's (id key, text hash), sorted; duplicate keys marked.
+    let mut keys: Vec<(u128, u128)> = Vec::new();
+    for part in &prev.parts {
+        scan(part, |_, key, hash| keys.push((key, hash)))?;
+    }
+    keys.sort_unstable();
+    let mut dup_prev: HashSet<u128> = HashSet::new();
+    for w in keys.windows(2) {
+        if w[0].0 == w[1].0 {
+            dup_prev.insert(w[0].0);
+        }
+    }
+    keys.dedup_by_key(|k| k.0);
+    report.duplicate_ids_previous = dup_prev.len() as u64;
+
+    // CURRENT, part by part: which rows to upsert; which PREVIOUS ids it still has. An id met
+    // twice is found by `seen` (ids PREVIOUS has) or by the set of new ids (usually few).
+    let mut seen = vec![false; keys.len()];
+    let mut new_keys: HashSet<u128> = HashSet::new();
+    let mut dup_cur: HashSet<u128> = HashSet::new();
+    let mut upsert: Vec<Vec<(u32, u128)>> = Vec::with_capacity(cur.parts.len());
+    let differ = !report.vectors_differ.is_empty();
+    let classify = |key: u128, hash: u128| match keys.binary_search_by_key(&key, |k| k.0) {
+        Ok(j) if differ || keys[j].1 != hash => (Some(j), Change::Changed),
+        Ok(j) => (Some(j), Change::Unchanged),
+        Err(_) => (None, Change::New),
+    };
+    for part in &cur.parts {
+        let mut rows = Vec::new();
+        scan(part, |row, key, hash| {
+            let (j, change) = classify(key, hash);
+            let again = match j {
+                Some(j) => std::mem::replace(&mut seen[j], true),
+                None => !new_keys.insert(key),
+            };
+            if again {
+                dup_cur.insert(key);
+            }
+            match change {
+                Change::Unchanged => report.unchanged += 1,
+                Change::Changed => report.changed += 1,
+                Change::New => report.new += 1,
+            }
+            if change != Change::Unchanged {
+                rows.push((row, key));
+            }
+        })?;
+        upsert.push(rows);
+    }
+    drop(new_keys);
+    report.duplicate_ids_current = dup_cur.len() as u64;
+    let left_out = |key: &u128| dup_prev.contains(key) || dup_cur.contains(key);
+    // The counts are of ids in the change set: take the left-out ids' rows back out.
+    if !dup_prev.is_empty() || !dup_cur.is_empty() {
+        for part in &cur.parts {
+            scan(part, |_, key, hash| {
+                if left_out(&key) {
+                    match classify(key, hash).1 {
+                        Change::Unchanged => report.unchanged -= 1,
+                        Change::Changed => report.changed -= 1,
+                        Change::New => report.new -= 1,
+                    }
+                }
+            })?;
+        }
+    }
+
+    // upserted.parquet
+    let mut upserted = Output::new(dir, UPSERTED, change_schema(&cur, &["id", "embedding", TEXT_HASH])?)?;
+    for (part, rows) in cur.parts.iter().zip(&upsert) {
+        let rows: Vec<u32> = rows.iter().filter(|(_, k)| !left_out(k)).map(|(r, _)| *r).collect();
+        if !rows.is_empty() {
+            upserted.copy_rows(part, &rows)?;
+        }
+    }
+    report.upserted = upserted.rows;
+    upserted.finish()?;
+
+    // deleted.parquet, and the duplicated ids' values, from a second pass over PREVIOUS.
+    let id_only = change_schema(&prev, &["id"])?.or(change_schema(&cur, &["id"])?).map(|s| {
+        Arc::new(Schema::new(s.fields().clone())) // no vector metadata on a list of ids
+    });
+    let mut deleted = Output::new(dir, DELETED, id_only)?;
+    let mut duplicates: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for part in &prev.parts {
+        let mut rows = Vec::new();
+        scan(part, |row, key, _| {
+            let j = keys.binary_search_by_key(&key, |k| k.0).expect("every key was kept");
+            if !seen[j] && !left_out(&key) {
+                rows.push(row);
+                seen[j] = true; // once, even for a duplicated id
+            }
+        })?;
+        if !rows.is_empty() {
+            report.deleted += rows.len() as u64;
+            deleted.copy_ids(part, &rows)?;
+        }
+        for (id, n) in duplicate_values(part, |k| dup_prev.contains(k))? {
+            *duplicates.entry(("previous", id)).or_default() += n;
+        }
+    }
+    deleted.finish()?;
+    for part in &cur.parts {
+        for (id, n) in duplicate_values(part, |k| dup_cur.contains(k))? {
+            *duplicates.entry(("current", id)).or_default() += n;
+        }
+    }
+    report.files = vec![dir.join(UPSERTED).display().to_string(), dir.join(DELETED).display().to_string()];
+    let dup_path = dir.join(DUPLICATES);
+    if duplicates.is_empty() {
+        let _ = std::fs::remove_file(&dup_path);
+    } else {
+        write_duplicates(dir, &duplicates)?;
+        report.files.push(dup_path.display().to_string());
+    }
+    Ok(report)
+}
+
+/// The type of a run's `id` column, from its first part.
+fn part_id_type(s: &Snapshot) -> Result<Option<DataType>> {
+    let Some(part) = s.parts.first() else { return Ok(None) };
+    let builder = reader(part)?;
+    Ok(builder.schema().field_with_name("id").ok().map(|f| f.data_type().clone()))
+}
+
+fn reader(part: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let unreadable = || format!("cannot read {}", part.display());
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(File::open(part).with_context(unreadable)?, options)
+        .with_context(unreadable)
+}
+
+/// Calls `f(row in part, id key, text hash)` for every row of a part with a non-null id,
+/// reading only the id and text hash columns.
+fn scan(part: &Path, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
+    let builder = reader(part)?;
+    let schema = builder.schema().clone();
+    let missing = |c: &str| format!("{} has no {c} column (made by an older batch-embed?)", part.display());
+    let roots = vec![
+        schema.index_of("id").with_context(|| missing("id"))?,
+        schema.index_of(TEXT_HASH).with_context(|| missing(TEXT_HASH))?,
+    ];
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mut first = 0u32;
+    for batch in builder.with_projection(mask).with_batch_size(8192).build()? {
+        let batch = batch.with_context(|| format!("cannot read {}", part.display()))?;
+        let keys = super::id_keys(batch.column_by_name("id").expect("projected"))?;
+        let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
+        for (i, key) in keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                f(first + i as u32, key, super::hash_from_bytes(hashes.value(i)));
+            }
+        }
+        first += batch.num_rows() as u32;
+    }
+    Ok(())
+}
+
+/// The values of the ids of a part whose key `dup` says is duplicated, with their counts.
+fn duplicate_values(part: &Path, dup: impl Fn(&u128) -> bool) -> Result<Vec<(String, u64)>> {
+    let mut rows = Vec::new();
+    scan(part, |row, key, _| {
+        if dup(&key) {
+            rows.push(row);
+        }
+    })?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for batch in read_rows(part, &rows, &["id"])? {
+        let ids = batch.column_by_name("id").expect("projected");
+        let shown = arrow::compute::cast(ids, &DataType::Utf8)?;
+        for v in shown.as_string::<i32>().iter().flatten() {
+            *out.entry(v.to_string()).or_default() += 1;
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Reads rows `rows` (increasing) of a part, columns `columns` only, skipping other pages.
+fn read_rows(part: &Path, rows: &[u32], columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let builder = reader(part)?;
+    let schema = builder.schema().clone();
+    let roots: Vec<usize> = columns
+        .iter()
+        .map(|c| schema.index_of(c).with_context(|| format!("{} has no {c} column", part.display())))
+        .collect::<Result<_>>()?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut at = 0u32;
+    for &r in rows {
+        if r > at {
+            selectors.push(RowSelector::skip((r - at) as usize));
+        }
+        match selectors.last_mut() {
+            Some(last) if !last.skip && r == at && at > 0 => last.row_count += 1,
+            _ => selectors.push(RowSelector::select(1)),
+        }
+        at = r + 1;
+    }
+    let reader = builder
+        .with_projection(mask)
+        .with_row_selection(RowSelection::from(selectors))
+        .with_row_selection_policy(RowSelectionPolicy::Selectors)
+        .with_batch_size(8192)
+        .build()?;
+    reader.map(|b| b.with_context(|| format!("cannot read {}", part.display()))).collect()
+}
+
+/// The schema of a change-set file: the named columns of a run's parts, with the parts'
+/// metadata (what made the vectors). `None` when the run has no part.
+fn change_schema(s: &Snapshot, columns: &[&str]) -> Result<Option<Arc<Schema>>> {
+    let Some(part) = s.parts.first() else { return Ok(None) };
+    let schema = reader(part)?.schema().clone();
+    let fields = columns
+        .iter()
+        .map(|c| {
+            schema
+                .field_with_name(c)
+                .cloned()
+                .with_context(|| format!("{} has no {c} column", part.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Arc::new(Schema::new(fields).with_metadata(schema.metadata().clone()))))
+}
+
+/// One Parquet file of the change set, written to a temporary file and renamed when finished
+/// (an empty change gives a file with no rows).
+struct Output {
+    dir: PathBuf,
+    name: &'static str,
+    writer: Option<(ArrowWriter<tempfile::NamedTempFile>, Arc<Schema>)>,
+    rows: u64,
+}
+
+impl Output {
+    fn new(dir: &Path, name: &'static str, schema: Option<Arc<Schema>>) -> Result<Self> {
+        let writer = match schema {
+            Some(schema) => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build();
+                let tmp = crate::atomic::temp_for(dir, name)?;
+                Some((ArrowWriter::try_new(tmp, schema.clone(), Some(props))?, schema))
+            }
+            None => None,
+        };
+        Ok(Output { dir: dir.to_path_buf(), name, writer, rows: 0 })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some((writer, schema)) = self.writer.as_mut() else {
+            bail!("internal error: rows for {} without a schema", self.name);
+        };
+        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+        writer.write(&batch)?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Copies rows `rows` of a part: id, embedding, text hash.
+    fn copy_rows(&mut self, part: &Path, rows: &[u32]) -> Result<()> {
+        for batch in read_rows(part, rows, &["id", "embedding", TEXT_HASH])? {
+            let pick = |c: &str| batch.column_by_name(c).expect("projected").clone();
+            let out = RecordBatch::try_from_iter([
+                ("id", pick("id")),
+                ("embedding", pick("embedding")),
+                (TEXT_HASH, pick(TEXT_HASH)),
+            ])?;
+            self.write(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the ids of rows `rows` of a part.
+    fn copy_ids(&mut self, part: &Path, rows: &[u32]) -> Result<()> {
+        for batch in read_rows(part, rows, &["id"])? {
+            let out =
+                RecordBatch::try_from_iter([("id", batch.column_by_name("id").expect("projected").clone())])?;
+            self.write(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Renames the file into place (no file, and an older one removed, when there was no
+    /// schema: a run without any part).
+    fn finish(self) -> Result<()> {
+        let path = self.dir.join(self.name);
+        match self.writer {
+            Some((w, _)) => crate::atomic::persist(w.into_inner()?, &self.dir, self.name),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove {}", path.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+fn write_duplicates(dir: &Path, duplicates: &BTreeMap<(&str, String), u64>) -> Result<()> {
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(duplicates.keys().map(|(_, id)| id.as_str())));
+    let snapshot: ArrayRef = Arc::new(StringArray::from_iter_values(duplicates.keys().map(|(s, _)| *s)));
+    let rows: ArrayRef = Arc::new(UInt64Array::from_iter_values(duplicates.values().copied()));
+    let batch = RecordBatch::try_from_iter([("id", ids), ("snapshot", snapshot), ("rows", rows)])?;
+    let mut out = Output::new(dir, DUPLICATES, Some(batch.schema()))?;
+    out.write(&batch)?;
+    out.finish()
+}
+
+/// The report as the command prints it.
+pub fn render(r: &ChangeReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "changes from {} to {}:", r.previous, r.current);
+    let _ = writeln!(
+        s,
+        "ids: {} unchanged, {} changed, {} new, {} deleted",
+        r.unchanged, r.changed, r.new, r.deleted
+    );
+    if !r.vectors_differ.is_empty() {
+        let _ = writeln!(
+            s,
+            "note: the two runs' vectors were made differently ({}): every id of CURRENT is upserted",
+            r.vectors_differ.join("; ")
+        );
+    }
+    for w in &r.incomplete {
+        let _ = writeln!(s, "note: {w}");
+    }
+    if r.duplicate_ids_previous + r.duplicate_ids_current > 0 {
+        let _ = writeln!(
+            s,
+            "warning: {} ids occur more than once in PREVIOUS and {} in CURRENT; they are left out of the change set and listed in {DUPLICATES}",
+            r.duplicate_ids_previous, r.duplicate_ids_current
+        );
+    }
+    let _ = writeln!(s, "upsert {} rows, delete {} ids: {}", r.upserted, r.deleted, r.files.join(", "));
+    s
+}

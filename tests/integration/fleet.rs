@@ -420,7 +420,9 @@ fn watch_redraws_until_done_and_status_of_a_non_run_is_an_error() {
 fn device_workers_commit_when_the_whole_process_group_is_signalled_or_the_launcher_dies() {
     use std::os::unix::process::CommandExt;
     let dir = tempdir();
-    let input = corpus(dir.path(), 300);
+    // 300 rows a worker in chunks of 8, 150 ms each: none can finish before it is stopped, even
+    // on a loaded machine.
+    let input = corpus(dir.path(), 900);
     let slow = [
         "--devices",
         "cpu,cpu,cpu",

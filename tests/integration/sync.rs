@@ -336,3 +336,182 @@ fn status_and_progress_count_reused_and_repeated_rows() {
     assert_eq!(progress["rows_reused"], reused);
     batch_embed().arg("status").arg(&out_b).assert().success().stdout(contains(format!("{reused} reused")));
 }
+
+#[test]
+fn a_change_set_applied_to_lancedb_gives_what_a_fresh_load_gives() {
+    let Some(python) = python_with(&["lancedb", "pyarrow"], "lancedb", "CI_REQUIRE_LANCEDB") else { return };
+    let script = root().join("examples/vector-db/lancedb_sync.py");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = std::process::Command::new(&python).arg(&script).args(args).output().unwrap();
+        assert!(o.status.success(), "lancedb_sync.py {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let dir = tempdir();
+    let a = base_rows(400);
+    let b = next_snapshot(&a, 25, 9);
+    let (in_a, in_b) =
+        (write_snapshot(&dir.path().join("a"), &a, 2), write_snapshot(&dir.path().join("b"), &b, 3));
+    let p = |name: &str| dir.path().join(name);
+    // Snapshot A: full embed, loaded.
+    embed_cmd(&in_a, &p("out-a"), &["--id-column", "id"]).assert().success();
+    run(&["load".as_ref(), p("out-a").as_os_str(), p("db").as_os_str()]);
+    // Snapshot B: only what changed is embedded; the change set goes into the database.
+    embed_cmd(&in_b, &p("out-b"), &["--id-column", "id", "--reuse", &path(&p("out-a"))]).assert().success();
+    batch_embed()
+        .arg("changes")
+        .arg(p("out-a"))
+        .arg(p("out-b"))
+        .arg("--output")
+        .arg(p("changes"))
+        .assert()
+        .success()
+        .stdout(contains("changed"));
+    run(&["apply".as_ref(), p("changes").as_os_str(), p("db").as_os_str()]);
+    // What a full embed of B loaded from scratch holds.
+    embed_cmd(&in_b, &p("full-b"), &["--id-column", "id"]).assert().success();
+    run(&["load".as_ref(), p("full-b").as_os_str(), p("db-fresh").as_os_str()]);
+    run(&["dump".as_ref(), p("db").as_os_str(), p("synced.parquet").as_os_str()]);
+    run(&["dump".as_ref(), p("db-fresh").as_os_str(), p("fresh.parquet").as_os_str()]);
+    let (synced, fresh) = (read_table_vectors(&p("synced.parquet")), read_table_vectors(&p("fresh.parquet")));
+    assert_eq!(synced.len(), fresh.len());
+    for ((ia, va), (ib, vb)) in synced.iter().zip(&fresh) {
+        assert_eq!(ia, ib, "the same ids");
+        assert!(max_abs_diff(va, vb) <= 1e-6, "id {ia}: vectors differ by {}", max_abs_diff(va, vb));
+    }
+    let with_text = b.iter().filter(|r| r.1.is_some()).count();
+    assert_eq!(synced.len(), with_text, "every row with a text, once");
+}
+
+/// (id, vector) of a dumped LanceDB table, by id.
+fn read_table_vectors(path: &Path) -> Vec<(i64, Vec<f32>)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float32Type, Int64Type};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>().clone();
+        let vectors = batch.column_by_name("vector").unwrap().as_fixed_size_list().clone();
+        for i in 0..batch.num_rows() {
+            out.push((ids.value(i), vectors.value(i).as_primitive::<Float32Type>().values().to_vec()));
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
+/// The ids of a change-set file, sorted.
+fn change_ids(path: &Path) -> Vec<i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut ids: Vec<i64> = reader
+        .flat_map(|b| b.unwrap().column_by_name("id").unwrap().as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn changes_lists_new_changed_and_deleted_ids_and_reports_duplicates() {
+    let dir = tempdir();
+    let p = |name: &str| dir.path().join(name);
+    let a = base_rows(200);
+    let b = next_snapshot(&a, 7, 4);
+    let (in_a, in_b) = (write_snapshot(&p("a"), &a, 1), write_snapshot(&p("b"), &b, 2));
+    embed_cmd(&in_a, &p("out-a"), &["--id-column", "id"]).assert().success();
+    embed_cmd(&in_b, &p("out-b"), &["--id-column", "id", "--reuse", &path(&p("out-a"))]).assert().success();
+    let out = batch_embed()
+        .args(["changes", "--json"])
+        .arg(p("out-a"))
+        .arg(p("out-b"))
+        .arg("--output")
+        .arg(p("changes"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Expected from the snapshots themselves (rows with a vector: non-null texts).
+    let old: std::collections::HashMap<i64, &Option<String>> =
+        a.iter().filter(|r| r.1.is_some()).map(|r| (r.0, &r.1)).collect();
+    let new_rows: Vec<&(i64, Option<String>)> = b.iter().filter(|r| r.1.is_some()).collect();
+    let changed: Vec<i64> =
+        new_rows.iter().filter(|r| old.get(&r.0).is_some_and(|t| **t != r.1)).map(|r| r.0).collect();
+    let added: Vec<i64> = new_rows.iter().filter(|r| !old.contains_key(&r.0)).map(|r| r.0).collect();
+    let kept: std::collections::HashSet<i64> = new_rows.iter().map(|r| r.0).collect();
+    let mut deleted: Vec<i64> = old.keys().filter(|id| !kept.contains(id)).copied().collect();
+    deleted.sort();
+    assert_eq!(report["changed"], changed.len() as u64);
+    assert_eq!(report["new"], added.len() as u64);
+    assert_eq!(report["deleted"], deleted.len() as u64);
+    assert_eq!(report["unchanged"], (new_rows.len() - changed.len() - added.len()) as u64);
+    let mut upserted: Vec<i64> = changed.iter().chain(&added).copied().collect();
+    upserted.sort();
+    assert_eq!(change_ids(&p("changes/upserted.parquet")), upserted);
+    assert_eq!(change_ids(&p("changes/deleted.parquet")), deleted);
+    assert!(!p("changes/duplicates.parquet").exists());
+
+    // An id twice in CURRENT: reported and left out, not merged.
+    let mut dup = b.clone();
+    let twice = dup.iter().find(|r| r.1.is_some() && changed.contains(&r.0)).unwrap().0;
+    dup.push((twice, Some("the same id again".into())));
+    embed_cmd(&write_snapshot(&p("dup"), &dup, 1), &p("out-dup"), &["--id-column", "id"]).assert().success();
+    batch_embed()
+        .arg("changes")
+        .arg(p("out-a"))
+        .arg(p("out-dup"))
+        .arg("--output")
+        .arg(p("changes-dup"))
+        .assert()
+        .success()
+        .stdout(contains("more than once in PREVIOUS and 1 in CURRENT"))
+        .stdout(contains(format!("{} changed", changed.len() - 1)));
+    assert!(!change_ids(&p("changes-dup/upserted.parquet")).contains(&twice));
+    assert!(p("changes-dup/duplicates.parquet").exists());
+
+    // Runs without ids, and incomplete runs, are refused.
+    embed_cmd(&in_b, &p("no-ids"), &[]).assert().success();
+    batch_embed()
+        .arg("changes")
+        .arg(p("out-a"))
+        .arg(p("no-ids"))
+        .arg("--output")
+        .arg(p("x"))
+        .assert()
+        .failure()
+        .stderr(contains("made without --id-column"));
+    embed_cmd(
+        &in_b,
+        &p("half"),
+        &["--id-column", "id", "--num-workers", "2", "--worker-id", "0", "--stride-block", "8"],
+    )
+    .assert()
+    .success();
+    batch_embed()
+        .arg("changes")
+        .arg(p("out-a"))
+        .arg(p("half"))
+        .arg("--output")
+        .arg(p("x"))
+        .assert()
+        .failure()
+        .stderr(contains("is incomplete"))
+        .stderr(contains("--allow-incomplete"));
+    batch_embed()
+        .args(["changes", "--allow-incomplete"])
+        .arg(p("out-a"))
+        .arg(p("half"))
+        .arg("--output")
+        .arg(p("x"))
+        .assert()
+        .success();
+}

@@ -222,3 +222,45 @@ pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration) ->
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A Python with `packages` installed: the virtual environment `BATCH_EMBED_TEST_VENV`, else
+/// `target/test-venv`, created and filled on first use (by `.ci/run` in CI). `None` when the
+/// packages cannot be installed here, after saying so on stderr; a panic instead when the
+/// environment variable `require` is set (CI sets it: there the test must run).
+pub fn python_with(packages: &[&str], import: &str, require: &str) -> Option<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = std::env::var_os("BATCH_EMBED_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/test-venv"));
+    let python = venv.join("bin/python");
+    let works = || {
+        std::process::Command::new(&python)
+            .args(["-c", &format!("import {import}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !works() {
+        let made = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+        let installed = made.is_ok_and(|s| s.success())
+            && std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet"])
+                .args(packages)
+                .status()
+                .is_ok_and(|s| s.success());
+        if !installed || !works() {
+            let why = format!(
+                "could not install {} into {} (pip install {} failed or python3 is missing)",
+                packages.join(", "),
+                venv.display(),
+                packages.join(" ")
+            );
+            if std::env::var_os(require).is_some() {
+                panic!("{why}; {require} is set, so this test must run");
+            }
+            eprintln!("\n*** SKIPPED: {why}; this test did NOT run ***\n");
+            return None;
+        }
+    }
+    Some(python)
+}
