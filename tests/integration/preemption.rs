@@ -418,3 +418,27 @@ fn a_text_that_runs_out_of_memory_alone_is_retried_once_before_it_counts_as_fail
     assert!(read_vectors(&always).is_empty());
     verify(&always).success();
 }
+
+#[test]
+fn a_sigterm_delivered_twice_at_once_is_one_request_and_still_commits() {
+    let dir = tempdir();
+    let input = corpus(dir.path(), 300);
+    let out = dir.path().join("out");
+    let log = dir.path().join("log");
+    let mut slower = SLOW;
+    slower[7] = "600"; // a stop takes up to one chunk: the second signal finds it still running
+    let mut child = spawn(&input, &out, &slower, &log);
+    wait_for_progress(&mut child, &worker0(&out).join("checkpoint.json"), 0);
+    signal(&child, libc::SIGTERM);
+    // Apart enough to be two deliveries (the kernel merges signals sent closer than one is
+    // handled), close enough to be the same request.
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), INTERRUPTED);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.contains("again at once: taken as the same stop request"), "{stderr}");
+    assert!(!stderr.contains("exiting now"), "{stderr}");
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(worker0(&out).join("progress.json")).unwrap()).unwrap();
+    assert_eq!(progress["state"], "interrupted");
+}
