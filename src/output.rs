@@ -15,7 +15,7 @@ use arrow::array::{
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tempfile::NamedTempFile;
@@ -37,6 +37,14 @@ impl OutputDtype {
         }
     }
 
+    /// Bytes of one element.
+    fn bytes(self) -> usize {
+        match self {
+            OutputDtype::F32 => 4,
+            OutputDtype::F16 => 2,
+        }
+    }
+
     fn arrow(self) -> DataType {
         match self {
             OutputDtype::F32 => DataType::Float32,
@@ -47,6 +55,10 @@ impl OutputDtype {
 
 /// The name of the text hash column.
 pub const TEXT_HASH: &str = "text_hash";
+
+/// Most bytes of vectors in one Parquet page (at least one vector a page): what a reader of a
+/// few scattered rows pays per row, at a page header and an offset index entry (~40 bytes) a page.
+const VECTOR_PAGE_BYTES: usize = 4096;
 
 /// Rows per Parquet row group in a part: bounds the writer's memory (≤ 4096 × dim × 4 bytes
 /// buffered) while keeping groups large enough for readers.
@@ -151,15 +163,29 @@ impl ShardWriter {
         // NOTE: dictionary encoding and min/max statistics cost a hash or compare per float and
         // buy nothing for embedding values (profiled: ~15% of a no-model run); they stay on for
         // `row` and `id`, where readers use them to prune.
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::None)
             .set_column_dictionary_enabled(ColumnPath::from("id"), true)
             .set_column_statistics_enabled(ColumnPath::from("row"), EnabledStatistics::Chunk)
-            .set_column_statistics_enabled(ColumnPath::from("id"), EnabledStatistics::Chunk)
-            .build();
+            .set_column_statistics_enabled(ColumnPath::from("id"), EnabledStatistics::Chunk);
+        // NOTE: the vectors are most of a part, and floats barely compress: on 896-dim vectors
+        // zstd saved 6-9% and lz4 after byte-stream-split 1%, for 1.1-1.8× the CPU time of a
+        // `--reuse` copy (measured, see BENCHMARKS.md). So they are stored plain, in pages of a
+        // few rows (with the offset index every part has), which lets `--reuse` read only the
+        // pages of the vectors it copies even when they are scattered (a reordered snapshot).
+        let vectors = ColumnPath::new(vec!["embedding".into(), "list".into(), "item".into()]);
+        let row_bytes = self.dim * self.dtype.bytes();
+        props = props
+            .set_column_compression(vectors.clone(), Compression::UNCOMPRESSED)
+            .set_column_encoding(vectors.clone(), Encoding::PLAIN)
+            .set_column_data_page_row_count_limit(vectors, (VECTOR_PAGE_BYTES / row_bytes.max(1)).max(1))
+            // The page limit is checked after each batch of values written, extended to the end
+            // of a vector: batches shorter than a vector let a page end after any vector.
+            .set_write_batch_size(256);
+        let props = props.build();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
         Ok(OpenPart { writer, rows: 0 })
     }
@@ -178,5 +204,66 @@ impl ShardWriter {
         let file = open.writer.into_inner().context("cannot finish a part file")?;
         self.next_part += 1;
         Ok(Some(FinishedPart { file, rows: open.rows }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float32Type;
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::file::metadata::PageIndexPolicy;
+
+    /// Writes `rows` vectors of `dim` and returns the finished part's path (kept in `dir`).
+    fn write_part(dir: &Path, dim: usize, dtype: OutputDtype, rows: usize) -> PathBuf {
+        let mut w = ShardWriter::new(dir, dim, dtype, None, 0, HashMap::new());
+        let values: Vec<f32> = (0..rows * dim).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let row_numbers: Vec<u64> = (0..rows as u64).collect();
+        let hashes: Vec<u128> = (0..rows as u128).collect();
+        let array = w.values(values);
+        w.push(&row_numbers, &hashes, None, array).unwrap();
+        let part = w.finish_part().unwrap().unwrap();
+        let path = dir.join(format!("p-{dim}-{}.parquet", dtype.as_str()));
+        part.file.persist(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn vectors_are_written_plain_in_pages_of_a_few_rows_that_readers_can_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        for (dim, dtype) in [(896, OutputDtype::F32), (384, OutputDtype::F16), (4096, OutputDtype::F32)] {
+            let rows = 300;
+            let path = write_part(dir.path(), dim, dtype, rows);
+            let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new_with_options(File::open(&path).unwrap(), options)
+                    .unwrap();
+            let meta = builder.metadata().clone();
+            let leaf = meta
+                .row_group(0)
+                .columns()
+                .iter()
+                .position(|c| c.column_path().string() == "embedding.list.item");
+            let leaf = leaf.expect("the vector column's leaf");
+            let per_row = dim * dtype.bytes();
+            let want_rows = (VECTOR_PAGE_BYTES / per_row).max(1);
+            let pages = meta.page_index().unwrap().offset_index(0, leaf).unwrap().page_locations().len();
+            // The row limit is checked after each write batch (1024 values), so a page may run a
+            // little past it.
+            assert!(pages >= rows / (2 * want_rows), "{dim} {dtype:?}: {pages} pages for {rows} rows");
+            assert!(pages <= rows, "{dim} {dtype:?}: more pages than rows");
+            assert_eq!(meta.row_group(0).column(leaf).compression(), Compression::UNCOMPRESSED);
+            // And the values come back as written.
+            let batch = builder.build().unwrap().next().unwrap().unwrap();
+            let list = batch.column_by_name("embedding").unwrap().as_fixed_size_list();
+            assert_eq!(list.len(), rows);
+            if dtype == OutputDtype::F32 {
+                let v = list.values().as_primitive::<Float32Type>();
+                assert_eq!(v.value(7 * dim + 3), ((((7 * dim + 3) * 7919) % 1000) as f32) / 1000.0 - 0.5);
+            }
+        }
     }
 }
