@@ -44,7 +44,7 @@ BATCH_EMBED_CHECK_TOKENIZER="$MODEL/tokenizer.json" BATCH_EMBED_CHECK_TEXTS="$AS
   cargo test --quiet --lib the_fast_road_gives_the_tokenizers_ids_on_a_corpus -- --ignored --nocapture 2>&1 |
   grep -E "texts,|texts/s|test result"
 
-echo "== pipeline alone (no model: zero vectors), Qwen tokenizer, one shard (100k rows) then all six (579k)"
+echo "== pipeline alone (no model: made-up vectors), Qwen tokenizer, one shard (100k rows) then all six (579k)"
 for input in "$ASSETS/imdb-sentences/sentences-00000.parquet" "$ASSETS/imdb-sentences"; do
   rm -rf "$WORK/noop"
   /usr/bin/time -f "peak RSS %M KB" "$BIN" embed --debug-noop-model --model "$MODEL" --output "$WORK/noop" "$input" 2>&1 | grep -E "rows:|time:|peak RSS"

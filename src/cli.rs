@@ -225,7 +225,7 @@ pub struct EmbedArgs {
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_chunk_delay_ms: u64,
 
-    /// Bench hook: skip the model (zero vectors) to measure the pipeline alone.
+    /// Bench hook: skip the model (made-up vectors) to measure the pipeline alone.
     #[arg(long, hide = true)]
     pub debug_noop_model: bool,
 

@@ -48,7 +48,7 @@ pub struct EmbedConfig {
     pub lock_stale: std::time::Duration,
     /// Test hook (hidden flag): a pause before each chunk reaches the model.
     pub debug_chunk_delay: std::time::Duration,
-    /// Bench hook (hidden flag): no model, zero vectors.
+    /// Bench hook (hidden flag): no model, made-up vectors.
     pub debug_noop_model: bool,
 }
 

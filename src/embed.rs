@@ -140,7 +140,7 @@ impl Embedder {
         Self::with_model(files, model, options)
     }
 
-    /// An embedder whose model computes nothing (zero vectors): the pipeline alone, for
+    /// An embedder whose model computes nothing (pseudo-random vectors): the pipeline alone, for
     /// benchmarks (`--debug-noop-model`).
     pub fn without_model(
         files: &ModelFiles,

@@ -23,6 +23,9 @@ pub struct Live {
     pub rows_failed: AtomicU64,
     /// Rows copied from previous outputs (all runs).
     pub rows_reused: AtomicU64,
+    /// Committed rows embedded, and of them repeats (all runs).
+    pub rows_embedded: AtomicU64,
+    pub rows_deduplicated: AtomicU64,
     /// Tokens this run.
     pub tokens: AtomicU64,
 }
@@ -41,6 +44,16 @@ struct Shared {
     finished: bool,
 }
 
+impl Live {
+    /// Takes the committed counters from the checkpoint just saved.
+    pub fn committed(&self, ckpt: &crate::checkpoint::Checkpoint) {
+        self.rows_committed.store(ckpt.rows_done, Ordering::Relaxed);
+        self.rows_failed.store(ckpt.rows_failed, Ordering::Relaxed);
+        self.rows_embedded.store(ckpt.rows_embedded, Ordering::Relaxed);
+        self.rows_deduplicated.store(ckpt.rows_deduplicated, Ordering::Relaxed);
+    }
+}
+
 impl Heartbeat {
     /// Starts beating for `folder` (held by this process).
     pub fn start(folder: Arc<WorkerFolder>, progress: WorkerProgress, stop: StopFlag) -> Self {
@@ -49,6 +62,8 @@ impl Heartbeat {
         live.rows_committed.store(progress.rows_committed, Ordering::Relaxed);
         live.rows_failed.store(progress.rows_failed, Ordering::Relaxed);
         live.rows_reused.store(progress.rows_reused, Ordering::Relaxed);
+        live.rows_embedded.store(progress.rows_embedded, Ordering::Relaxed);
+        live.rows_deduplicated.store(progress.rows_deduplicated, Ordering::Relaxed);
         let shared = Arc::new(Mutex::new(Shared { folder, progress, finished: false }));
         shared.lock().expect("heartbeat state").update(&live);
         let (stop_tx, stop_rx) = channel::<()>();
@@ -150,6 +165,8 @@ impl Shared {
         p.rows_committed = live.rows_committed.load(Ordering::Relaxed);
         p.rows_failed = live.rows_failed.load(Ordering::Relaxed);
         p.rows_reused = live.rows_reused.load(Ordering::Relaxed);
+        p.rows_embedded = live.rows_embedded.load(Ordering::Relaxed);
+        p.rows_deduplicated = live.rows_deduplicated.load(Ordering::Relaxed);
         p.updated_at = unix_now();
         if p.history.last().is_none_or(|&(t, _)| p.updated_at >= t + 30) {
             p.history.push((p.updated_at, p.rows_done));

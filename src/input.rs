@@ -177,16 +177,23 @@ fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         .with_context(|| format!("{} is not a readable Parquet file", path.display()))
 }
 
-/// An input file that counts the bytes read from it: what `read_rows` fetches is what a
+/// A Parquet file that counts the bytes read from it: what `read_rows` fetches is what a
 /// worker pays for on a network file system or bucket, and the tests check that pages a worker
-/// does not own are not among it.
-struct CountingFile {
+/// does not own are not among it. `--reuse` reads earlier outputs through it too.
+pub struct CountingFile {
     file: File,
     bytes: Arc<AtomicU64>,
 }
 
+impl CountingFile {
+    /// Opens `path`, adding every byte read from it to `bytes`.
+    pub fn open(path: &Path, bytes: Arc<AtomicU64>) -> std::io::Result<Self> {
+        Ok(CountingFile { file: File::open(path)?, bytes })
+    }
+}
+
 /// A reader of a [`CountingFile`] from some offset.
-struct CountingRead {
+pub struct CountingRead {
     file: File,
     bytes: Arc<AtomicU64>,
 }
@@ -237,10 +244,8 @@ pub struct Chunk {
 /// others, unowned rows are skipped by a row selection (pages are skipped where the file has a
 /// page index).
 pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> Result<Chunks> {
-    let handle = CountingFile {
-        file: File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?,
-        bytes: Arc::new(AtomicU64::new(0)),
-    };
+    let handle = CountingFile::open(&file.path, Arc::new(AtomicU64::new(0)))
+        .with_context(|| format!("cannot open {}", file.path.display()))?;
     let bytes_read = handle.bytes.clone();
     // The page index (when the file has one) lets the row selection skip whole pages.
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);

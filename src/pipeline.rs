@@ -65,7 +65,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let device = crate::device::open(cfg.device, cfg.cuda_lib_dir.as_deref(), &mut note)?;
     let dtype = crate::device::dtype(cfg.dtype, &device);
     let device_name = crate::device::describe(&device);
-    // NOTE: the bench hook's zero vectors say so in the description, so that they are never
+    // NOTE: the bench hook's made-up vectors say so in the description, so that they are never
     // reused for, or resumed as, real ones.
     let model_hash = match cfg.debug_noop_model {
         true => format!("noop:{}", cfg.model.content_hash()?),
@@ -102,6 +102,8 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         rows_committed: ckpt.rows_done,
         rows_failed: ckpt.rows_failed,
         rows_reused: ckpt.rows_reused,
+        rows_embedded: ckpt.rows_embedded,
+        rows_deduplicated: ckpt.rows_deduplicated,
         started_at: lock_info.started_at,
         updated_at: lock_info.started_at,
         history: WorkerProgress::load(folder.dir()).map(|p| p.history).unwrap_or_default(),
@@ -135,7 +137,9 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         // With --reuse: copy what earlier outputs have, then embed the rest.
         let mut plan = plan;
         let reused_before = ckpt.rows_reused;
+        let mut reuse_stats = ReuseStats::default();
         let mut note = |n: &str| progress.note(&format!("batch-embed: {n}"));
+        let reuse_started = Instant::now();
         if let Some(reuse) = plan_reuse(cfg, &inputs, &plan, sources, &folder, &mut ckpt, &mut note)? {
             let copy = WritePlan {
                 shards: shards(&ckpt),
@@ -144,7 +148,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 every: cfg.checkpoint_every,
                 rows_per_part: cfg.rows_per_part,
             };
-            let finished = reuse::copy(
+            let copied = reuse::copy(
                 &reuse,
                 &cfg.partition,
                 inputs.id_type.as_ref(),
@@ -154,7 +158,12 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 stop,
                 cfg.debug_chunk_delay,
             )?;
-            if !finished {
+            reuse_stats = ReuseStats {
+                input_bytes: reuse.input_bytes,
+                source_bytes: reuse.source_bytes + copied.source_bytes,
+                time: reuse_started.elapsed(),
+            };
+            if !copied.finished {
                 progress.finish();
                 return Ok(Summary {
                     interrupted: true,
@@ -199,7 +208,9 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             oom_retries: stats.oom_retries,
             deduplicated: stats.deduplicated,
             reused_this_run: ckpt.rows_reused - reused_before,
-            input_bytes: stats.input_bytes,
+            input_bytes: stats.input_bytes + reuse_stats.input_bytes,
+            reuse_source_bytes: reuse_stats.source_bytes,
+            reuse_time: reuse_stats.time,
             interrupted: stats.interrupted,
             ..Summary::totals(worker.clone(), &ckpt, rows_before, device_name.clone())
         };
@@ -223,6 +234,14 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         Err(e) => heartbeat.finish("failed", Some(format!("{e:#}"))),
     }
     result
+}
+
+/// What the `--reuse` phase (plan and copy) read and how long it took.
+#[derive(Default)]
+struct ReuseStats {
+    input_bytes: u64,
+    source_bytes: u64,
+    time: std::time::Duration,
 }
 
 /// With `--reuse`: the sources (listed and recorded at the first start, checked unchanged on a

@@ -116,6 +116,12 @@ pub struct WorkerProgress {
     /// Owned rows whose vector was copied from a previous output (`--reuse`), committed or not.
     #[serde(default)]
     pub rows_reused: u64,
+    /// Committed rows whose vector this worker computed (all runs), and of them the rows whose
+    /// text had already been embedded in the same run (repeats, embedded once).
+    #[serde(default)]
+    pub rows_embedded: u64,
+    #[serde(default)]
+    pub rows_deduplicated: u64,
     /// Rates over the last minute of this run.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,

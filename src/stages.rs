@@ -280,8 +280,7 @@ fn write_chunks(
     let commit =
         |writer: &mut ShardWriter, pending: &mut CommitCounts, lines: &mut Vec<u8>, ckpt: &mut Checkpoint| {
             folder.commit(ckpt, writer.finish_part()?, lines, pending)?;
-            live.rows_committed.store(ckpt.rows_done, Relaxed);
-            live.rows_failed.store(ckpt.rows_failed, Relaxed);
+            live.committed(ckpt);
             *pending = CommitCounts::default();
             lines.clear();
             anyhow::Ok(())

@@ -21,6 +21,10 @@ pub struct FleetStatus {
     pub rows_failed: u64,
     /// Rows whose vector was copied from a previous output (`--reuse`).
     pub rows_reused: u64,
+    /// Committed rows whose vector was computed, and of them repeats of a text already
+    /// embedded in the same run (embedded once).
+    pub rows_embedded: u64,
+    pub rows_deduplicated: u64,
     /// Sum over running workers.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,
@@ -51,6 +55,9 @@ pub struct WorkerStatus {
     pub rows_failed: u64,
     /// Rows whose vector was copied from a previous output (`--reuse`).
     pub rows_reused: u64,
+    /// Committed rows embedded, and of them repeats (see [`FleetStatus`]).
+    pub rows_embedded: u64,
+    pub rows_deduplicated: u64,
     pub rows_per_s: f64,
     pub host: Option<String>,
     /// Seconds since the worker last wrote its progress.
@@ -88,6 +95,8 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
                 rows_owned: owned_by_rule.unwrap_or(0),
                 rows_failed: 0,
                 rows_reused: 0,
+                rows_embedded: 0,
+                rows_deduplicated: 0,
                 rows_per_s: 0.0,
                 host: None,
                 updated_s_ago: None,
@@ -109,13 +118,21 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             }
         };
         let running = state == "running";
-        let (rows_done, rows_failed, rows_reused) = match &progress {
+        let (rows_done, rows_failed, rows_reused, rows_embedded, rows_deduplicated) = match &progress {
             Some(p) if running => (
                 p.rows_done.max(ckpt.rows_done),
                 p.rows_failed.max(ckpt.rows_failed),
                 p.rows_reused.max(ckpt.rows_reused),
+                p.rows_embedded.max(ckpt.rows_embedded),
+                p.rows_deduplicated.max(ckpt.rows_deduplicated),
             ),
-            _ => (ckpt.rows_done, ckpt.rows_failed, ckpt.rows_reused),
+            _ => (
+                ckpt.rows_done,
+                ckpt.rows_failed,
+                ckpt.rows_reused,
+                ckpt.rows_embedded,
+                ckpt.rows_deduplicated,
+            ),
         };
         if let Some(p) = &progress {
             histories.push(p.history.clone());
@@ -127,6 +144,8 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             rows_owned: ckpt.rows_owned,
             rows_failed,
             rows_reused,
+            rows_embedded,
+            rows_deduplicated,
             rows_per_s: if running { progress.as_ref().map_or(0.0, |p| p.rows_per_s) } else { 0.0 },
             host: progress.as_ref().map(|p| p.host.clone()),
             updated_s_ago: age.or_else(|| Some(now.saturating_sub(ckpt.updated_at))),
@@ -150,6 +169,8 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
         rows_done,
         rows_failed: workers.iter().map(|w| w.rows_failed).sum(),
         rows_reused: workers.iter().map(|w| w.rows_reused).sum(),
+        rows_embedded: workers.iter().map(|w| w.rows_embedded).sum(),
+        rows_deduplicated: workers.iter().map(|w| w.rows_deduplicated).sum(),
         rows_per_s,
         tokens_per_s,
         eta_s: if left == 0.0 {
@@ -222,9 +243,11 @@ pub fn render(s: &FleetStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "progress: {}/{} rows ({pct:.1}%), {} reused, {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
+        "progress: {}/{} rows ({pct:.1}%): {} embedded ({} of them repeats), {} reused, {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
         s.rows_done,
         s.rows_owned,
+        s.rows_embedded,
+        s.rows_deduplicated,
         s.rows_reused,
         s.rows_failed,
         s.rows_per_s,

@@ -39,6 +39,10 @@ pub struct Summary {
     /// Rows whose vector was copied from a previous output: all runs, and this run.
     pub reused: u64,
     pub reused_this_run: u64,
+    /// Bytes read from the earlier outputs of `--reuse` (key and hash columns, then the pages
+    /// of the copied vectors), and the time the reuse phase (plan and copy) took.
+    pub reuse_source_bytes: u64,
+    pub reuse_time: Duration,
 }
 
 impl Summary {
@@ -97,6 +101,17 @@ impl std::fmt::Display for Summary {
         }
         if self.rows_before > 0 {
             writeln!(f, "resumed:    {} rows were done before this run", self.rows_before)?;
+        }
+        if self.reuse_time > Duration::ZERO {
+            let t = self.reuse_time.as_secs_f64().max(1e-9);
+            writeln!(
+                f,
+                "reuse:      {} rows copied this run in {:.2}s ({:.0} rows/s, planning included); {:.1} MiB read from earlier outputs",
+                self.reused_this_run,
+                t,
+                self.reused_this_run as f64 / t,
+                self.reuse_source_bytes as f64 / (1u64 << 20) as f64
+            )?;
         }
         writeln!(f, "truncated:  {} texts", self.truncated)?;
         writeln!(

@@ -67,8 +67,10 @@ pub trait EmbeddingModel: Send + Sync {
     fn limit_attention(&self, _elements: usize) {}
 }
 
-/// A stand-in that returns zeros without computing anything: the bench hook
-/// `--debug-noop-model`, to measure the pipeline alone.
+/// A stand-in that computes no model: the bench hook `--debug-noop-model`, to measure the
+/// pipeline alone. A token's state is pseudo-random, decided by the text's ids up to it, so
+/// a text always gets the same vector (repeats, reuse and resume behave as with a model) and
+/// the vectors are as hard to compress as real ones (zeros would make writing parts look free).
 struct FakeModel {
     hidden: usize,
     heads: usize,
@@ -77,8 +79,41 @@ struct FakeModel {
 
 impl EmbeddingModel for FakeModel {
     fn forward(&self, batch: &Batch, rows: Option<&[u32]>) -> candle_core::Result<Tensor> {
-        let n = rows.map_or(batch.input_ids.len(), <[u32]>::len);
-        Tensor::zeros((n, self.hidden), DType::F32, &self.device)
+        // splitmix64: a cheap, well-mixed step.
+        let mix = |x: u64| {
+            let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        let mut prefix = vec![0u64; batch.input_ids.len()];
+        for i in 0..batch.len() {
+            let (start, len) = batch.span(i);
+            let mut h = 0u64;
+            for (state, &id) in
+                prefix[start..start + len].iter_mut().zip(&batch.input_ids[start..start + len])
+            {
+                h = mix(h ^ u64::from(id));
+                *state = h;
+            }
+        }
+        let all: Vec<u32>;
+        let rows = match rows {
+            Some(r) => r,
+            None => {
+                all = (0..batch.input_ids.len() as u32).collect();
+                &all
+            }
+        };
+        let mut values = Vec::with_capacity(rows.len() * self.hidden);
+        for &r in rows {
+            let mut x = prefix[r as usize];
+            for _ in 0..self.hidden {
+                x = mix(x);
+                values.push((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5);
+            }
+        }
+        Tensor::from_vec(values, (rows.len(), self.hidden), &self.device)
     }
 
     fn hidden_size(&self) -> usize {
@@ -174,7 +209,7 @@ pub fn load(
     Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype })
 }
 
-/// A model of `config`'s width that computes nothing (zero vectors): the pipeline alone.
+/// A model of `config`'s width that computes nothing (pseudo-random vectors): the pipeline alone.
 pub fn fake(config: &ModelConfig, attention: Attention, device: &Device) -> LoadedModel {
     let model = Box::new(FakeModel {
         hidden: config.hidden_size,

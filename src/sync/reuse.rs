@@ -18,10 +18,11 @@
 //! scanned column by column (key and hash columns, then only the matching vectors).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -35,7 +36,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::heartbeat::Live;
-use crate::input::InputFile;
+use crate::input::{CountingFile, InputFile};
 use crate::output::TEXT_HASH;
 use crate::partition::Partition;
 use crate::progress::Progress;
@@ -45,7 +46,7 @@ use crate::stages::WritePlan;
 use crate::worker_folder::CommitCounts;
 
 /// Rows decoded at a time from a source part.
-const COPY_BATCH: usize = 8192;
+const COPY_BATCH: usize = 2048;
 
 /// What the checkpoint keeps of a `--reuse` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +156,10 @@ pub struct ReusePlan {
     /// Per owned index: reused or not.
     pub reused: Vec<bool>,
     pub count: u64,
+    /// Bytes read while planning: from the input (the owned rows' key and text columns) and
+    /// from the sources (their key and hash columns).
+    pub input_bytes: u64,
+    pub source_bytes: u64,
 }
 
 impl ReusePlan {
@@ -202,8 +207,10 @@ pub fn plan(
     // 1. The owned rows' keys.
     let mut entries: Vec<Entry> = Vec::new();
     let mut index = 0u32;
+    let mut input_bytes = 0;
     for (file, ranges) in plan {
-        for chunk in crate::input::read_rows(&files[*file], ranges, COPY_BATCH)? {
+        let mut chunks = crate::input::read_rows(&files[*file], ranges, COPY_BATCH)?;
+        for chunk in chunks.by_ref() {
             let chunk = chunk?;
             let keys: Vec<Option<u128>> = match (&chunk.ids, by_id) {
                 (Some(ids), true) => super::id_keys(ids)?,
@@ -216,15 +223,17 @@ pub fn plan(
             }
             index += chunk.rows.len() as u32;
         }
+        input_bytes += chunks.bytes_read();
     }
     let owned = index as usize;
     entries.sort_unstable_by_key(|e| (e.key, e.index));
 
     // 2. The sources' keys: each owned row takes the first source row with its key and hash.
     let mut source_of: Vec<u64> = vec![u64::MAX; owned];
+    let source_bytes = Arc::new(AtomicU64::new(0));
     for (si, source) in sources.iter().enumerate() {
         let path = Path::new(&source.path);
-        for (row, key, hash) in source_keys(path, by_id)? {
+        for (row, key, hash) in source_keys(path, by_id, &source_bytes)? {
             let start = entries.partition_point(|e| e.key < key);
             for e in entries[start..].iter().take_while(|e| e.key == key) {
                 let slot = &mut source_of[e.index as usize];
@@ -250,15 +259,15 @@ pub fn plan(
     for c in &mut copies {
         c.sort_unstable();
     }
-    Ok(ReusePlan { copies, reused, count })
+    Ok(ReusePlan { copies, reused, count, input_bytes, source_bytes: source_bytes.load(Relaxed) })
 }
 
 /// (row in part, key, text hash) of every row of a source part, reading only its key and hash
 /// columns.
-fn source_keys(path: &Path, by_id: bool) -> Result<Vec<(u32, u128, u128)>> {
+fn source_keys(path: &Path, by_id: bool, bytes: &Arc<AtomicU64>) -> Result<Vec<(u32, u128, u128)>> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).with_context(unreadable)?)
-        .with_context(unreadable)?;
+    let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
     let schema = builder.schema().clone();
     let hash_col = schema.index_of(TEXT_HASH).map_err(|_| {
         anyhow::anyhow!(
@@ -297,9 +306,17 @@ fn source_keys(path: &Path, by_id: bool) -> Result<Vec<(u32, u128, u128)>> {
     Ok(out)
 }
 
+/// What the copy phase did.
+pub struct Copied {
+    /// False when stopped by a signal before the end.
+    pub finished: bool,
+    /// Bytes read from the sources (the copied rows' pages).
+    pub source_bytes: u64,
+}
+
 /// Copies the planned rows, source by source from the checkpoint's cursor, into this run's
-/// parts, committing as the write stage does. Returns false when stopped by `stop`. `delay` is
-/// the test hook `--debug-chunk-delay-ms`, slept before each piece.
+/// parts, committing as the write stage does. `delay` is the test hook
+/// `--debug-chunk-delay-ms`, slept before each piece.
 #[allow(clippy::too_many_arguments)]
 pub fn copy(
     plan: &ReusePlan,
@@ -310,8 +327,10 @@ pub fn copy(
     progress: &mut Progress,
     stop: &StopFlag,
     delay: std::time::Duration,
-) -> Result<bool> {
+) -> Result<Copied> {
     let WritePlan { folder, ckpt, mut shards, every, rows_per_part } = write;
+    let bytes = Arc::new(AtomicU64::new(0));
+    let stopped = |bytes: &Arc<AtomicU64>| Copied { finished: false, source_bytes: bytes.load(Relaxed) };
     let state = ckpt.reuse.clone().context("internal error: a reuse plan without reuse state")?;
     let mut last_commit = Instant::now();
     let mut pending = 0u64;
@@ -322,26 +341,31 @@ pub fn copy(
                   cursor: (usize, u64)| {
         let counts = CommitCounts { reused: *pending, reuse_cursor: Some(cursor), ..CommitCounts::default() };
         folder.commit(ckpt, shards.finish_part()?, &[], &counts)?;
-        live.rows_committed.store(ckpt.rows_done, Relaxed);
+        live.committed(ckpt);
         *pending = 0;
         anyhow::Ok(())
     };
-    for si in state.sources_done..state.sources.len() {
-        let source = &state.sources[si];
-        let skip = if si == state.sources_done { state.source_rows_done as usize } else { 0 };
-        let wanted = &plan.copies[si][skip.min(plan.copies[si].len())..];
-        let mut copied = skip as u64;
-        if wanted.is_empty() {
-            cursor = (si + 1, 0);
-            continue;
-        }
-        for batch in read_selected(Path::new(&source.path), wanted, id_type.is_some())? {
-            let (owned_indices, hashes, ids, values) = batch?;
+    // NOTE: the sources are read (decoded) on a thread of their own while this one writes
+    // (encodes) the parts: the two halves of the copy take about as long each.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(2);
+        let reader = scope.spawn(|| read_sources(&state, plan, id_type.is_some(), &bytes, tx));
+        let mut copied = state.source_rows_done;
+        for piece in rx {
+            let (si, batch) = match piece? {
+                Piece::Done(si) => {
+                    cursor = (si + 1, 0);
+                    copied = 0;
+                    continue;
+                }
+                Piece::Batch(si, batch) => (si, batch),
+            };
+            let (owned_indices, hashes, ids, values) = batch;
             if let (Some(ids), Some(want)) = (&ids, id_type) {
                 if ids.data_type() != want {
                     bail!(
                         "{}: its id column is {}, this run's is {want}; they cannot be matched",
-                        source.path,
+                        state.sources[si].path,
                         ids.data_type()
                     );
                 }
@@ -352,7 +376,7 @@ pub fn copy(
             while at < owned_indices.len() {
                 if stop.is_set() {
                     commit(&mut shards, ckpt, &mut pending, cursor)?;
-                    return Ok(false);
+                    return Ok(stopped(&bytes));
                 }
                 std::thread::sleep(delay);
                 let room = rows_per_part.saturating_sub(shards.buffered_rows()).max(1);
@@ -374,10 +398,49 @@ pub fn copy(
                 }
             }
         }
-        cursor = (si + 1, 0);
+        reader.join().expect("reuse reader panicked");
+        commit(&mut shards, ckpt, &mut pending, cursor)?;
+        Ok(Copied { finished: true, source_bytes: bytes.load(Relaxed) })
+    })
+}
+
+/// What the reader of the sources hands the copy: a batch of source `si`, or the end of it.
+enum Piece {
+    Batch(usize, CopiedBatch),
+    Done(usize),
+}
+
+/// Reads the planned rows of every source from the checkpoint's cursor on, in order, into
+/// `tx`; stops quietly when the receiver is gone, and sends the first error.
+fn read_sources(
+    state: &ReuseState,
+    plan: &ReusePlan,
+    with_ids: bool,
+    bytes: &Arc<AtomicU64>,
+    tx: std::sync::mpsc::SyncSender<Result<Piece>>,
+) {
+    for si in state.sources_done..state.sources.len() {
+        let skip = if si == state.sources_done { state.source_rows_done as usize } else { 0 };
+        let wanted = &plan.copies[si][skip.min(plan.copies[si].len())..];
+        if !wanted.is_empty() {
+            let batches = match read_selected(Path::new(&state.sources[si].path), wanted, with_ids, bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            for batch in batches {
+                let failed = batch.is_err();
+                if tx.send(batch.map(|b| Piece::Batch(si, b))).is_err() || failed {
+                    return;
+                }
+            }
+        }
+        if tx.send(Ok(Piece::Done(si))).is_err() {
+            return;
+        }
     }
-    commit(&mut shards, ckpt, &mut pending, cursor)?;
-    Ok(true)
 }
 
 /// A batch of copied rows: owned indices, text hashes, ids (when asked), flat vector values.
@@ -385,14 +448,17 @@ type CopiedBatch = (Vec<u32>, Vec<u128>, Option<ArrayRef>, ArrayRef);
 
 /// Reads the rows `wanted` ((row in part, owned index), by row) of a source part, batch by
 /// batch: only their pages of the text hash, id and embedding columns.
-fn read_selected(path: &Path, wanted: &[(u32, u32)], with_ids: bool) -> Result<Selected> {
+fn read_selected(
+    path: &Path,
+    wanted: &[(u32, u32)],
+    with_ids: bool,
+    bytes: &Arc<AtomicU64>,
+) -> Result<Selected> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        File::open(path).with_context(unreadable)?,
-        options,
-    )
-    .with_context(unreadable)?;
+    let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).with_context(unreadable)?;
     let schema = builder.schema().clone();
     let mut roots = vec![
         schema.index_of(TEXT_HASH).with_context(unreadable)?,
@@ -484,4 +550,54 @@ impl Iterator for Selected {
 
 fn absolute(path: &Path) -> String {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{OutputDtype, ShardWriter};
+
+    /// Element `j` of row `i`'s vector: made up, and as incompressible as real vectors.
+    fn value(i: usize, j: usize) -> f32 {
+        ((i * 7919 + j * 104_729) % 100_003) as f32 / 100_003.0
+    }
+
+    /// A part of `rows` 896-dim vectors, as a finished file in `dir`.
+    fn part(dir: &Path, rows: usize) -> PathBuf {
+        let dim = 896;
+        let mut w = ShardWriter::new(dir, dim, OutputDtype::F32, None, 0, Default::default());
+        let values: Vec<f32> = (0..rows * dim).map(|k| value(k / dim, k % dim)).collect();
+        let numbers: Vec<u64> = (0..rows as u64).collect();
+        let hashes: Vec<u128> = (0..rows as u128).collect();
+        let values = w.values(values);
+        w.push(&numbers, &hashes, None, values).unwrap();
+        let path = dir.join("part.parquet");
+        w.finish_part().unwrap().unwrap().file.persist(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn copying_scattered_rows_reads_about_their_share_of_the_vectors() {
+        // A worker of 8 over a reordered snapshot: every 8th row of an earlier part.
+        let dir = tempfile::tempdir().unwrap();
+        let path = part(dir.path(), 4000);
+        let size = std::fs::metadata(&path).unwrap().len();
+        let wanted: Vec<(u32, u32)> = (0..500u32).map(|i| (i * 8 + 3, i)).collect();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut got = Vec::new();
+        for batch in read_selected(&path, &wanted, false, &bytes).unwrap() {
+            let (owned, hashes, _, values) = batch.unwrap();
+            let values = values.as_primitive::<arrow::datatypes::Float32Type>();
+            for (k, (&i, &h)) in owned.iter().zip(&hashes).enumerate() {
+                got.push((i, h, values.value(k * 896 + 5)));
+            }
+        }
+        let want: Vec<(u32, u128, f32)> =
+            (0..500u32).map(|i| (i, (i * 8 + 3) as u128, value(i as usize * 8 + 3, 5))).collect();
+        assert_eq!(got, want);
+        let read = bytes.load(Relaxed);
+        // An eighth of the vectors, plus the footer, the page index and the hash column.
+        assert!(read < size / 6, "read {read} of {size} bytes for an eighth of the rows");
+        assert!(read > size / 10, "read {read} of {size} bytes: too little to hold the vectors");
+    }
 }

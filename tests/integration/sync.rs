@@ -320,6 +320,26 @@ fn status_and_progress_count_reused_and_repeated_rows() {
     let repeats = (texts.len() - distinct.len()) as u64;
     assert!(repeats >= 8);
     assert_eq!(total(&out_a, "rows_deduplicated"), repeats);
+    // status and progress.json count them too, with the rows embedded.
+    let s: serde_json::Value = serde_json::from_slice(
+        &batch_embed().args(["status", "--json"]).arg(&out_a).output().unwrap().stdout,
+    )
+    .unwrap();
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(worker0(&out_a).join("progress.json")).unwrap())
+            .unwrap();
+    let embedded = total(&out_a, "rows_embedded");
+    assert_eq!(embedded + total(&out_a, "rows_failed"), 200);
+    for counts in [&s, &s["workers"][0], &progress] {
+        assert_eq!(counts["rows_embedded"], embedded, "{counts}");
+        assert_eq!(counts["rows_deduplicated"], repeats, "{counts}");
+    }
+    batch_embed()
+        .arg("status")
+        .arg(&out_a)
+        .assert()
+        .success()
+        .stdout(contains(format!("{embedded} embedded ({repeats} of them repeats)")));
     let out_b = dir.path().join("out-b");
     embed_cmd(&in_b, &out_b, &["--reuse", &path(&out_a)]).assert().success();
     let s: serde_json::Value = serde_json::from_slice(
