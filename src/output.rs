@@ -56,9 +56,11 @@ impl OutputDtype {
 /// The name of the text hash column.
 pub const TEXT_HASH: &str = "text_hash";
 
-/// Most bytes of vectors in one Parquet page (at least one vector a page): what a reader of a
-/// few scattered rows pays per row, at a page header and an offset index entry (~40 bytes) a page.
-const VECTOR_PAGE_BYTES: usize = 4096;
+/// Most bytes of vectors in one Parquet page (at least one vector a page). NOTE: a trade-off
+/// measured on 896-dim f32 vectors (BENCHMARKS.md): pages of one vector let a reader of every
+/// 8th row read an eighth of a part, but cost a `--reuse` copy ~60% more CPU time than 1 MB
+/// pages; at 16 KB (4 such vectors) it reads ~40% and costs ~25% more.
+const VECTOR_PAGE_BYTES: usize = 16 * 1024;
 
 /// Rows per Parquet row group in a part: bounds the writer's memory (≤ 4096 × dim × 4 bytes
 /// buffered) while keeping groups large enough for readers.
@@ -174,7 +176,7 @@ impl ShardWriter {
         // NOTE: the vectors are most of a part, and floats barely compress: on 896-dim vectors
         // zstd saved 6-9% and lz4 after byte-stream-split 1%, for 1.1-1.8× the CPU time of a
         // `--reuse` copy (measured, see BENCHMARKS.md). So they are stored plain, in pages of a
-        // few rows (with the offset index every part has), which lets `--reuse` read only the
+        // few rows (with the offset index every part has), which lets `--reuse` read mostly the
         // pages of the vectors it copies even when they are scattered (a reordered snapshot).
         let vectors = ColumnPath::new(vec!["embedding".into(), "list".into(), "item".into()]);
         let row_bytes = self.dim * self.dtype.bytes();
