@@ -31,7 +31,13 @@ fn main() -> ExitCode {
 
 fn embed(mut args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
     let devices = std::mem::take(&mut args.devices);
-    let config = EmbedConfig::from_args(args)?;
+    let quiet = args.quiet;
+    let mut note = |line: &str| {
+        if !quiet {
+            eprintln!("batch-embed: {line}");
+        }
+    };
+    let config = EmbedConfig::from_args(args, &mut note)?;
     if !devices.is_empty() {
         let machine = batch_embed::identity::Identity {
             worker_id: config.partition.worker_id,

@@ -23,7 +23,6 @@ use crate::input::{self, Chunk, Inputs};
 use crate::lock::LockOptions;
 use crate::model::AttentionImpl;
 use crate::output::ShardWriter;
-use crate::pool::Pooling;
 use crate::progress::{Progress, WorkerProgress};
 use crate::run_spec::{InputSpec, RowSpec, RunSpec, VectorSpec};
 use crate::shutdown::StopFlag;
@@ -298,13 +297,21 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
         },
         vectors: VectorSpec {
             model_hash: model_hash.to_string(),
+            model_id: cfg.model_source.hub.as_ref().map(|h| h.id.clone()),
+            revision: cfg.model_source.hub.as_ref().map(|h| h.commit.clone()),
             model_type: cfg.model_config.architecture.as_str().to_string(),
-            dim: cfg.model_config.hidden_size,
-            pooling: Pooling::LastToken.as_str().to_string(),
+            dim: cfg.vectors.dim,
+            pooling: cfg
+                .vectors
+                .pooling
+                .describe(!cfg.vectors.pooling.include_prompt && cfg.prompt.is_some()),
+            dense: cfg.model.dense_modules().iter().map(|d| d.describe()).collect(),
+            dimensions: cfg.vectors.dimensions,
             normalized: cfg.normalize,
             attention: cfg.attention.as_str().to_string(),
             max_tokens: cfg.max_tokens,
             prompt: cfg.prompt.clone(),
+            prompt_name: cfg.vectors.prompt_name.clone(),
             dtype: format!("{dtype:?}").to_lowercase(),
             output_dtype: cfg.output_dtype.as_str().to_string(),
         },
@@ -323,6 +330,8 @@ fn load_embedder(
         max_tokens: cfg.max_tokens,
         prompt: cfg.prompt.clone(),
         normalize: cfg.normalize,
+        pooling: cfg.vectors.pooling.clone(),
+        dimensions: cfg.vectors.dimensions,
         batch_tokens: cfg.batch_tokens.unwrap_or(DEFAULT_CPU_BATCH_TOKENS),
         attention_impl: AttentionImpl::Auto,
     };
@@ -375,8 +384,14 @@ fn start_line(
     load: std::time::Duration,
 ) -> String {
     let budget = embedder.budget();
+    let model = match &cfg.model_source.hub {
+        Some(hub) => {
+            format!("{}@{} ({})", hub.id, &hub.commit[..hub.commit.len().min(12)], cfg.model.dir.display())
+        }
+        None => cfg.model.dir.display().to_string(),
+    };
     format!(
-        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
+        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {} attention, dim {}; {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
         cfg.partition.worker_id,
         cfg.partition.num_workers,
         cfg.identity_source,
@@ -384,10 +399,11 @@ fn start_line(
         inputs.total_rows(),
         inputs.files.len(),
         if rows_before > 0 { format!(", resuming after {rows_before} done") } else { String::new() },
-        cfg.model.dir.display(),
+        model,
         cfg.model_config.architecture.as_str(),
         cfg.attention.as_str(),
         embedder.dim(),
+        cfg.vectors.sources.join(", "),
         device_name,
         dtype,
         load.as_secs_f64(),

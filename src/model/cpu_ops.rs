@@ -4,7 +4,8 @@
 //! projection, the q/k slices of the fused qkv projection) on one thread, and `rope_thd` splits
 //! its work per batch entry, which is one for packed tokens. On two cores those serial passes
 //! left one core idle for ~13% of a run. Each op here is one parallel pass with the same
-//! arithmetic as the candle ops it replaces.
+//! arithmetic as the candle ops it replaces (the encoders' bias + activation, and bias +
+//! residual + LayerNorm, which candle would run as three or four passes).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -24,16 +25,28 @@ pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &
 /// `silu(gate) * up` for `x = [gate | up]` of shape `[tokens, 2 * intermediate]` (f32, CPU):
 /// `[tokens, intermediate]`.
 pub fn swiglu(x: &Tensor, intermediate: usize) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&SwiGlu { intermediate })
+    x.apply_op1_no_bwd(&Glu { intermediate, act: GluAct::Silu })
 }
 
-struct SwiGlu {
+/// ModernBERT's `gelu(input) * gate` for `x = [input | gate]` (exact GELU), as [`swiglu`].
+pub fn geglu(x: &Tensor, intermediate: usize) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Glu { intermediate, act: GluAct::Gelu })
+}
+
+#[derive(Clone, Copy)]
+enum GluAct {
+    Silu,
+    Gelu,
+}
+
+struct Glu {
     intermediate: usize,
+    act: GluAct,
 }
 
-impl CustomOp1 for SwiGlu {
+impl CustomOp1 for Glu {
     fn name(&self) -> &'static str {
-        "swiglu-cpu"
+        "glu-cpu"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -41,16 +54,170 @@ impl CustomOp1 for SwiGlu {
         let (tokens, width) = layout.shape().dims2()?;
         let i = self.intermediate;
         if width != 2 * i {
-            candle_core::bail!("swiglu-cpu: width {width} is not 2 x {i}");
+            candle_core::bail!("glu-cpu: width {width} is not 2 x {i}");
         }
         let mut out = vec![0f32; tokens * i];
+        let act = self.act;
         out.par_chunks_mut(i).zip(src.par_chunks(width)).for_each(|(o, row)| {
             let (gate, up) = row.split_at(i);
             for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
+                *o = match act {
+                    GluAct::Silu => g / (1.0 + (-g).exp()) * u,
+                    GluAct::Gelu => gelu_erf(g) * u,
+                };
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, i))))
+    }
+}
+
+/// The exact GELU, as candle's `gelu_erf` computes it in f32.
+#[inline]
+fn gelu_erf(v: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
+/// `act(x + bias)` for `x` `[tokens, width]` and `bias` `[width]` (f32, CPU), in one parallel
+/// pass: the encoders' intermediate layer.
+pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: super::config::Activation) -> Result<Tensor> {
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    x.apply_op1_no_bwd(&BiasAct { bias, act })
+}
+
+struct BiasAct {
+    bias: Option<Vec<f32>>,
+    act: super::config::Activation,
+}
+
+impl CustomOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act-cpu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use super::config::Activation as A;
+        let src = contiguous_f32(storage, layout, self.name())?;
+        let (_, width) = layout.shape().dims2()?;
+        if self.bias.as_ref().is_some_and(|b| b.len() != width) {
+            candle_core::bail!("bias-act-cpu: bias does not match width {width}");
+        }
+        let mut out = src.to_vec();
+        let act = self.act;
+        out.par_chunks_mut(width).for_each(|row| {
+            if let Some(b) = &self.bias {
+                row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+            }
+            for x in row.iter_mut() {
+                *x = match act {
+                    A::Identity => *x,
+                    A::Tanh => x.tanh(),
+                    A::Relu => x.max(0.0),
+                    A::Gelu => gelu_erf(*x),
+                    // NOTE: candle's tanh GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+                    A::GeluTanh => {
+                        0.5 * *x
+                            * (1.0
+                                + ((2.0f32 / std::f32::consts::PI).sqrt() * (*x + 0.044715 * *x * *x * *x))
+                                    .tanh())
+                    }
+                    A::Silu => *x / (1.0 + (-*x).exp()),
+                    A::Sigmoid => 1.0 / (1.0 + (-*x).exp()),
+                };
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `LayerNorm(x + bias + residual)` over the last dimension of `x` `[tokens, width]` (f32, CPU),
+/// with `weight` and an optional `beta` `[width]`; `bias` and `residual` are optional. One
+/// parallel pass; mean and variance in two passes over the row, as torch computes them.
+pub fn layer_norm(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    weight: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let vec = |t: Option<&Tensor>| t.map(|t| t.to_vec1::<f32>()).transpose();
+    let op =
+        LayerNormOp { bias: vec(bias)?, weight: weight.to_vec1::<f32>()?, beta: vec(beta)?, eps: eps as f32 };
+    match residual {
+        Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        None => x.apply_op1_no_bwd(&op),
+    }
+}
+
+struct LayerNormOp {
+    bias: Option<Vec<f32>>,
+    weight: Vec<f32>,
+    beta: Option<Vec<f32>>,
+    eps: f32,
+}
+
+impl LayerNormOp {
+    fn run(&self, src: &[f32], residual: Option<&[f32]>, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, width) = layout.shape().dims2()?;
+        if self.weight.len() != width {
+            candle_core::bail!("layer-norm-cpu: weight does not match width {width}");
+        }
+        let mut out = src.to_vec();
+        let n = width as f32;
+        out.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+            if let Some(b) = &self.bias {
+                row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+            }
+            if let Some(r) = residual {
+                row.iter_mut().zip(&r[t * width..][..width]).for_each(|(x, r)| *x += r);
+            }
+            let mean = row.iter().sum::<f32>() / n;
+            let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            match &self.beta {
+                Some(beta) => {
+                    for ((x, w), b) in row.iter_mut().zip(&self.weight).zip(beta) {
+                        *x = (*x - mean) * inv * w + b;
+                    }
+                }
+                None => {
+                    for (x, w) in row.iter_mut().zip(&self.weight) {
+                        *x = (*x - mean) * inv * w;
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+impl CustomOp1 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-cpu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(storage, layout, self.name())?, None, layout)
+    }
+}
+
+impl candle_core::CustomOp2 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("layer-norm-cpu: residual {:?} does not match {:?}", l2.shape(), l1.shape());
+        }
+        let name = <Self as CustomOp1>::name(self);
+        self.run(contiguous_f32(s1, l1, name)?, Some(contiguous_f32(s2, l2, name)?), l1)
     }
 }
 
@@ -112,6 +279,43 @@ mod tests {
         let got = swiglu(&x, 5).unwrap();
         let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn geglu_bias_act_and_layer_norm_match_candle_ops() {
+        use super::super::config::Activation;
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (7, 10), &dev).unwrap();
+        let want = (x.narrow(1, 0, 5).unwrap().gelu_erf().unwrap() * x.narrow(1, 5, 5).unwrap()).unwrap();
+        assert!(max_diff(&want, &geglu(&x, 5).unwrap()) < 1e-6);
+        let b = Tensor::randn(0f32, 1.0, 10, &dev).unwrap();
+        for act in [
+            Activation::Identity,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::Sigmoid,
+        ] {
+            let want = act.apply(&x.broadcast_add(&b).unwrap()).unwrap();
+            let got = bias_act(&x, Some(&b), act).unwrap();
+            assert!(max_diff(&want, &got) < 1e-5, "{act:?}");
+        }
+        let r = Tensor::randn(0f32, 1.0, (7, 10), &dev).unwrap();
+        let (w, beta) =
+            (Tensor::randn(1f32, 0.2, 10, &dev).unwrap(), Tensor::randn(0f32, 0.2, 10, &dev).unwrap());
+        let sum = (x.broadcast_add(&b).unwrap() + &r).unwrap();
+        let want = candle_nn::ops::layer_norm(&sum, &w, &beta, 1e-12).unwrap();
+        let got = layer_norm(&x, Some(&b), Some(&r), &w, Some(&beta), 1e-12).unwrap();
+        assert!(max_diff(&want, &got) < 1e-5);
+        let zeros = beta.zeros_like().unwrap();
+        let want = candle_nn::ops::layer_norm(&x, &w, &zeros, 1e-5).unwrap();
+        assert!(max_diff(&want, &layer_norm(&x, None, None, &w, None, 1e-5).unwrap()) < 1e-5);
     }
 
     #[test]

@@ -9,25 +9,38 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::attention::Visible;
+
+/// Which query rows of each text are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queries {
+    All,
+    /// Each text's last token (what last-token pooling reads).
+    Last,
+    /// Each text's first token (what CLS pooling reads).
+    First,
+}
+
 /// `q`: `[tokens, heads, d]`, `k` and `v`: `[tokens, kv_heads, d]`, all f32 and contiguous;
-/// `spans`: (start, len) of each text, in order and covering every token. Returns
-/// `[tokens, heads * d]`, or with `last_only` just each text's last query, `[texts, heads * d]`
-/// (all the last layer needs for pooling).
+/// `spans`: (start, len) of each text, in order and covering every token; each query sees the
+/// keys of its own text that `visible` allows. Returns `[tokens, heads * d]`, or with
+/// `Queries::Last`/`First` one row per text, `[texts, heads * d]` (all the last layer needs for
+/// pooling).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     spans: &[(usize, usize)],
-    causal: bool,
-    last_only: bool,
+    visible: Visible,
+    queries: Queries,
 ) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &VarlenAttention { spans: spans.to_vec(), causal, last_only })
+    q.apply_op3_no_bwd(k, v, &VarlenAttention { spans: spans.to_vec(), visible, queries })
 }
 
 struct VarlenAttention {
     spans: Vec<(usize, usize)>,
-    causal: bool,
-    last_only: bool,
+    visible: Visible,
+    queries: Queries,
 }
 
 impl CustomOp3 for VarlenAttention {
@@ -52,40 +65,46 @@ impl CustomOp3 for VarlenAttention {
         let (_, kv_heads, _) = l2.shape().dims3()?;
         let group = heads / kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let (causal, last_only) = (self.causal, self.last_only);
-        let rows = if last_only { self.spans.len() } else { tokens };
+        let (visible, queries) = (self.visible, self.queries);
+        let rows = if queries == Queries::All { tokens } else { self.spans.len() };
         let mut out = vec![0f32; rows * heads * d];
         // Each text writes its own rows: cut the output into per-text slices, then fill them
         // in parallel.
         let mut tasks = Vec::with_capacity(self.spans.len());
         let mut rest = out.as_mut_slice();
         for &(start, len) in &self.spans {
-            let n = if last_only { 1 } else { len };
+            let n = if queries == Queries::All { len } else { 1 };
             let (mine, tail) = rest.split_at_mut(n * heads * d);
             tasks.push((start, len, mine));
             rest = tail;
         }
         tasks.into_par_iter().for_each(|(start, len, o)| {
-            let first = if last_only { len - 1 } else { 0 };
+            let rows = match queries {
+                Queries::All => 0..len,
+                Queries::Last => len - 1..len,
+                Queries::First => 0..1,
+            };
+            let first = rows.start;
             let mut scores = vec![0f32; len];
             for h in 0..heads {
                 let kvh = h / group;
-                for i in first..len {
+                for i in rows.clone() {
                     let qi = &q[((start + i) * heads + h) * d..][..d];
-                    let keys = if causal { i + 1 } else { len };
+                    let keys = visible.keys(i, len);
+                    let scores = &mut scores[..keys.len()];
                     let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores[..keys].iter_mut().enumerate() {
+                    for (j, s) in keys.clone().zip(scores.iter_mut()) {
                         let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
                         *s = dot(qi, kj) * scale;
                         max = max.max(*s);
                     }
                     let mut sum = 0f32;
-                    for s in &mut scores[..keys] {
+                    for s in scores.iter_mut() {
                         *s = (*s - max).exp();
                         sum += *s;
                     }
                     let row = &mut o[((i - first) * heads + h) * d..][..d];
-                    for (j, s) in scores[..keys].iter().enumerate() {
+                    for (j, s) in keys.zip(scores.iter()) {
                         let p = s / sum;
                         let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
                         for (o, x) in row.iter_mut().zip(vj) {
