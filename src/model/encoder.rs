@@ -48,11 +48,11 @@ impl Linear {
         }
     }
 
-    /// `act(x @ w^T + b)`, fused after the matmul on the CPU in f32.
+    /// `act(x @ w^T + b)`, fused after the matmul (in place) on the CPU in f32.
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let y = self.matmul(x)?;
         if cpu_f32(&y) {
-            return super::cpu_ops::bias_act(&y, self.bias.as_ref(), act);
+            return super::cpu_ops::bias_act_in_place(y, self.bias.as_ref(), act);
         }
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -79,19 +79,24 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_sum(x, None, None)
+        match cpu_f32(x) {
+            true => self.forward_sum(x.copy()?, None, None),
+            false => self.forward_sum(x.clone(), None, None),
+        }
     }
 
     /// `LayerNorm(x + bias + residual)`: the post-norm layers' "add & norm", one fused pass on
-    /// the CPU in f32.
-    pub fn forward_sum(
-        &self,
-        x: &Tensor,
-        bias: Option<&Tensor>,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        if cpu_f32(x) {
-            return super::cpu_ops::layer_norm(x, bias, residual, &self.weight, self.bias.as_ref(), self.eps);
+    /// the CPU in f32, in place: `x` must be a tensor no one else holds (a fresh matmul output).
+    pub fn forward_sum(&self, x: Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        if cpu_f32(&x) {
+            return super::cpu_ops::layer_norm_in_place(
+                x,
+                bias,
+                residual,
+                &self.weight,
+                self.bias.as_ref(),
+                self.eps,
+            );
         }
         let x = match bias {
             Some(b) => x.broadcast_add(b)?,
@@ -234,9 +239,7 @@ impl EncoderLayer {
         rows: Option<(&Tensor, Queries)>,
     ) -> Result<Tensor> {
         let (n, h, d) = (layout.tokens, enc.heads, enc.head_dim);
-        let qkv = self.qkv.forward(x)?;
-        let part = |i: usize| qkv.narrow(1, i * h * d, h * d)?.contiguous()?.reshape((n, h, d));
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let (q, k, v) = split_qkv(&self.qkv, x, n, h, d)?;
         let (attn, residual) = match rows {
             Some((rows, queries)) if layout.packed && queries != Queries::All => {
                 let out = super::varlen_cpu::attention(&q, &k, &v, &layout.spans, Visible::All, queries)?;
@@ -248,13 +251,31 @@ impl EncoderLayer {
             None => (layout.attend(&q, &k, &v, Visible::All)?, x.clone()),
         };
         let x = self.attention_norm.forward_sum(
-            &self.out.matmul(&attn)?,
+            self.out.matmul(&attn)?,
             self.out.bias.as_ref(),
             Some(&residual),
         )?;
         let up = self.intermediate.forward_act(&x, enc.activation)?;
-        self.output_norm.forward_sum(&self.output.matmul(&up)?, self.output.bias.as_ref(), Some(&x))
+        self.output_norm.forward_sum(self.output.matmul(&up)?, self.output.bias.as_ref(), Some(&x))
     }
+}
+
+/// q, k and v (`[tokens, heads, head_dim]` each, contiguous) from the fused projection `qkv` of
+/// `x`: on the CPU in f32 one pass adds the bias and lays the three out apart; elsewhere three
+/// slices of the biased projection.
+pub fn split_qkv(qkv: &Linear, x: &Tensor, n: usize, h: usize, d: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let y = qkv.matmul(x)?;
+    if cpu_f32(&y) {
+        let parts = super::cpu_ops::split_parts(&y, qkv.bias.as_ref(), 3)?;
+        let part = |i: usize| parts.get(i)?.reshape((n, h, d));
+        return Ok((part(0)?, part(1)?, part(2)?));
+    }
+    let y = match &qkv.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let part = |i: usize| y.narrow(1, i * h * d, h * d)?.contiguous()?.reshape((n, h, d));
+    Ok((part(0)?, part(1)?, part(2)?))
 }
 
 /// Which rows of a batch `rows` names: each text's first or last token (then the last layer can
@@ -285,7 +306,7 @@ impl super::EmbeddingModel for Encoder {
         if let Some(t) = &e.token_type {
             x = x.broadcast_add(t)?;
         }
-        x = e.norm.forward_sum(&x, None, Some(&e.position.index_select(&positions, 0)?))?;
+        x = e.norm.forward_sum(x, None, Some(&e.position.index_select(&positions, 0)?))?;
         let rows_tensor = rows.map(|r| Tensor::new(r, &self.device)).transpose()?;
         let Some((last, rest)) = self.layers.split_last() else {
             return match &rows_tensor {

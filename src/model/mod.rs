@@ -13,6 +13,7 @@ mod config;
 mod cpu_ops;
 mod dense;
 mod encoder;
+mod fast_math;
 pub mod hub;
 mod layers;
 mod modernbert;

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::{self, Rotary, Visible, MAX_ATTENTION_ELEMENTS};
 use super::config::Activation;
-use super::encoder::{queries_for, LayerNorm, Linear};
+use super::encoder::{queries_for, split_qkv, LayerNorm, Linear};
 use super::varlen_cpu::Queries;
 use super::ModelConfig;
 use crate::batch::Batch;
@@ -125,12 +125,10 @@ impl ModernBert {
             Some(norm) => norm.forward(x)?,
             None => x.clone(),
         };
-        let qkv = layer.wqkv.forward(&normed)?;
-        let part = |i: usize| qkv.narrow(1, i * h * d, h * d)?.contiguous()?.reshape((n, h, d));
+        let (q, k, v) = split_qkv(&layer.wqkv, &normed, n, h, d)?;
         let (cos, sin) = if layer.global { &step.global } else { &step.local };
-        let q = attention::rope(&part(0)?, cos, sin)?;
-        let k = attention::rope(&part(1)?, cos, sin)?;
-        let v = part(2)?;
+        let q = attention::rope(&q, cos, sin)?;
+        let k = attention::rope(&k, cos, sin)?;
         let visible = if layer.global { Visible::All } else { Visible::Window(self.window) };
         let layout = &step.layout;
         let (attn, residual) = match rows {

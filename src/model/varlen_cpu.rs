@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::Visible;
+use super::fast_math::multiversion;
 
 /// Which query rows of each text are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,6 @@ impl CustomOp3 for VarlenAttention {
             (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?, contiguous_f32(s3, l3, op)?);
         let (tokens, heads, d) = l1.shape().dims3()?;
         let (_, kv_heads, _) = l2.shape().dims3()?;
-        let group = heads / kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let (visible, queries) = (self.visible, self.queries);
         let rows = if queries == Queries::All { tokens } else { self.spans.len() };
@@ -78,47 +78,65 @@ impl CustomOp3 for VarlenAttention {
             tasks.push((start, len, mine));
             rest = tail;
         }
-        tasks.into_par_iter().for_each(|(start, len, o)| {
-            let rows = match queries {
-                Queries::All => 0..len,
-                Queries::Last => len - 1..len,
-                Queries::First => 0..1,
-            };
-            let first = rows.start;
-            let mut scores = vec![0f32; len];
-            for h in 0..heads {
-                let kvh = h / group;
-                for i in rows.clone() {
-                    let qi = &q[((start + i) * heads + h) * d..][..d];
-                    let keys = visible.keys(i, len);
-                    let scores = &mut scores[..keys.len()];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in keys.clone().zip(scores.iter_mut()) {
-                        let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
-                        *s = dot(qi, kj) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let row = &mut o[((i - first) * heads + h) * d..][..d];
-                    for (j, s) in keys.zip(scores.iter()) {
-                        let p = s / sum;
-                        let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
-                        for (o, x) in row.iter_mut().zip(vj) {
-                            *o += p * x;
-                        }
-                    }
-                }
-            }
-        });
+        let shape = Dims { heads, kv_heads, d, scale, visible, queries };
+        tasks.into_par_iter().for_each(|(start, len, o)| text_attention(q, k, v, o, start, len, &shape));
         Ok((CpuStorage::F32(out), Shape::from((rows, heads * d))))
     }
 }
 
-#[inline]
+/// What every text's attention shares.
+struct Dims {
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    scale: f32,
+    visible: Visible,
+    queries: Queries,
+}
+
+multiversion! {
+    /// One text's attention (tokens `start..start + len`) into its rows of the output `o`.
+    fn text_attention(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], start: usize, len: usize, s: &Dims) {
+        let Dims { heads, kv_heads, d, scale, visible, queries } = *s;
+        let group = heads / kv_heads;
+        let rows = match queries {
+            Queries::All => 0..len,
+            Queries::Last => len - 1..len,
+            Queries::First => 0..1,
+        };
+        let first = rows.start;
+        let mut scores = vec![0f32; len];
+        for h in 0..heads {
+            let kvh = h / group;
+            for i in rows.clone() {
+                let qi = &q[((start + i) * heads + h) * d..][..d];
+                let keys = visible.keys(i, len);
+                let scores = &mut scores[..keys.len()];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in keys.clone().zip(scores.iter_mut()) {
+                    let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
+                    *s = dot(qi, kj) * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let row = &mut o[((i - first) * heads + h) * d..][..d];
+                for (j, s) in keys.zip(scores.iter()) {
+                    let p = s / sum;
+                    let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
+                    for (o, x) in row.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight lanes, summed at the end, so the compiler vectorises it.
     let mut acc = [0f32; 8];
