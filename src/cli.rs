@@ -212,8 +212,8 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
 
-    /// Token budget of one model batch, padding included [default: 8192 on the CPU; on a GPU,
-    /// chosen from the memory free after loading the model]. A batch that runs out of memory
+    /// Token budget of one model batch, padding included [default: 8192 on the CPU, 2048 for
+    /// encoders; on a GPU, chosen from the memory free after loading the model]. A batch that runs out of memory
     /// is split and retried.
     #[arg(long, value_name = "N")]
     pub batch_tokens: Option<usize>,

@@ -116,15 +116,20 @@ impl RunSpec {
     }
 
     /// Names each vector-deciding field (model, pooling, options, dtypes) that differs from
-    /// `earlier`'s: what decides whether `earlier`'s vectors can stand for this run's.
+    /// `earlier`'s: what decides whether `earlier`'s vectors can stand for this run's. The model
+    /// counts by the hash of its files: the same files named by a folder or by a Hub id make the
+    /// same vectors, so `model_id` and `revision` are left out here (a resumed worker folder
+    /// compares them, through [`RunSpec::differences`]).
     pub fn vectors_differences(&self, earlier: &RunSpec) -> Vec<String> {
+        let strip = |s: &RunSpec| {
+            let mut v = serde_json::to_value(&s.vectors).expect("serializable");
+            let o = v.as_object_mut().expect("object");
+            o.remove("model_id");
+            o.remove("revision");
+            v
+        };
         let mut out = Vec::new();
-        diff_values(
-            "",
-            &serde_json::to_value(&earlier.vectors).expect("serializable"),
-            &serde_json::to_value(&self.vectors).expect("serializable"),
-            &mut out,
-        );
+        diff_values("", &strip(earlier), &strip(self), &mut out);
         out
     }
 
@@ -327,7 +332,8 @@ pub(crate) mod tests {
         let mut hub = spec();
         hub.vectors.model_id = Some("BAAI/bge-small-en-v1.5".into());
         hub.vectors.revision = Some("5c38ec7c405ec4b44b94cc5a9bb96e735b38267a".into());
-        assert_eq!(hub.vectors_differences(&spec()).len(), 2);
+        assert_eq!(hub.differences(&spec()).len(), 2, "a worker folder compares the Hub id and commit");
+        assert!(hub.vectors_differences(&spec()).is_empty(), "--reuse and changes go by the files' hash");
     }
 
     #[test]

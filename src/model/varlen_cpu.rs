@@ -4,13 +4,15 @@
 //! up as a third of the run time on review-length texts.
 //!
 //! Per text and query head the arithmetic is the textbook one (scores, max-subtracted softmax,
-//! weighted sum of V), so a text's result does not depend on its batch.
+//! weighted sum of V), so a text's result does not depend on its batch; the loops are written
+//! to vectorise (keys transposed per head, eight-lane reductions, fast_math's `exp`) and run as
+//! AVX2 where the CPU has it.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::Visible;
-use super::fast_math::multiversion;
+use super::fast_math::{self, multiversion};
 
 /// Which query rows of each text are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,26 +108,49 @@ multiversion! {
         };
         let first = rows.start;
         let mut scores = vec![0f32; len];
+        // NOTE: with every query to compute, a head's keys are first laid out transposed
+        // (`[d][len]`), so a query's scores accumulate over the head dimension eight keys per
+        // vector, with no horizontal sums; one query alone takes dot products instead.
+        let mut keys_t = if queries == Queries::All { vec![0f32; d * len] } else { Vec::new() };
         for h in 0..heads {
             let kvh = h / group;
+            if !keys_t.is_empty() && h % group == 0 {
+                for j in 0..len {
+                    let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
+                    for (c, x) in kj.iter().enumerate() {
+                        keys_t[c * len + j] = *x;
+                    }
+                }
+            }
             for i in rows.clone() {
                 let qi = &q[((start + i) * heads + h) * d..][..d];
                 let keys = visible.keys(i, len);
                 let scores = &mut scores[..keys.len()];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in keys.clone().zip(scores.iter_mut()) {
-                    let kj = &k[((start + j) * kv_heads + kvh) * d..][..d];
-                    *s = dot(qi, kj) * scale;
-                    max = max.max(*s);
+                if keys_t.is_empty() {
+                    for (j, s) in keys.clone().zip(scores.iter_mut()) {
+                        *s = dot(qi, &k[((start + j) * kv_heads + kvh) * d..][..d]);
+                    }
+                } else {
+                    scores.fill(0.0);
+                    for (c, &qc) in qi.iter().enumerate() {
+                        let column = &keys_t[c * len + keys.start..][..keys.len()];
+                        for (s, kc) in scores.iter_mut().zip(column) {
+                            *s += qc * kc;
+                        }
+                    }
                 }
-                let mut sum = 0f32;
+                // NOTE: softmax of the scaled scores: exp(scale · (s − max)), max-subtracted as
+                // usual (scale > 0, so the max of the scaled scores is scale · max). The max and
+                // the sum run in eight lanes and `exp` is the vectorisable one, so none of this
+                // goes one score at a time.
+                let max = lane_max(scores);
                 for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                    *s = fast_math::exp((*s - max) * scale);
                 }
+                let inv = 1.0 / lane_sum(scores);
                 let row = &mut o[((i - first) * heads + h) * d..][..d];
                 for (j, s) in keys.zip(scores.iter()) {
-                    let p = s / sum;
+                    let p = s * inv;
                     let vj = &v[((start + j) * kv_heads + kvh) * d..][..d];
                     for (o, x) in row.iter_mut().zip(vj) {
                         *o += p * x;
@@ -134,6 +159,32 @@ multiversion! {
             }
         }
     }
+}
+
+/// The largest value, in eight lanes.
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    rest.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The sum, in eight lanes.
+#[inline(always)]
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
 #[inline(always)]
