@@ -8,12 +8,20 @@ Run with the reference venv (torch + transformers + tokenizers) from
 
 Everything it writes is deterministic for a given transformers/tokenizers version:
   tests/fixtures/<model>/            config.json, weights, tokenizer.json, reference.json
+  tests/fixtures/st-<model>/         sentence-transformers folders (modules.json, 1_Pooling/, ...)
   models/tiny-qwen2/                 the bundled model README's first command runs
   examples/reviews.parquet           the bundled sample input
 
-The reference vectors are what `transformers` gives for each text run alone (no padding), with an
-explicit 4-D additive mask so the attention mode is exactly the one named in the case; the
-script checks that this explicit mask reproduces the model's own default (causal) path.
+The reference vectors of the Qwen fixtures are what `transformers` gives for each text run alone
+(no padding), with an explicit 4-D additive mask so the attention mode is exactly the one named
+in the case; the script checks that this explicit mask reproduces the model's own default
+(causal) path.
+
+The sentence-transformers fixtures (BERT, XLM-RoBERTa, ModernBERT, Qwen2 with last-token
+pooling) are tiny random-weight models saved by sentence-transformers itself; their reference
+vectors are `SentenceTransformer.encode` of each text alone, for each case's settings (pooling,
+prompt, truncation, dimensions, normalisation), built as the sentence-transformers pipeline
+batch-embed's flags stand for.
 """
 
 import json
@@ -270,6 +278,373 @@ def sample_parquet(path, n=400):
     pq.write_table(table, path, row_group_size=100, compression="zstd")
 
 
+# --- sentence-transformers fixtures -------------------------------------------------------------
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_wordpiece(lowercase):
+    """A BERT-style WordPiece tokenizer: BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=900, special_tokens=BERT_SPECIALS, show_progress=False)
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
+
+
+def train_unigram():
+    """An XLM-R-style SentencePiece tokenizer: Unigram, Metaspace, <s> $A </s>, <pad> = 1."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=700, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0 </s>:0", pair="<s>:0 $A:0 </s>:0 </s>:0 $B:0 </s>:0",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
+        cls_token="<s>", pad_token="<pad>", mask_token="<mask>",
+    )
+
+
+def train_modernbert_bpe():
+    """A ModernBERT-style tokenizer: byte-level BPE with the GPT-2 split, [CLS] $A [SEP]."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:0 [SEP]:0",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
+
+
+def widen(model, scale):
+    """Random init of transformers is tiny; widen it so layers mix, norms and positions matter."""
+    for n, p in model.named_parameters():
+        if n.endswith("norm.weight") or "LayerNorm.weight" in n:
+            p.data = 1.0 + 0.2 * torch.randn_like(p)
+        elif n.endswith("bias") or "LayerNorm.bias" in n:
+            p.data = 0.1 * torch.randn_like(p)
+        elif "embeddings" in n:
+            p.data = torch.randn_like(p)
+        else:
+            p.data = scale * torch.randn_like(p)
+
+
+def case(name, **flags):
+    """A case of a fixture: batch-embed's flags (None: not given) and the pipeline they mean."""
+    keys = ["pooling", "prompt", "prompt_name", "max_tokens", "dimensions", "normalize"]
+    return {"name": name, "flags": {k: flags.get(k) for k in keys}}
+
+
+ST_POOLING = {"cls": "cls", "mean": "mean", "max": "max", "last": "lasttoken", "weighted-mean": "weightedmean"}
+
+
+@torch.no_grad()
+def st_reference(path, cases):
+    """Each case's vectors from sentence-transformers itself: the saved folder loaded as it is,
+    its modules swapped as the case's flags say (pooling mode, Normalize on or off), its
+    max_seq_length set, each text encoded alone (prompt and truncation by sentence-transformers)."""
+    import torch.nn.functional as F
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from sentence_transformers.base.modules import Normalize
+
+    out = []
+    for c in cases:
+        f = c["flags"]
+        st = SentenceTransformer(path, device="cpu")
+        modules = list(st)
+        names = [type(m).__name__ for m in modules]
+        if f["pooling"] is not None:
+            i = names.index("Pooling")
+            old = modules[i]
+            modules[i] = Pooling(old.embedding_dimension, pooling_mode=ST_POOLING[f["pooling"]],
+                                 include_prompt=old.include_prompt)
+        has_norm = "Normalize" in names
+        normalize = f["normalize"] if f["normalize"] is not None else (True if f["dimensions"] else has_norm)
+        modules = [m for m in modules if type(m).__name__ != "Normalize"]
+        st2 = SentenceTransformer(modules=modules, device="cpu", prompts=st.prompts,
+                                  default_prompt_name=st.default_prompt_name)
+        st2.max_seq_length = f["max_tokens"] or st.max_seq_length
+        kwargs = {}
+        if f["prompt_name"] is not None:
+            kwargs["prompt_name"] = f["prompt_name"]
+        if f["prompt"] is not None:
+            kwargs["prompt"] = f["prompt"]
+        token_ids, embeddings = [], []
+        for text in TEXTS:
+            vec = st2.encode([text], batch_size=1, convert_to_tensor=True, **kwargs)[0].float()
+            if f["dimensions"]:
+                vec = vec[: f["dimensions"]]
+            if normalize:
+                vec = F.normalize(vec, dim=-1)
+            embeddings.append([float(x) for x in vec])
+            prompt = kwargs.get("prompt")
+            if prompt is None:
+                name = kwargs.get("prompt_name", st2.default_prompt_name)
+                prompt = st2.prompts.get(name, "") if name else ""
+            features = st2.tokenize([prompt + text])
+            token_ids.append([int(x) for x in features["input_ids"][0]])
+        out.append({**c, "token_ids": token_ids, "embeddings": embeddings})
+    return out
+
+
+def write_st_reference(path, cases):
+    import sentence_transformers
+
+    ref = {
+        "generated_by": "scripts/make_fixtures.py",
+        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "texts": TEXTS,
+        "cases": st_reference(path, cases),
+    }
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(ref, f)
+
+
+def save_st(name, transformer_model, hf_tok, modules_after, *, max_seq_length, prompts=None, default_prompt=None,
+            transformer_dir="", legacy=False, dense_bin=False, prefix=None, do_lower_case=False):
+    """Saves a sentence-transformers folder; `legacy` rewrites it into the 2.x/3.x layout most Hub
+    models still have (models.* type names, pooling_mode_* booleans, max_seq_length in
+    sentence_bert_config.json)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+
+    path = os.path.join(FIXTURES, name)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp = path + ".hf"
+    shutil.rmtree(tmp, ignore_errors=True)
+    transformer_model.save_pretrained(tmp)
+    hf_tok.save_pretrained(tmp)
+    t = Transformer(tmp, max_seq_length=max_seq_length, do_lower_case=do_lower_case)
+    st = SentenceTransformer(modules=[t, *modules_after], device="cpu", prompts=prompts or {},
+                             default_prompt_name=default_prompt)
+    st.save(path, safe_serialization=not dense_bin)
+    if do_lower_case:
+        # sentence-transformers saved its lowercasing into tokenizer.json; a folder from 2.x/3.x
+        # has the tokenizer as it was and do_lower_case alone, which is what readers must follow.
+        shutil.copy(os.path.join(tmp, "tokenizer.json"), os.path.join(path, "tokenizer.json"))
+    shutil.rmtree(tmp)
+    for junk in ["README.md"]:
+        if os.path.exists(os.path.join(path, junk)):
+            os.remove(os.path.join(path, junk))
+    if dense_bin:
+        # Only the Dense module keeps pytorch_model.bin; the transformer's weights are safetensors.
+        for root, _, files in os.walk(path):
+            if "pytorch_model.bin" in files and "Dense" not in root:
+                sd = torch.load(os.path.join(root, "pytorch_model.bin"))
+                os.remove(os.path.join(root, "pytorch_model.bin"))
+                save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(root, "model.safetensors"),
+                          metadata={"format": "pt"})
+    if prefix:
+        from safetensors.torch import load_file
+        w = os.path.join(path, "model.safetensors")
+        sd = load_file(w)
+        save_file({prefix + k: v for k, v in sd.items()}, w, metadata={"format": "pt"})
+    if legacy:
+        with open(os.path.join(path, "modules.json")) as f:
+            modules = json.load(f)
+        for m in modules:
+            m["type"] = "sentence_transformers.models." + m["type"].rsplit(".", 1)[1]
+        with open(os.path.join(path, "modules.json"), "w") as f:
+            json.dump(modules, f, indent=2)
+        for m in modules:
+            if m["type"].endswith("Pooling"):
+                pc = os.path.join(path, m["path"], "config.json")
+                with open(pc) as f:
+                    cfg = json.load(f)
+                mode = cfg.pop("pooling_mode")
+                modes = [mode] if isinstance(mode, str) else mode
+                legacy_cfg = {"word_embedding_dimension": cfg.pop("embedding_dimension")}
+                for key, m2 in [("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                                ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+                                ("pooling_mode_weightedmean_tokens", "weightedmean"), ("pooling_mode_lasttoken", "lasttoken")]:
+                    legacy_cfg[key] = m2 in modes
+                legacy_cfg.update(cfg)
+                with open(pc, "w") as f:
+                    json.dump(legacy_cfg, f, indent=2)
+        # sentence-transformers 2.x/3.x wrote nothing for Normalize (all-MiniLM-L6-v2 has no folder).
+        for m in modules:
+            if m["type"].endswith("Normalize"):
+                shutil.rmtree(os.path.join(path, m["path"]), ignore_errors=True)
+        # ... and no prompts (all-MiniLM-L6-v2's config_sentence_transformers.json).
+        with open(os.path.join(path, "config_sentence_transformers.json"), "w") as f:
+            json.dump({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}},
+                      f, indent=2)
+        sb = os.path.join(path, "sentence_bert_config.json")
+        with open(sb, "w") as f:
+            json.dump({"max_seq_length": max_seq_length, "do_lower_case": do_lower_case}, f, indent=2)
+        tc = os.path.join(path, "tokenizer_config.json")
+        with open(tc) as f:
+            cfg = json.load(f)
+        cfg["model_max_length"] = 512
+        with open(tc, "w") as f:
+            json.dump(cfg, f, indent=2)
+    if transformer_dir:
+        # The 2.x layout with the transformer in its own folder (0_Transformer/).
+        sub = os.path.join(path, transformer_dir)
+        os.makedirs(sub)
+        for f in os.listdir(path):
+            if f in ("modules.json", "config_sentence_transformers.json") or os.path.isdir(os.path.join(path, f)):
+                continue
+            shutil.move(os.path.join(path, f), os.path.join(sub, f))
+        with open(os.path.join(path, "modules.json")) as f:
+            modules = json.load(f)
+        modules[0]["path"] = transformer_dir
+        with open(os.path.join(path, "modules.json"), "w") as f:
+            json.dump(modules, f, indent=2)
+    return path
+
+
+def build_st_fixtures(tok_eos):
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from sentence_transformers.base.modules import Dense, Normalize
+    from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel, XLMRobertaConfig, XLMRobertaModel
+
+    # BERT, mean pooling + Normalize, the legacy layout of all-MiniLM-L6-v2 and most Hub models.
+    torch.manual_seed(101)
+    wp = train_wordpiece(lowercase=True)
+    bert_cfg = dict(vocab_size=len(wp), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu")
+    bert = BertModel(BertConfig(**bert_cfg), add_pooling_layer=False)
+    widen(bert, 0.2)
+    bert.eval()
+    path = save_st("st-bert-mean", bert, wp, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=64,
+                   legacy=True)
+    write_st_reference(path, [
+        case("default"),
+        case("pooling cls", pooling="cls"),
+        case("pooling max", pooling="max"),
+        case("pooling weighted mean", pooling="weighted-mean"),
+        case("pooling last", pooling="last"),
+        case("max tokens 12", max_tokens=12),
+        case("dimensions 16", dimensions=16),
+        case("not normalised", normalize=False),
+    ])
+
+    # BERT with CLS pooling, a Dense layer (tanh, pytorch_model.bin), no Normalize, the transformer
+    # in 0_Transformer/ with `bert.`-prefixed weights, a cased tokenizer and do_lower_case.
+    torch.manual_seed(102)
+    wp_cased = train_wordpiece(lowercase=False)
+    bert2 = BertModel(BertConfig(**dict(bert_cfg, vocab_size=len(wp_cased))), add_pooling_layer=False)
+    widen(bert2, 0.2)
+    bert2.eval()
+    dense = Dense(32, 24, activation_function=torch.nn.Tanh())
+    with torch.no_grad():
+        dense.linear.weight.normal_(0, 0.3)
+        dense.linear.bias.normal_(0, 0.1)
+    path = save_st("st-bert-cls-dense", bert2, wp_cased, [Pooling(32, pooling_mode="cls"), dense], max_seq_length=64,
+                   legacy=True, dense_bin=True, prefix="bert.", transformer_dir="0_Transformer", do_lower_case=True)
+    write_st_reference(path, [
+        case("default"),
+        case("dimensions 8", dimensions=8),
+        case("normalised", normalize=True),
+        case("pooling mean", pooling="mean"),
+    ])
+
+    # XLM-RoBERTa (multilingual-e5 style): mean + Normalize, query/passage prompts with a default.
+    torch.manual_seed(103)
+    uni = train_unigram()
+    xlmr = XLMRobertaModel(XLMRobertaConfig(
+        vocab_size=len(uni), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        hidden_act="gelu"), add_pooling_layer=False)
+    widen(xlmr, 0.2)
+    xlmr.eval()
+    path = save_st("st-xlmr-prompts", xlmr, uni, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=128,
+                   prompts={"query": "query: ", "passage": "passage: "}, default_prompt="query")
+    write_st_reference(path, [
+        case("default prompt"),
+        case("prompt name passage", prompt_name="passage"),
+        case("no prompt", prompt=""),
+        case("own prompt", prompt="Represent this review: "),
+        case("max tokens 10", max_tokens=10),
+    ])
+
+    # ModernBERT (modernbert-embed style): mean + Normalize, named prompts left out of the pooling
+    # (include_prompt: false), global/local layers with a small window so long texts cross it.
+    torch.manual_seed(104)
+    bpe = train_modernbert_bpe()
+    mb_cfg = ModernBertConfig(
+        vocab_size=len(bpe), hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=512, local_attention=16, global_attn_every_n_layers=3,
+        global_rope_theta=160000.0, local_rope_theta=10000.0, pad_token_id=bpe.pad_token_id,
+        bos_token_id=bpe.cls_token_id, eos_token_id=bpe.sep_token_id, cls_token_id=bpe.cls_token_id,
+        sep_token_id=bpe.sep_token_id, hidden_activation="gelu", attn_implementation="eager")
+    mb = ModernBertModel(mb_cfg)
+    widen(mb, 0.2)
+    mb.eval()
+    path = save_st("st-modernbert", mb, bpe, [Pooling(32, pooling_mode="mean", include_prompt=False), Normalize()],
+                   max_seq_length=512,
+                   prompts={"search_query": "search_query: ", "search_document": "search_document: "})
+    # The transformers 4.x shape of config.json that Hub checkpoints (gte-modernbert) have.
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    rope = cfg.pop("rope_parameters")
+    cfg.pop("layer_types")
+    cfg.update(global_rope_theta=rope["full_attention"]["rope_theta"],
+               local_rope_theta=rope["sliding_attention"]["rope_theta"], global_attn_every_n_layers=3,
+               transformers_version="4.48.0")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    write_st_reference(path, [
+        case("no prompt"),
+        case("prompt excluded from the mean", prompt_name="search_query"),
+        case("cls past the prompt", prompt_name="search_document", pooling="cls"),
+        case("max tokens 64", max_tokens=64),
+    ])
+
+    # Qwen2 with last-token pooling + Normalize and an instruction prompt (gte-Qwen2's layout).
+    torch.manual_seed(105)
+    qcfg = Qwen2Config(vocab_size=2112, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
+    qwen = Qwen2Model(qcfg)
+    for n, p in qwen.named_parameters():
+        p.data = (1.0 + 0.2 * torch.randn_like(p)) if n.endswith("norm.weight") else (
+            0.1 * torch.randn_like(p) if n.endswith("bias") else 0.08 * torch.randn_like(p))
+    qwen.eval()
+    qtok = PreTrainedTokenizerFast(tokenizer_object=tok_eos, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    path = save_st("st-qwen2-last", qwen, qtok, [Pooling(64, pooling_mode="lasttoken"), Normalize()],
+                   max_seq_length=512, prompts={"query": PROMPT, "document": ""})
+    write_st_reference(path, [
+        case("no prompt"),
+        case("query prompt", prompt_name="query"),
+        case("max tokens 12", max_tokens=12),
+    ])
+
+
 def main():
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     tok_eos = train_tokenizer(append_eos=True)
@@ -301,6 +676,7 @@ def main():
           tokenizer=tok_eos, prefix="model.", shards=1, shape="4x", is_causal=None, dest=tiny, cases=False)
     os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
     sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
+    build_st_fixtures(tok_eos)
     print("fixtures written", file=sys.stderr)
 
 

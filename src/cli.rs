@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceChoice;
 
-/// Embed Parquet text corpora with gte-Qwen2-class models, locally, on GPU or CPU.
+/// Embed Parquet text corpora with sentence-transformers and gte-Qwen2-class models, locally, on
+/// GPU or CPU.
 #[derive(Parser, Debug)]
 #[command(name = "batch-embed", version, about, long_about = None)]
 pub struct Cli {
@@ -102,10 +103,17 @@ pub struct EmbedArgs {
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
-    /// Model directory: config.json, tokenizer.json and model.safetensors (or sharded weights
-    /// with model.safetensors.index.json).
-    #[arg(long, value_name = "DIR")]
+    /// Model: a local folder (config.json, tokenizer.json and model.safetensors or sharded
+    /// weights; a sentence-transformers folder's modules.json is followed), or a Hugging Face Hub
+    /// id ORG/NAME[@REVISION], looked up in the Hugging Face cache (HF_HUB_CACHE, HF_HOME) and
+    /// downloaded into it when missing (HF_TOKEN, HF_ENDPOINT; never with HF_HUB_OFFLINE=1).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     pub model: PathBuf,
+
+    /// Hub revision (branch, tag or commit) of a --model Hub id [default: main]; the commit it
+    /// resolves to is recorded. Pin a commit for a fleet that starts over hours.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
 
     /// Output folder; each worker writes OUTPUT/worker-ID-of-N/ (part-*.parquet,
     /// checkpoint.json, failures.jsonl). Re-running the same command resumes.
@@ -157,16 +165,36 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value_t = AttentionArg::Auto)]
     pub attention: AttentionArg,
 
-    /// Cut texts to this many tokens, special tokens included [default: the model's
-    /// max_position_embeddings, at most 8192].
+    /// Cut texts to this many tokens, special tokens included [default: a sentence-transformers
+    /// folder's max_seq_length, else the model's max_position_embeddings, at most 8192].
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
 
-    /// Text put before every input text, e.g. "Instruct: ...\nQuery: " for queries.
-    #[arg(long, value_name = "TEXT")]
+    /// Text put before every input text, e.g. "Instruct: ...\nQuery: " for queries; "" for
+    /// none (over a model's default prompt).
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_name")]
     pub prompt: Option<String>,
 
-    /// Write the raw pooled vectors instead of L2-normalised ones.
+    /// One of the model's named prompts (config_sentence_transformers.json), e.g. query or
+    /// passage [default: its default_prompt_name].
+    #[arg(long, value_name = "NAME")]
+    pub prompt_name: Option<String>,
+
+    /// How a text's vector is taken from its token states [default: a sentence-transformers
+    /// folder's Pooling module, else last for qwen2/qwen3 and mean for encoders].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub pooling: Option<PoolingArg>,
+
+    /// Keep the first D dimensions of each vector, then normalise (Matryoshka models).
+    #[arg(long, value_name = "D")]
+    pub dimensions: Option<usize>,
+
+    /// L2-normalise the vectors even if a sentence-transformers folder has no Normalize module.
+    #[arg(long, conflicts_with = "no_normalize")]
+    pub normalize: bool,
+
+    /// Write the raw pooled vectors instead of L2-normalised ones [default: normalised, unless
+    /// a sentence-transformers folder has no Normalize module].
     #[arg(long)]
     pub no_normalize: bool,
 
@@ -184,8 +212,8 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
 
-    /// Token budget of one model batch, padding included [default: 8192 on the CPU; on a GPU,
-    /// chosen from the memory free after loading the model]. A batch that runs out of memory
+    /// Token budget of one model batch, padding included [default: 8192 on the CPU, 2048 for
+    /// encoders; on a GPU, chosen from the memory free after loading the model]. A batch that runs out of memory
     /// is split and retried.
     #[arg(long, value_name = "N")]
     pub batch_tokens: Option<usize>,
@@ -239,6 +267,22 @@ pub enum AttentionArg {
     Auto,
     Causal,
     Bidirectional,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolingArg {
+    /// The first token ([CLS]).
+    Cls,
+    /// The average of the token states.
+    Mean,
+    /// The element-wise maximum over the tokens.
+    Max,
+    /// The last token (gte-Qwen2, Qwen3-Embedding).
+    #[value(alias = "lasttoken")]
+    Last,
+    /// Weighted by position 1, 2, 3, ….
+    #[value(alias = "weightedmean")]
+    WeightedMean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

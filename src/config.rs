@@ -5,11 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::cli::{AttentionArg, DtypeArg, EmbedArgs, OutputDtypeArg};
+use crate::cli::{AttentionArg, DtypeArg, EmbedArgs, OutputDtypeArg, PoolingArg};
 use crate::device::{DeviceChoice, DtypeChoice};
+use crate::model::source::ModelSource;
 use crate::model::{Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
 use crate::partition::Partition;
+use crate::pool::PoolingMode;
+use crate::vector_options::{Requested, VectorOptions};
 
 /// Longest default text: long enough for reviews and most documents, short enough that one
 /// text's attention fits in memory on any device.
@@ -20,6 +23,10 @@ pub struct EmbedConfig {
     pub inputs: Vec<PathBuf>,
     pub model: ModelFiles,
     pub model_config: ModelConfig,
+    /// Where the model came from: the local folder, and the Hub id and commit when it is one.
+    pub model_source: ModelSource,
+    /// Pooling, normalisation, max tokens, prompt and dimensions, each with its source.
+    pub vectors: VectorOptions,
     pub output: PathBuf,
     pub partition: Partition,
     /// Where the worker id and count came from (flags, Kubernetes, Slurm, SkyPilot).
@@ -53,19 +60,32 @@ pub struct EmbedConfig {
 }
 
 impl EmbedConfig {
-    pub fn from_args(args: EmbedArgs) -> Result<Self> {
-        let model = ModelFiles::locate(&args.model)?;
+    /// `note` reports what resolving a Hub id does (downloads).
+    pub fn from_args(args: EmbedArgs, note: &mut dyn FnMut(&str)) -> Result<Self> {
+        let env = |k: &str| std::env::var(k).ok();
+        let model_source = crate::model::source::resolve(&args.model, args.revision.as_deref(), &env, note)?;
+        let model = ModelFiles::locate(&model_source.dir)?;
         let model_config = ModelConfig::from_file(&model.config)?;
-        let limit = model_config.max_tokens_limit();
-        let max_tokens = match args.max_tokens {
-            None => limit.min(DEFAULT_MAX_TOKENS_CAP),
-            Some(0) => bail!("--max-tokens must be at least 1"),
-            Some(n) if n > limit => bail!(
-                "--max-tokens {n} is more than the model accepts ({limit}, from {})",
-                model.config.display()
-            ),
-            Some(n) => n,
+        let requested = Requested {
+            pooling: args.pooling.map(|p| match p {
+                PoolingArg::Cls => PoolingMode::Cls,
+                PoolingArg::Mean => PoolingMode::Mean,
+                PoolingArg::Max => PoolingMode::Max,
+                PoolingArg::Last => PoolingMode::LastToken,
+                PoolingArg::WeightedMean => PoolingMode::WeightedMean,
+            }),
+            normalize: match (args.normalize, args.no_normalize) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            max_tokens: args.max_tokens,
+            prompt: args.prompt.clone(),
+            prompt_name: args.prompt_name.clone(),
+            dimensions: args.dimensions,
         };
+        let vectors = VectorOptions::resolve(&requested, &model, &model_config)?;
+        let max_tokens = vectors.max_tokens;
         if args.batch_tokens == Some(0) {
             bail!("--batch-tokens must be at least 1");
         }
@@ -95,6 +115,10 @@ impl EmbedConfig {
         }
         let attention = match args.attention {
             AttentionArg::Auto => model_config.default_attention(),
+            AttentionArg::Causal if model_config.architecture.is_encoder() => bail!(
+                "--attention causal: {} is a bidirectional encoder (leave --attention at auto)",
+                model_config.architecture.as_str()
+            ),
             AttentionArg::Causal => Attention::Causal,
             AttentionArg::Bidirectional => Attention::Bidirectional,
         };
@@ -108,6 +132,7 @@ impl EmbedConfig {
             inputs: args.inputs,
             model,
             model_config,
+            model_source,
             output: args.output,
             partition,
             identity_source: identity.source,
@@ -122,8 +147,9 @@ impl EmbedConfig {
             checkpoint_every: std::time::Duration::from_secs(args.checkpoint_every),
             attention,
             max_tokens,
-            prompt: args.prompt.filter(|p| !p.is_empty()),
-            normalize: !args.no_normalize,
+            prompt: vectors.prompt.clone(),
+            normalize: vectors.normalize,
+            vectors,
             device: args.device,
             dtype,
             batch_tokens: args.batch_tokens,

@@ -1,5 +1,6 @@
-//! Texts in, vectors out: tokenize, pack by length under the token budget, run the model, pool
-//! and normalise. The pipeline feeds it chunks of rows; tests call it directly.
+//! Texts in, vectors out: tokenize, pack by length under the token budget, run the model, pool,
+//! apply a sentence-transformers folder's Dense modules, keep `--dimensions`, and normalise. The
+//! pipeline feeds it chunks of rows; tests call it directly.
 
 use std::sync::Mutex;
 
@@ -8,7 +9,7 @@ use candle_core::{DType, Device};
 
 use crate::batch::{pack_by_length, Batch, Budget};
 use crate::model::{
-    self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
+    self, Attention, AttentionImpl, Dense, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
 use crate::pool::{l2_normalize, Pooling};
 use crate::tokenize::TextTokenizer;
@@ -20,6 +21,9 @@ pub struct EmbedderOptions {
     pub max_tokens: usize,
     pub prompt: Option<String>,
     pub normalize: bool,
+    pub pooling: Pooling,
+    /// Keep the first D dimensions (then normalise when `normalize`).
+    pub dimensions: Option<usize>,
     pub batch_tokens: usize,
     /// How attention is computed (tests pin both ways; users leave it on auto).
     pub attention_impl: AttentionImpl,
@@ -113,6 +117,13 @@ pub struct Embedder {
     model: LoadedModel,
     options: EmbedderOptions,
     pooling: Pooling,
+    /// sentence-transformers Dense modules after the pooling.
+    dense: Vec<Dense>,
+    /// Prompt tokens at the start of every text left out of the pooling (`include_prompt:
+    /// false` with a prompt), else 0.
+    prompt_skip: usize,
+    /// The width of the vectors returned.
+    dim: usize,
     /// Score elements one padded batch may hold (memory): `None` when attention is packed.
     attention_budget: Option<usize>,
     /// The budget learned from out-of-memory errors: once a batch of some size has failed,
@@ -152,23 +163,58 @@ impl Embedder {
     }
 
     fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
-        let tokenizer =
-            TextTokenizer::from_file(&files.tokenizer, options.max_tokens, options.prompt.clone())?;
+        let lowercase = files.sentence_transformers.as_ref().is_some_and(|st| st.do_lower_case);
+        let tokenizer = TextTokenizer::from_file_with(
+            &files.tokenizer,
+            options.max_tokens,
+            options.prompt.clone(),
+            lowercase,
+        )?;
+        let pooling = options.pooling.clone();
+        let pooled = pooling.width(model.model.hidden_size());
+        let dense = model::load_dense(files, pooled, model.device())?;
+        let width = dense.last().map_or(pooled, |d| d.out_features);
+        let dim = match options.dimensions {
+            Some(d) if d == 0 || d > width => {
+                anyhow::bail!("--dimensions {d} is outside the model's 1..={width} dimensions")
+            }
+            Some(d) => d,
+            None => width,
+        };
+        let prompt_skip = match (&options.prompt, pooling.include_prompt) {
+            (Some(_), false) => tokenizer.prompt_tokens()?,
+            _ => 0,
+        };
         let attention_budget = (!model.packed).then_some(MAX_ATTENTION_ELEMENTS);
         let learned = Mutex::new(Learned { tokens: usize::MAX, elements: usize::MAX });
-        Ok(Embedder { tokenizer, model, options, pooling: Pooling::LastToken, attention_budget, learned })
+        Ok(Embedder {
+            tokenizer,
+            model,
+            options,
+            pooling,
+            dense,
+            prompt_skip,
+            dim,
+            attention_budget,
+            learned,
+        })
     }
 
     pub fn dim(&self) -> usize {
-        self.model.model.hidden_size()
+        self.dim
+    }
+
+    /// Prompt tokens left out of the pooling (`include_prompt: false`), else 0.
+    pub fn prompt_skip(&self) -> usize {
+        self.prompt_skip
     }
 
     pub fn options(&self) -> &EmbedderOptions {
         &self.options
     }
 
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
+    pub fn pooling(&self) -> &Pooling {
+        &self.pooling
     }
 
     /// Changes the token budget of a model batch (chosen after the weights are on the device).
@@ -354,10 +400,17 @@ impl Embedder {
         if let Some((_, elements)) = self.budget().attention {
             self.model.model.limit_attention(elements);
         }
-        let rows = self.pooling.rows(batch);
+        let rows = self.pooling.rows(batch, self.prompt_skip);
         let states = self.model.model.forward(batch, rows.as_deref()).context("model forward pass failed")?;
-        let pooled = self.pooling.pool(states, batch)?;
-        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+        let mut pooled = self.pooling.pool(&states, batch, self.prompt_skip)?;
+        drop(states);
+        for dense in &self.dense {
+            pooled = dense.forward(&pooled)?;
+        }
+        if pooled.dim(1)? != self.dim {
+            pooled = pooled.narrow(1, 0, self.dim)?;
+        }
+        Ok(pooled.contiguous()?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Tokenizes texts as the model sees them (prompt, special tokens, truncation).

@@ -59,7 +59,11 @@ pub fn run(devices: &[DeviceChoice], machine: &Identity, quiet: bool) -> Result<
         cmd.args(&args)
             .args(["--device", &device_arg(*device), "--worker-id", &worker.to_string()])
             .args(["--num-workers", &total.to_string()])
-            .env("BATCH_EMBED_PLAIN_PROGRESS", "1");
+            .env("BATCH_EMBED_PLAIN_PROGRESS", "1")
+            // NOTE: the launcher resolved --model already (a Hub model is in the cache now):
+            // the children read that snapshot without asking the Hub again, so all of them use
+            // the commit the launcher saw.
+            .env("HF_HUB_OFFLINE", "1");
         for v in ENGINE_VARIABLES.iter().chain(&["BATCH_EMBED_WORKER_ID", "BATCH_EMBED_NUM_WORKERS"]) {
             cmd.env_remove(v);
         }

@@ -33,5 +33,6 @@ pub mod status_page;
 pub mod summary;
 pub mod sync;
 pub mod tokenize;
+pub mod vector_options;
 pub mod verify;
 pub mod worker_folder;

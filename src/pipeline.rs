@@ -23,7 +23,6 @@ use crate::input::{self, Chunk, Inputs};
 use crate::lock::LockOptions;
 use crate::model::AttentionImpl;
 use crate::output::ShardWriter;
-use crate::pool::Pooling;
 use crate::progress::{Progress, WorkerProgress};
 use crate::run_spec::{InputSpec, RowSpec, RunSpec, VectorSpec};
 use crate::shutdown::StopFlag;
@@ -41,6 +40,9 @@ const CHUNK_ROWS: usize = 4096;
 const CPU_CHUNK_ROWS: usize = 1024;
 /// `--batch-tokens` on the CPU when not given (packed attention: the budget only bounds memory).
 const DEFAULT_CPU_BATCH_TOKENS: usize = 8192;
+/// The same for the (small) encoders: a batch whose activations stay in the caches ran
+/// all-MiniLM-L6-v2 ~10% faster than 8192 (BENCHMARKS.md).
+const DEFAULT_CPU_ENCODER_BATCH_TOKENS: usize = 2048;
 /// Chunks waiting between two stages.
 const QUEUE: usize = 2;
 
@@ -317,13 +319,21 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
         },
         vectors: VectorSpec {
             model_hash: model_hash.to_string(),
+            model_id: cfg.model_source.hub.as_ref().map(|h| h.id.clone()),
+            revision: cfg.model_source.hub.as_ref().map(|h| h.commit.clone()),
             model_type: cfg.model_config.architecture.as_str().to_string(),
-            dim: cfg.model_config.hidden_size,
-            pooling: Pooling::LastToken.as_str().to_string(),
+            dim: cfg.vectors.dim,
+            pooling: cfg
+                .vectors
+                .pooling
+                .describe(!cfg.vectors.pooling.include_prompt && cfg.prompt.is_some()),
+            dense: cfg.model.dense_modules().iter().map(|d| d.describe()).collect(),
+            dimensions: cfg.vectors.dimensions,
             normalized: cfg.normalize,
             attention: cfg.attention.as_str().to_string(),
             max_tokens: cfg.max_tokens,
             prompt: cfg.prompt.clone(),
+            prompt_name: cfg.vectors.prompt_name.clone(),
             dtype: format!("{dtype:?}").to_lowercase(),
             output_dtype: cfg.output_dtype.as_str().to_string(),
         },
@@ -342,7 +352,12 @@ fn load_embedder(
         max_tokens: cfg.max_tokens,
         prompt: cfg.prompt.clone(),
         normalize: cfg.normalize,
-        batch_tokens: cfg.batch_tokens.unwrap_or(DEFAULT_CPU_BATCH_TOKENS),
+        pooling: cfg.vectors.pooling.clone(),
+        dimensions: cfg.vectors.dimensions,
+        batch_tokens: cfg.batch_tokens.unwrap_or(match cfg.model_config.architecture.is_encoder() {
+            true => DEFAULT_CPU_ENCODER_BATCH_TOKENS,
+            false => DEFAULT_CPU_BATCH_TOKENS,
+        }),
         attention_impl: AttentionImpl::Auto,
     };
     let mut embedder = if cfg.debug_noop_model {
@@ -394,8 +409,14 @@ fn start_line(
     load: std::time::Duration,
 ) -> String {
     let budget = embedder.budget();
+    let model = match &cfg.model_source.hub {
+        Some(hub) => {
+            format!("{}@{} ({})", hub.id, &hub.commit[..hub.commit.len().min(12)], cfg.model.dir.display())
+        }
+        None => cfg.model.dir.display().to_string(),
+    };
     format!(
-        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {} attention, dim {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
+        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {} attention, dim {}; {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
         cfg.partition.worker_id,
         cfg.partition.num_workers,
         cfg.identity_source,
@@ -403,10 +424,11 @@ fn start_line(
         inputs.total_rows(),
         inputs.files.len(),
         if rows_before > 0 { format!(", resuming after {rows_before} done") } else { String::new() },
-        cfg.model.dir.display(),
+        model,
         cfg.model_config.architecture.as_str(),
         cfg.attention.as_str(),
         embedder.dim(),
+        cfg.vectors.sources.join(", "),
         device_name,
         dtype,
         load.as_secs_f64(),

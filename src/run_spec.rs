@@ -51,18 +51,37 @@ pub struct InputSpec {
     pub footer: String,
 }
 
-/// What decides a row's vector, besides its text.
+/// What decides a row's vector, besides its text. Nothing machine-specific (the model's local
+/// folder is in the part metadata, not here), so workers on machines with different caches
+/// share one description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VectorSpec {
-    /// See `checkpoint::model_hash`: config, tokenizer and weight headers.
+    /// See `ModelFiles::content_hash`: config, tokenizer, weight headers and the
+    /// sentence-transformers module files.
     pub model_hash: String,
+    /// The Hugging Face Hub id, when the model came from the Hub (or its cache).
+    #[serde(default)]
+    pub model_id: Option<String>,
+    /// The Hub commit the model's files are from.
+    #[serde(default)]
+    pub revision: Option<String>,
     pub model_type: String,
+    /// The width of the written vectors (after Dense modules and `--dimensions`).
     pub dim: usize,
     pub pooling: String,
+    /// sentence-transformers Dense modules after the pooling, e.g. `768->512 tanh`.
+    #[serde(default)]
+    pub dense: Vec<String>,
+    /// `--dimensions`: the first D dimensions kept (before normalising).
+    #[serde(default)]
+    pub dimensions: Option<usize>,
     pub normalized: bool,
     pub attention: String,
     pub max_tokens: usize,
     pub prompt: Option<String>,
+    /// The sentence-transformers prompt name the prompt came from.
+    #[serde(default)]
+    pub prompt_name: Option<String>,
     /// The compute dtype (f32, bf16, f16).
     pub dtype: String,
     pub output_dtype: String,
@@ -97,15 +116,20 @@ impl RunSpec {
     }
 
     /// Names each vector-deciding field (model, pooling, options, dtypes) that differs from
-    /// `earlier`'s: what decides whether `earlier`'s vectors can stand for this run's.
+    /// `earlier`'s: what decides whether `earlier`'s vectors can stand for this run's. The model
+    /// counts by the hash of its files: the same files named by a folder or by a Hub id make the
+    /// same vectors, so `model_id` and `revision` are left out here (a resumed worker folder
+    /// compares them, through [`RunSpec::differences`]).
     pub fn vectors_differences(&self, earlier: &RunSpec) -> Vec<String> {
+        let strip = |s: &RunSpec| {
+            let mut v = serde_json::to_value(&s.vectors).expect("serializable");
+            let o = v.as_object_mut().expect("object");
+            o.remove("model_id");
+            o.remove("revision");
+            v
+        };
         let mut out = Vec::new();
-        diff_values(
-            "",
-            &serde_json::to_value(&earlier.vectors).expect("serializable"),
-            &serde_json::to_value(&self.vectors).expect("serializable"),
-            &mut out,
-        );
+        diff_values("", &strip(earlier), &strip(self), &mut out);
         out
     }
 
@@ -259,13 +283,18 @@ pub(crate) mod tests {
             },
             vectors: VectorSpec {
                 model_hash: "h".into(),
+                model_id: None,
+                revision: None,
                 model_type: "qwen2".into(),
                 dim: 64,
                 pooling: "last_token".into(),
+                dense: Vec::new(),
+                dimensions: None,
                 normalized: true,
                 attention: "causal".into(),
                 max_tokens: 512,
                 prompt: None,
+                prompt_name: None,
                 dtype: "f32".into(),
                 output_dtype: "f32".into(),
             },
@@ -288,6 +317,23 @@ pub(crate) mod tests {
         let mut c = spec();
         c.rows.inputs[0].footer = "g".into();
         assert!(c.differences(&a)[0].contains("footer differs"), "{:?}", c.differences(&a));
+    }
+
+    #[test]
+    fn a_description_written_before_the_hub_fields_still_reads_and_compares_equal() {
+        // What a checkpoint written by an earlier version holds: no model_id, revision, dense,
+        // dimensions or prompt_name.
+        let mut old = serde_json::to_value(spec()).unwrap();
+        for key in ["model_id", "revision", "dense", "dimensions", "prompt_name"] {
+            old["vectors"].as_object_mut().unwrap().remove(key);
+        }
+        let back: RunSpec = serde_json::from_value(old).unwrap();
+        assert!(spec().differences(&back).is_empty());
+        let mut hub = spec();
+        hub.vectors.model_id = Some("BAAI/bge-small-en-v1.5".into());
+        hub.vectors.revision = Some("5c38ec7c405ec4b44b94cc5a9bb96e735b38267a".into());
+        assert_eq!(hub.differences(&spec()).len(), 2, "a worker folder compares the Hub id and commit");
+        assert!(hub.vectors_differences(&spec()).is_empty(), "--reuse and changes go by the files' hash");
     }
 
     #[test]

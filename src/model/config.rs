@@ -1,6 +1,7 @@
 //! `config.json` as users have it: the transformers 4.x shape (top-level `rope_theta`,
 //! `torch_dtype`, numeric `sliding_window`) and the 5.x shape (`rope_parameters`, `dtype`,
-//! `layer_types`, `sliding_window: null`), read into one validated [`ModelConfig`].
+//! `layer_types`, `sliding_window: null`), read into one validated [`ModelConfig`]: the Qwen
+//! decoders and the BERT-family encoders (BERT, XLM-RoBERTa, ModernBERT).
 
 use std::path::Path;
 
@@ -16,17 +17,113 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3-Embedding: per-head RMSNorm on q and k, explicit `head_dim`, no q/k/v bias.
     Qwen3,
+    /// BERT (BGE, E5, all-MiniLM, classic GTE): absolute positions, post-norm layers.
+    Bert,
+    /// XLM-RoBERTa and RoBERTa (multilingual-e5, bge-m3's dense vectors): BERT with positions
+    /// counted from `pad_token_id + 1`.
+    XlmRoberta,
+    /// ModernBERT (gte-modernbert, modernbert-embed): rotary, pre-norm, GeGLU, alternating
+    /// global and sliding-window attention.
+    ModernBert,
 }
 
-const SUPPORTED: &str = "qwen2, qwen3";
+const SUPPORTED: &str = "qwen2, qwen3, bert, xlm-roberta, roberta, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Bert => "bert",
+            Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::ModernBert => "modernbert",
         }
     }
+
+    /// A bidirectional encoder (its attention is never causal).
+    pub fn is_encoder(self) -> bool {
+        matches!(self, Architecture::Bert | Architecture::XlmRoberta | Architecture::ModernBert)
+    }
+}
+
+/// An element-wise activation, as `config.json` (`hidden_act`) or a sentence-transformers Dense
+/// module (`activation_function`) names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Tanh,
+    Relu,
+    /// The exact GELU, `x · Φ(x)` with the error function (transformers' "gelu").
+    Gelu,
+    /// The tanh approximation of GELU ("gelu_new", "gelu_pytorch_tanh").
+    GeluTanh,
+    Silu,
+    Sigmoid,
+}
+
+impl Activation {
+    /// transformers' `hidden_act` names.
+    pub fn from_hidden_act(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            "linear" | "identity" => Activation::Identity,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Silu => "silu",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+
+    pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Activation::Identity => Ok(x.clone()),
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Silu => x.silu(),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+        }
+    }
+}
+
+/// What the BERT-family encoders need beyond the common fields.
+#[derive(Clone, Debug)]
+pub struct EncoderConfig {
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+    /// BERT/XLM-R: rows of `token_type_embeddings` (row 0 is added to every token).
+    pub type_vocab_size: usize,
+    /// XLM-R: the padding id; positions start at `pad_token_id + 1`.
+    pub pad_token_id: u32,
+    pub modernbert: Option<ModernBertConfig>,
+}
+
+/// ModernBERT's own settings.
+#[derive(Clone, Debug)]
+pub struct ModernBertConfig {
+    pub global_rope_theta: f64,
+    pub local_rope_theta: f64,
+    /// A local layer's query sees keys at most this many positions away (`local_attention / 2`).
+    pub window: usize,
+    /// Per layer: global (full) attention, else the sliding window.
+    pub global_layers: Vec<bool>,
+    pub norm_bias: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
 }
 
 /// The validated model configuration the layers are built from.
@@ -50,6 +147,8 @@ pub struct ModelConfig {
     /// Texts longer than this would reach a sliding-window layer, which this build does not
     /// implement; `None` when every layer attends to the full text.
     pub sliding_window: Option<usize>,
+    /// The encoders' settings (`None` for the Qwen decoders).
+    pub encoder: Option<EncoderConfig>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +199,10 @@ impl ModelConfig {
         let architecture = match model_type {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            // NOTE: transformers' RobertaModel and XLMRobertaModel are the same network.
+            "bert" => return encoder_config(value, Architecture::Bert),
+            "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
+            "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),
         };
@@ -130,7 +233,7 @@ impl ModelConfig {
             (Some(d), _) => d,
             // NOTE: transformers' Qwen3Config defaults head_dim to 128, not hidden/heads.
             (None, Architecture::Qwen3) => 128,
-            (None, Architecture::Qwen2) => {
+            (None, _) => {
                 if !raw.hidden_size.is_multiple_of(heads) {
                     bail!(
                         "hidden_size ({}) is not divisible by num_attention_heads ({heads}) and no head_dim is given",
@@ -146,8 +249,8 @@ impl ModelConfig {
         let sliding_window = sliding_limit(&raw);
         // NOTE: transformers' Qwen2 always has q/k/v biases; Qwen3 reads attention_bias (default off).
         let attention_bias = match architecture {
-            Architecture::Qwen2 => true,
             Architecture::Qwen3 => raw.attention_bias.unwrap_or(false),
+            _ => true,
         };
         Ok(ModelConfig {
             architecture,
@@ -164,25 +267,190 @@ impl ModelConfig {
             attention_bias,
             is_causal: raw.is_causal,
             sliding_window,
+            encoder: None,
         })
     }
 
-    /// The attention mode the config asks for.
+    /// The attention mode the config asks for: encoders are bidirectional.
     pub fn default_attention(&self) -> Attention {
         match self.is_causal {
+            _ if self.architecture.is_encoder() => Attention::Bidirectional,
             Some(false) => Attention::Bidirectional,
             _ => Attention::Causal,
         }
     }
 
     /// The longest text the model accepts: `max_position_embeddings`, or the sliding window
-    /// when some layer uses one.
+    /// when some layer uses one; for XLM-R, the positions left after the `pad_token_id + 1`
+    /// offset (512 of 514).
     pub fn max_tokens_limit(&self) -> usize {
+        if self.architecture == Architecture::XlmRoberta {
+            let offset = self.encoder.as_ref().map_or(0, |e| e.pad_token_id as usize + 1);
+            return self.max_position_embeddings.saturating_sub(offset).max(1);
+        }
         match self.sliding_window {
             Some(w) => w.min(self.max_position_embeddings),
             None => self.max_position_embeddings,
         }
     }
+}
+
+/// `config.json` of a BERT-family encoder.
+#[derive(Deserialize)]
+struct RawEncoderConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    max_position_embeddings: usize,
+    // BERT / XLM-R
+    hidden_act: Option<String>,
+    layer_norm_eps: Option<f64>,
+    type_vocab_size: Option<usize>,
+    pad_token_id: Option<u32>,
+    position_embedding_type: Option<String>,
+    is_decoder: Option<bool>,
+    // ModernBERT
+    hidden_activation: Option<String>,
+    norm_eps: Option<f64>,
+    norm_bias: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    local_attention: Option<usize>,
+    global_attn_every_n_layers: Option<usize>,
+    global_rope_theta: Option<f64>,
+    /// Absent (the default, 10,000) and `null` (the global base, in 4.x) differ.
+    #[serde(default)]
+    local_rope_theta: Option<serde_json::Value>,
+    layer_types: Option<Vec<String>>,
+    rope_parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    rope_scaling: Option<RopeParameters>,
+}
+
+fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Result<ModelConfig> {
+    let raw: RawEncoderConfig = serde_json::from_value(value)?;
+    let heads = raw.num_attention_heads;
+    if heads == 0 || !raw.hidden_size.is_multiple_of(heads) {
+        bail!("hidden_size ({}) is not divisible by num_attention_heads ({heads})", raw.hidden_size);
+    }
+    let head_dim = raw.hidden_size / heads;
+    let act_name = match architecture {
+        Architecture::ModernBert => raw.hidden_activation.as_deref().unwrap_or("gelu"),
+        _ => raw.hidden_act.as_deref().unwrap_or("gelu"),
+    };
+    let activation = Activation::from_hidden_act(act_name).with_context(|| {
+        format!("hidden activation \"{act_name}\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")
+    })?;
+    if raw.is_decoder == Some(true) {
+        bail!("\"is_decoder\": true: a {} decoder is not an embedding encoder", architecture.as_str());
+    }
+    if let Some(kind) = raw.position_embedding_type.as_deref() {
+        if kind != "absolute" {
+            bail!("position_embedding_type \"{kind}\" is not supported (only absolute)");
+        }
+    }
+    let modernbert = match architecture {
+        Architecture::ModernBert => Some(modernbert_config(&raw, head_dim)?),
+        _ => None,
+    };
+    let (eps, pad) = match architecture {
+        Architecture::ModernBert => (raw.norm_eps.unwrap_or(1e-5), raw.pad_token_id.unwrap_or(0)),
+        // NOTE: transformers' XLMRobertaConfig defaults pad_token_id to 1, BertConfig to 0.
+        Architecture::XlmRoberta => (raw.layer_norm_eps.unwrap_or(1e-12), raw.pad_token_id.unwrap_or(1)),
+        _ => (raw.layer_norm_eps.unwrap_or(1e-12), raw.pad_token_id.unwrap_or(0)),
+    };
+    Ok(ModelConfig {
+        architecture,
+        vocab_size: raw.vocab_size,
+        hidden_size: raw.hidden_size,
+        intermediate_size: raw.intermediate_size,
+        num_hidden_layers: raw.num_hidden_layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim,
+        max_position_embeddings: raw.max_position_embeddings,
+        rms_norm_eps: eps,
+        rope_theta: modernbert.as_ref().map_or(10_000.0, |m| m.global_rope_theta),
+        attention_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
+        is_causal: Some(false),
+        sliding_window: None,
+        encoder: Some(EncoderConfig {
+            layer_norm_eps: eps,
+            activation,
+            type_vocab_size: raw.type_vocab_size.unwrap_or(if architecture == Architecture::Bert {
+                2
+            } else {
+                1
+            }),
+            pad_token_id: pad,
+            modernbert,
+        }),
+    })
+}
+
+/// ModernBERT's layer kinds and rotary bases, from the 4.x keys (`global_attn_every_n_layers`,
+/// `global_rope_theta`, `local_rope_theta`) or the 5.x ones (`layer_types`, `rope_parameters`
+/// per layer kind).
+fn modernbert_config(raw: &RawEncoderConfig, head_dim: usize) -> Result<ModernBertConfig> {
+    if !head_dim.is_multiple_of(2) {
+        bail!("head_dim ({head_dim}) must be even for rotary embeddings");
+    }
+    if let Some(rope) = &raw.rope_scaling {
+        let kind = rope.rope_type.as_deref().or(rope.kind.as_deref()).unwrap_or("default");
+        if kind != "default" {
+            bail!("rope scaling \"{kind}\" is not supported (only the default rotary embedding)");
+        }
+    }
+    let theta_of = |kind: &str| -> Result<Option<f64>> {
+        let Some(params) = raw.rope_parameters.as_ref().and_then(|p| p.get(kind)) else { return Ok(None) };
+        let rope_type = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+        if rope_type != "default" {
+            bail!("rope scaling \"{rope_type}\" is not supported (only the default rotary embedding)");
+        }
+        Ok(params.get("rope_theta").and_then(|t| t.as_f64()))
+    };
+    // NOTE: ModernBERT's defaults: 160,000 for global layers, 10,000 for local ones; a null
+    // local_rope_theta (4.x) means the local layers use the global base.
+    let global = theta_of("full_attention")?.or(raw.global_rope_theta).unwrap_or(160_000.0);
+    let local = match (theta_of("sliding_attention")?, &raw.local_rope_theta) {
+        (Some(t), _) => t,
+        (None, Some(serde_json::Value::Null)) => global,
+        (None, Some(v)) => v.as_f64().context("local_rope_theta is not a number")?,
+        (None, None) => 10_000.0,
+    };
+    let every = raw.global_attn_every_n_layers.unwrap_or(3).max(1);
+    let global_layers = match &raw.layer_types {
+        Some(types) => {
+            if types.len() != raw.num_hidden_layers {
+                bail!(
+                    "layer_types lists {} layers, num_hidden_layers is {}",
+                    types.len(),
+                    raw.num_hidden_layers
+                );
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(true),
+                    "sliding_attention" => Ok(false),
+                    other => {
+                        bail!("layer type \"{other}\" is not supported (full_attention, sliding_attention)")
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => (0..raw.num_hidden_layers).map(|i| i % every == 0).collect(),
+    };
+    Ok(ModernBertConfig {
+        global_rope_theta: global,
+        local_rope_theta: local,
+        window: raw.local_attention.unwrap_or(128) / 2,
+        global_layers,
+        norm_bias: raw.norm_bias.unwrap_or(false),
+        attention_bias: raw.attention_bias.unwrap_or(false),
+        mlp_bias: raw.mlp_bias.unwrap_or(false),
+    })
 }
 
 /// The window of the first sliding-window layer, if any layer has one.
@@ -238,9 +506,54 @@ mod tests {
 
     #[test]
     fn names_an_unsupported_model_type() {
-        let err = ModelConfig::from_json(r#"{"model_type":"bert","hidden_size":8}"#).unwrap_err();
+        let err = ModelConfig::from_json(r#"{"model_type":"t5","hidden_size":8}"#).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("\"bert\"") && msg.contains("qwen2, qwen3"), "{msg}");
+        assert!(msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, bert, xlm-roberta"), "{msg}");
+    }
+
+    const BERT: &str = r#"{"model_type":"bert","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+        "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":512,"hidden_act":"gelu",
+        "layer_norm_eps":1e-12,"type_vocab_size":2,"pad_token_id":0,"position_embedding_type":"absolute"}"#;
+
+    #[test]
+    fn reads_encoders() {
+        let c = ModelConfig::from_json(BERT).unwrap();
+        assert_eq!(c.architecture, Architecture::Bert);
+        assert_eq!((c.head_dim, c.max_tokens_limit()), (16, 512));
+        assert_eq!(c.default_attention(), Attention::Bidirectional);
+        assert_eq!(c.encoder.as_ref().unwrap().activation, Activation::Gelu);
+        let x = ModelConfig::from_json(
+            &BERT
+                .replace("\"bert\"", "\"xlm-roberta\"")
+                .replace("\"pad_token_id\":0", "\"pad_token_id\":1")
+                .replace("512", "514"),
+        )
+        .unwrap();
+        assert_eq!((x.architecture, x.max_tokens_limit()), (Architecture::XlmRoberta, 512));
+        let relative = BERT.replace("\"absolute\"", "\"relative_key\"");
+        assert!(format!("{:#}", ModelConfig::from_json(&relative).unwrap_err()).contains("relative_key"));
+        let act = BERT.replace("\"gelu\"", "\"quick_gelu\"");
+        assert!(format!("{:#}", ModelConfig::from_json(&act).unwrap_err()).contains("quick_gelu"));
+    }
+
+    #[test]
+    fn reads_modernbert_in_both_shapes() {
+        let v4 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+            "num_hidden_layers":4,"num_attention_heads":4,"max_position_embeddings":8192,"global_rope_theta":160000.0,
+            "local_rope_theta":10000.0,"local_attention":128,"global_attn_every_n_layers":3,"norm_eps":1e-5}"#;
+        let c = ModelConfig::from_json(v4).unwrap();
+        let m = c.encoder.as_ref().unwrap().modernbert.clone().unwrap();
+        assert_eq!(m.global_layers, [true, false, false, true]);
+        assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (160000.0, 10000.0, 64));
+        assert_eq!(c.max_tokens_limit(), 8192);
+        let v5 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+            "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":8192,"local_attention":16,
+            "layer_types":["full_attention","sliding_attention"],
+            "rope_parameters":{"full_attention":{"rope_theta":1000.0,"rope_type":"default"},
+                               "sliding_attention":{"rope_theta":500.0,"rope_type":"default"}}}"#;
+        let m = ModelConfig::from_json(v5).unwrap().encoder.unwrap().modernbert.unwrap();
+        assert_eq!(m.global_layers, [true, false]);
+        assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (1000.0, 500.0, 8));
     }
 
     #[test]

@@ -1,18 +1,29 @@
-//! The embedding model: reading a model directory, picking the architecture from `config.json`,
-//! and the small trait the rest of the program calls.
+//! The embedding model: reading a model directory (a plain transformers folder or a
+//! sentence-transformers one), picking the architecture from `config.json`, and the small trait
+//! the rest of the program calls.
 //!
 //! Callers hand the model plain data (a [`Batch`] of flat token ids with per-text offsets) and the
 //! token rows the pooling reads, and get those rows' final states back as f32. How the model lays
 //! the batch out internally (packed per-text attention on the CPU, a padded rectangle elsewhere)
 //! is its own business.
 
+mod attention;
+mod bert;
 mod config;
 mod cpu_ops;
+mod dense;
+mod encoder;
+mod fast_math;
+pub mod hub;
 mod layers;
+mod modernbert;
 mod qwen2;
 mod qwen3;
+pub mod sentence_transformers;
+pub mod source;
 mod varlen_cpu;
 mod weights;
+mod xlm_roberta;
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +31,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::batch::Batch;
-pub use config::{Architecture, ModelConfig};
-pub use layers::MAX_ATTENTION_ELEMENTS;
+pub use attention::MAX_ATTENTION_ELEMENTS;
+pub use config::{Activation, Architecture, ModelConfig};
+pub use dense::Dense;
+pub use sentence_transformers::SentenceTransformers;
 
 /// Causal or bidirectional self-attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,12 +141,15 @@ impl EmbeddingModel for FakeModel {
 /// The files of a model directory, found and checked before anything heavy is read.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    /// The model folder (a sentence-transformers folder's top, where `modules.json` is).
     pub dir: PathBuf,
     pub config: PathBuf,
     pub tokenizer: PathBuf,
     pub weights: Vec<PathBuf>,
     /// `model.safetensors.index.json` when the weights are sharded.
     pub index: Option<PathBuf>,
+    /// What `modules.json` and the files it names say, for a sentence-transformers folder.
+    pub sentence_transformers: Option<SentenceTransformers>,
 }
 
 impl ModelFiles {
@@ -141,20 +157,36 @@ impl ModelFiles {
         if !dir.is_dir() {
             anyhow::bail!("model directory {} does not exist or is not a directory", dir.display());
         }
-        let config = dir.join("config.json");
-        let tokenizer = dir.join("tokenizer.json");
+        let st = SentenceTransformers::read(dir)?;
+        // NOTE: older sentence-transformers folders keep the transformer in a subfolder
+        // (`0_Transformer/`), which modules.json names.
+        let model_dir = match &st {
+            Some(st) if !st.transformer_path.is_empty() => dir.join(&st.transformer_path),
+            _ => dir.to_path_buf(),
+        };
+        let config = model_dir.join("config.json");
+        let tokenizer = model_dir.join("tokenizer.json");
         for f in [&config, &tokenizer] {
             if !f.is_file() {
                 anyhow::bail!("{} is missing from the model directory", f.display());
             }
         }
-        let (weights, index) = weights::locate(dir)?;
-        Ok(ModelFiles { dir: dir.to_path_buf(), config, tokenizer, weights, index })
+        let (weights, index) = weights::locate(&model_dir)?;
+        Ok(ModelFiles {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            weights,
+            index,
+            sentence_transformers: st,
+        })
     }
 
     /// A hash of what identifies the model's computation: config.json, tokenizer.json and the
     /// weights' index or safetensors headers (names, dtypes, shapes, offsets) and sizes, not the
-    /// weight bytes, so it is quick for a 15 GB model. 32 hex digits.
+    /// weight bytes, so it is quick for a 15 GB model; then, for a sentence-transformers
+    /// folder, every file of its modules (configs whole, Dense weights by header, or whole for
+    /// `pytorch_model.bin`). 32 hex digits.
     pub fn content_hash(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -167,7 +199,26 @@ impl ModelFiles {
                     .with_context(|| format!("{} is not a readable safetensors file", w.display()))?,
             );
         }
+        // NOTE: appended after the files every model has, so a plain folder's hash is what it
+        // was before sentence-transformers folders were read.
+        for rel in self.sentence_transformers.iter().flat_map(|st| &st.files) {
+            let f = self.dir.join(rel);
+            h.update(rel.as_bytes());
+            if rel.ends_with(".safetensors") {
+                h.update(
+                    weights::safetensors_header(&f)
+                        .with_context(|| format!("{} is not a readable safetensors file", f.display()))?,
+                );
+            } else {
+                h.update(std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?);
+            }
+        }
         Ok(crate::run_spec::hex16(&h.finalize()))
+    }
+
+    /// The sentence-transformers pipeline's Dense modules (none for a plain folder).
+    pub fn dense_modules(&self) -> &[sentence_transformers::DenseModule] {
+        self.sentence_transformers.as_ref().map_or(&[], |st| &st.dense)
     }
 }
 
@@ -179,6 +230,13 @@ pub struct LoadedModel {
     pub config: ModelConfig,
     pub attention: Attention,
     pub dtype: DType,
+    pub device: Device,
+}
+
+impl LoadedModel {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
 }
 
 /// Loads the weights of `files` for `config` onto `device`.
@@ -199,14 +257,49 @@ pub fn load(
         AttentionImpl::Packed if cpu_f32 => true,
         AttentionImpl::Packed => anyhow::bail!("packed attention runs only on the CPU in f32"),
     };
-    let vb = weights::var_builder(files, dtype, device)?;
-    let opts = layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
+    if config.architecture.is_encoder() && attention == Attention::Causal {
+        anyhow::bail!(
+            "{} is a bidirectional encoder; causal attention is not defined for it",
+            config.architecture.as_str()
+        );
+    }
     let context = || format!("loading the weights of {}", files.dir.display());
+    // NOTE: hub checkpoints name tensors with the task model's prefix (`model.` for
+    // Qwen2ForCausalLM and ModernBertForMaskedLM, `bert.`/`roberta.` for the masked-LM
+    // encoders), while `*Model.save_pretrained` (and sentence-transformers) write none.
     let model: Box<dyn EmbeddingModel> = match config.architecture {
-        Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
-        Architecture::Qwen3 => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            let vb = weights::var_builder(files, dtype, device, "embed_tokens.weight", &["model.", ""])?;
+            let opts =
+                layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
+            match config.architecture {
+                Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
+                _ => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
+            }
+        }
+        Architecture::Bert => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "bert."])?;
+            Box::new(bert::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::XlmRoberta => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "roberta.", "xlm-roberta."])?;
+            Box::new(xlm_roberta::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::ModernBert => {
+            let anchor = "embeddings.tok_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "model."])?;
+            Box::new(modernbert::load(config, vb, packed).with_context(context)?)
+        }
     };
-    Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype })
+    Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype, device: device.clone() })
+}
+
+/// The Dense modules of a sentence-transformers folder (none for a plain folder), the first
+/// one checked against the pooled width `pooled`.
+pub fn load_dense(files: &ModelFiles, pooled: usize, device: &Device) -> Result<Vec<Dense>> {
+    dense::load_all(&files.dir, files.dense_modules(), pooled, device)
 }
 
 /// A model of `config`'s width that computes nothing (pseudo-random vectors): the pipeline alone.
@@ -216,5 +309,12 @@ pub fn fake(config: &ModelConfig, attention: Attention, device: &Device) -> Load
         heads: config.num_attention_heads,
         device: device.clone(),
     });
-    LoadedModel { model, packed: true, config: config.clone(), attention, dtype: DType::F32 }
+    LoadedModel {
+        model,
+        packed: true,
+        config: config.clone(),
+        attention,
+        dtype: DType::F32,
+        device: device.clone(),
+    }
 }

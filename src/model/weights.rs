@@ -42,8 +42,16 @@ pub fn locate(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
     bail!("no weights in {}: expected model.safetensors or model.safetensors.index.json", dir.display())
 }
 
-/// Opens the weights as a `VarBuilder` rooted where the decoder's tensors live.
-pub fn var_builder(files: &ModelFiles, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+/// Opens the weights as a `VarBuilder` rooted where the model's tensors live: at the first of
+/// `prefixes` (e.g. `"model."`, or `""` for none) under which `anchor` (a tensor every
+/// checkpoint of the architecture has, e.g. `embed_tokens.weight`) exists.
+pub fn var_builder(
+    files: &ModelFiles,
+    dtype: DType,
+    device: &Device,
+    anchor: &str,
+    prefixes: &[&str],
+) -> Result<VarBuilder<'static>> {
     // Open each file alone first, so a truncated or foreign file is reported by name.
     for f in &files.weights {
         // SAFETY: the file is mapped read-only; we do not guard against it being changed on disk
@@ -54,18 +62,16 @@ pub fn var_builder(files: &ModelFiles, dtype: DType, device: &Device) -> Result<
     // SAFETY: as above.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
         .with_context(|| format!("cannot open the weights in {}", files.dir.display()))?;
-    // NOTE: hub checkpoints (Qwen2ForCausalLM) name tensors `model.layers...`, while
-    // transformers' `Qwen2Model.save_pretrained` writes them without the `model.` prefix.
-    if vb.contains_tensor("model.embed_tokens.weight") {
-        Ok(vb.pp("model"))
-    } else if vb.contains_tensor("embed_tokens.weight") {
-        Ok(vb)
-    } else {
-        bail!(
-            "the weights in {} have no embed_tokens.weight (with or without the \"model.\" prefix)",
-            files.dir.display()
-        )
+    for prefix in prefixes {
+        if vb.contains_tensor(&format!("{prefix}{anchor}")) {
+            return Ok(match prefix.strip_suffix('.') {
+                Some(p) => vb.pp(p),
+                None => vb,
+            });
+        }
     }
+    let tried: Vec<String> = prefixes.iter().map(|p| format!("\"{p}{anchor}\"")).collect();
+    bail!("the weights in {} have no {} tensor", files.dir.display(), tried.join(" or "))
 }
 /// A safetensors file's header (tensor names, dtypes, shapes, offsets) and its size: what
 /// identifies the weights without reading them.

@@ -14,6 +14,7 @@ use tokenizers::{
 };
 
 mod byte_bpe;
+mod wordpiece;
 
 /// One text after tokenization.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub struct TextTokenizer {
     ascii: Option<Tokenizer>,
     /// Our own split and piece cache for byte-level BPE tokenizers, when it gives the same ids.
     fast: Option<byte_bpe::ByteLevelBpe>,
+    /// Our own normaliser, split and word cache for BERT's WordPiece tokenizers.
+    wordpiece: Option<wordpiece::WordPieceRoad>,
     prompt: Option<String>,
     /// The truncation limit, special tokens included.
     max_tokens: usize,
@@ -38,8 +41,23 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`, cutting texts to `max_tokens` (special tokens included).
     pub fn from_file(path: &Path, max_tokens: usize, prompt: Option<String>) -> Result<Self> {
-        let json = std::fs::read_to_string(path)
+        Self::from_file_with(path, max_tokens, prompt, false)
+    }
+
+    /// [`TextTokenizer::from_file`], lowercasing texts first when `lowercase` (a
+    /// sentence-transformers folder's `do_lower_case`).
+    pub fn from_file_with(
+        path: &Path,
+        max_tokens: usize,
+        prompt: Option<String>,
+        lowercase: bool,
+    ) -> Result<Self> {
+        let mut json = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        if lowercase {
+            json = with_lowercase(&json)
+                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        }
         let mut inner = Tokenizer::from_str(&json)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         // NOTE: the tokenizer itself stops one token past the limit (tokenizers ≥ 0.23 stops
@@ -69,15 +87,31 @@ impl TextTokenizer {
         );
         let prompt_ascii = prompt.as_deref().is_none_or(|p| p.is_ascii());
         let fast = byte_bpe::ByteLevelBpe::detect(&json, &inner);
+        let wordpiece = wordpiece::WordPieceRoad::detect(&json, &inner);
         // Only the general road uses it: no second copy of the vocabulary when the fast road serves.
-        let ascii = (fast.is_none() && unicode_form && prompt_ascii)
+        let ascii = (fast.is_none() && wordpiece.is_none() && unicode_form && prompt_ascii)
             .then(|| {
                 let mut t = inner.clone();
                 t.with_normalizer(None::<NormalizerWrapper>).ok()?;
                 Some(t)
             })
             .flatten();
-        Ok(TextTokenizer { inner, ascii, fast, prompt, max_tokens })
+        Ok(TextTokenizer { inner, ascii, fast, wordpiece, prompt, max_tokens })
+    }
+
+    /// How many tokens the prompt takes at the start of every text, as sentence-transformers
+    /// counts them for `include_prompt: false`: the prompt tokenized alone, special tokens
+    /// included, less a special token the post-processor appends at its end.
+    pub fn prompt_tokens(&self) -> Result<usize> {
+        let Some(prompt) = &self.prompt else { return Ok(0) };
+        let encoding = self.finish(
+            self.inner
+                .encode_fast(prompt.as_str(), false)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?,
+        )?;
+        let specials = self.inner.get_added_tokens_decoder();
+        let last_special = encoding.ids.last().is_some_and(|id| specials.get(id).is_some_and(|t| t.special));
+        Ok(encoding.ids.len() - last_special as usize)
     }
 
     /// Tokenizes texts in parallel on rayon's pool.
@@ -90,7 +124,11 @@ impl TextTokenizer {
             Some(p) => Cow::Owned(format!("{p}{text}")),
             None => Cow::Borrowed(text),
         };
-        let fast = self.fast.as_ref().and_then(|f| f.ids(&self.inner, &text, self.max_tokens));
+        let fast = match (&self.fast, &self.wordpiece) {
+            (Some(f), _) => f.ids(&self.inner, &text, self.max_tokens),
+            (None, Some(w)) => w.ids(&self.inner, &text, self.max_tokens),
+            (None, None) => None,
+        };
         let encoding = match fast {
             Some(ids) => {
                 let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
@@ -128,6 +166,31 @@ impl TextTokenizer {
             _ => &self.inner,
         }
     }
+}
+
+/// `tokenizer.json` with a Lowercase normaliser put first, as sentence-transformers does for
+/// `do_lower_case` (unless the normaliser is, or its sequence holds, a Lowercase already).
+fn with_lowercase(json: &str) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(json)?;
+    let lowercase = serde_json::json!({"type": "Lowercase"});
+    let normalizer = v.get("normalizer").cloned().unwrap_or(serde_json::Value::Null);
+    let kind = normalizer.get("type").and_then(|t| t.as_str());
+    let parts: Vec<serde_json::Value> = match kind {
+        Some("Lowercase") => return Ok(json.to_string()),
+        Some("Sequence") => {
+            let parts = normalizer["normalizers"].as_array().cloned().unwrap_or_default();
+            if parts.iter().any(|n| n["type"] == "Lowercase") {
+                return Ok(json.to_string());
+            }
+            parts
+        }
+        Some(_) => vec![normalizer],
+        None => vec![],
+    };
+    let mut all = vec![lowercase];
+    all.extend(parts);
+    v["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": all});
+    Ok(v.to_string())
 }
 
 #[cfg(test)]
@@ -235,6 +298,15 @@ mod tests {
             "\u{1e9e}",
             "\u{130}",
             "\u{131}",
+            // What the BERT normaliser and pre-tokenizer treat specially: added tokens in either
+            // case, the replacement character, a format character, CJK, a dash, an accent.
+            "[CLS]",
+            "[mask]",
+            "\u{fffd}",
+            "\u{200b}",
+            "\u{4e00}\u{9fa5}",
+            "\u{2014}",
+            "na\u{ef}ve",
         ];
         let mut rng = fastrand::Rng::with_seed(seed);
         (0..count)
@@ -265,10 +337,82 @@ mod tests {
         for (text, got) in texts.iter().zip(got) {
             assert_eq!(got, reference(t, text), "text {text:?}");
         }
-        if let Some(fast) = &t.fast {
-            let taken = texts.iter().filter(|x| fast.ids(&t.inner, x, t.max_tokens).is_some()).count();
+        if t.has_fast_road() {
+            let taken = texts.iter().filter(|x| t.takes_fast_road(x)).count();
             assert!(taken > texts.len() / 2, "only {taken} of {} texts took the fast road", texts.len());
         }
+    }
+
+    impl TextTokenizer {
+        fn has_fast_road(&self) -> bool {
+            self.fast.is_some() || self.wordpiece.is_some()
+        }
+
+        fn takes_fast_road(&self, text: &str) -> bool {
+            match (&self.fast, &self.wordpiece) {
+                (Some(f), _) => f.ids(&self.inner, text, self.max_tokens).is_some(),
+                (None, Some(w)) => w.ids(&self.inner, text, self.max_tokens).is_some(),
+                (None, None) => false,
+            }
+        }
+    }
+
+    #[test]
+    fn the_wordpiece_road_gives_the_tokenizers_ids() {
+        // Uncased (BertNormalizer lowercasing and stripping accents) and cased BERT tokenizers,
+        // then the same with sentence-transformers' do_lower_case, other BertNormalizer settings
+        // and no normaliser at all.
+        let uncased = std::fs::read_to_string(fixture("tests/fixtures/st-bert-mean/tokenizer.json")).unwrap();
+        let cased =
+            std::fs::read_to_string(fixture("tests/fixtures/st-bert-cls-dense/0_Transformer/tokenizer.json"))
+                .unwrap();
+        let mut variants = vec![uncased.clone(), cased.clone(), with_lowercase(&cased).unwrap()];
+        let mut v: serde_json::Value = serde_json::from_str(&uncased).unwrap();
+        for (clean, chinese, strip, lower) in
+            [(false, true, None, true), (true, false, Some(false), true), (true, true, Some(true), false)]
+        {
+            v["normalizer"] = serde_json::json!({"type": "BertNormalizer", "clean_text": clean,
+                "handle_chinese_chars": chinese, "strip_accents": strip, "lowercase": lower});
+            variants.push(v.to_string());
+        }
+        v["normalizer"] = serde_json::Value::Null;
+        variants.push(v.to_string());
+        let settings = [(512, None), (9, Some("Represent: it's\n")), (12, None), (64, Some("query: "))];
+        for (i, json) in variants.iter().enumerate() {
+            // Every setting for the two tokenizers as written, two for each variant.
+            for &(max_tokens, prompt) in &settings[..if i < 2 { 4 } else { 2 }] {
+                let t = load(json, max_tokens, prompt);
+                assert!(t.wordpiece.is_some(), "variant {i}: expected the WordPiece road");
+                check_against_tokenizers(&t, 30 + i as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn lowercasing_puts_a_lowercase_normaliser_first() {
+        let cased =
+            std::fs::read_to_string(fixture("tests/fixtures/st-bert-cls-dense/0_Transformer/tokenizer.json"))
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&with_lowercase(&cased).unwrap()).unwrap();
+        assert_eq!(v["normalizer"]["type"], "Sequence");
+        assert_eq!(v["normalizer"]["normalizers"][0]["type"], "Lowercase");
+        assert_eq!(v["normalizer"]["normalizers"][1]["type"], "BertNormalizer");
+        let twice = with_lowercase(&with_lowercase(&cased).unwrap()).unwrap();
+        assert_eq!(twice, with_lowercase(&cased).unwrap(), "a Lowercase already there is kept as it is");
+        let t = load(&cased, 64, None);
+        let lower = load(&with_lowercase(&cased).unwrap(), 64, None);
+        assert_ne!(t.encode("Hello World").unwrap(), lower.encode("Hello World").unwrap());
+        assert_eq!(lower.encode("Hello World").unwrap(), lower.encode("hello world").unwrap());
+    }
+
+    #[test]
+    fn prompt_tokens_count_what_sentence_transformers_leaves_out() {
+        let uncased = std::fs::read_to_string(fixture("tests/fixtures/st-bert-mean/tokenizer.json")).unwrap();
+        let t = load(&uncased, 64, Some("query: "));
+        // [CLS] query : [SEP] → 3 without the trailing [SEP].
+        let alone = t.inner.encode("query: ", true).unwrap().get_ids().len();
+        assert_eq!(t.prompt_tokens().unwrap(), alone - 1);
+        assert_eq!(load(&uncased, 64, None).prompt_tokens().unwrap(), 0);
     }
 
     fn with_pattern(json: &str, pattern: &str) -> String {
@@ -374,7 +518,7 @@ mod tests {
         let max_tokens = std::env::var("BATCH_EMBED_CHECK_MAX_TOKENS").map_or(8192, |n| n.parse().unwrap());
         let t = TextTokenizer::from_file(Path::new(&var("BATCH_EMBED_CHECK_TOKENIZER")), max_tokens, None)
             .unwrap();
-        assert!(t.fast.is_some(), "this tokenizer does not take the fast road");
+        assert!(t.has_fast_road(), "this tokenizer does not take a fast road");
         let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
         let inputs = crate::input::open_all(&files, "text", None).unwrap();
         let (mut texts, mut fast_texts) = (0, 0);
@@ -396,10 +540,7 @@ mod tests {
                     assert_eq!(got, want, "text {text:?}");
                 }
                 texts += batch.len();
-                fast_texts += batch
-                    .iter()
-                    .filter(|x| t.fast.as_ref().unwrap().ids(&t.inner, x, t.max_tokens).is_some())
-                    .count();
+                fast_texts += batch.iter().filter(|x| t.takes_fast_road(x)).count();
             }
         }
         eprintln!(

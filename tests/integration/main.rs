@@ -2,8 +2,10 @@
 //! runs it. One test binary, so the crate is linked once.
 
 mod cli;
+mod encoders;
 mod examples;
 mod fleet;
+mod hub;
 mod pipeline;
 mod preemption;
 mod reference;

@@ -3,6 +3,7 @@
 
 use batch_embed::embed::{Embedder, EmbedderOptions, Failure};
 use batch_embed::model::{Attention, AttentionImpl, ModelConfig, ModelFiles};
+use batch_embed::pool::Pooling;
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
@@ -56,6 +57,8 @@ fn embedder_with(
         max_tokens: max_tokens.unwrap_or(config.max_position_embeddings),
         prompt,
         normalize: false,
+        pooling: Pooling::last_token(),
+        dimensions: None,
         batch_tokens,
         attention_impl,
     };
@@ -163,6 +166,8 @@ fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
         max_tokens: 512,
         prompt: None,
         normalize: true,
+        pooling: Pooling::last_token(),
+        dimensions: None,
         batch_tokens: 4096,
         attention_impl: AttentionImpl::Auto,
     };
@@ -195,6 +200,8 @@ fn embedder_in(name: &str, dtype: DType, attention_impl: AttentionImpl, max_toke
         max_tokens,
         prompt: None,
         normalize: true,
+        pooling: Pooling::last_token(),
+        dimensions: None,
         batch_tokens: 1 << 20,
         attention_impl,
     };
@@ -280,6 +287,8 @@ fn an_8192_token_text_on_the_padded_path_matches_the_packed_path() {
             max_tokens: 8192,
             prompt: None,
             normalize: true,
+            pooling: Pooling::last_token(),
+            dimensions: None,
             batch_tokens: 1 << 20,
             attention_impl: kernel,
         };

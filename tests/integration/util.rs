@@ -264,3 +264,9 @@ pub fn python_with(packages: &[&str], import: &str, require: &str) -> Option<Pat
     }
     Some(python)
 }
+
+/// The key-value metadata of a Parquet file (a part's `batch_embed.*` keys).
+pub fn part_metadata(path: &Path) -> std::collections::HashMap<String, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    reader.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

@@ -1,0 +1,282 @@
+//! sentence-transformers folders (BERT, XLM-RoBERTa, ModernBERT, Qwen2 with last-token pooling)
+//! against sentence-transformers' own vectors (tests/fixtures/st-*/reference.json, made by
+//! scripts/make_fixtures.py): each case's flags go through the same precedence the CLI uses, and
+//! every vector must match within 1e-4, batched equal alone, on both attention paths.
+
+use batch_embed::embed::{Embedder, EmbedderOptions};
+use batch_embed::model::{AttentionImpl, ModelConfig, ModelFiles};
+use batch_embed::pool::PoolingMode;
+use batch_embed::vector_options::{Requested, VectorOptions};
+use candle_core::{DType, Device};
+use predicates::str::contains;
+use serde::Deserialize;
+
+use crate::util::*;
+
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    texts: Vec<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    flags: Flags,
+    token_ids: Vec<Vec<u32>>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+#[derive(Clone, Deserialize)]
+struct Flags {
+    pooling: Option<String>,
+    prompt: Option<String>,
+    prompt_name: Option<String>,
+    max_tokens: Option<usize>,
+    dimensions: Option<usize>,
+    normalize: Option<bool>,
+}
+
+fn reference(name: &str) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn pooling_mode(flag: &str) -> PoolingMode {
+    match flag {
+        "cls" => PoolingMode::Cls,
+        "mean" => PoolingMode::Mean,
+        "max" => PoolingMode::Max,
+        "last" => PoolingMode::LastToken,
+        "weighted-mean" => PoolingMode::WeightedMean,
+        other => panic!("unknown pooling flag {other}"),
+    }
+}
+
+/// The settings a case's flags resolve to, through the CLI's own precedence.
+fn options(name: &str, flags: &Flags) -> (ModelFiles, ModelConfig, VectorOptions) {
+    let files = ModelFiles::locate(&fixture(name)).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let requested = Requested {
+        pooling: flags.pooling.as_deref().map(pooling_mode),
+        normalize: flags.normalize,
+        max_tokens: flags.max_tokens,
+        prompt: flags.prompt.clone(),
+        prompt_name: flags.prompt_name.clone(),
+        dimensions: flags.dimensions,
+    };
+    let vectors = VectorOptions::resolve(&requested, &files, &config).unwrap();
+    (files, config, vectors)
+}
+
+fn embedder(name: &str, flags: &Flags, batch_tokens: usize, kernel: AttentionImpl, dtype: DType) -> Embedder {
+    let (files, config, v) = options(name, flags);
+    let opts = EmbedderOptions {
+        attention: config.default_attention(),
+        max_tokens: v.max_tokens,
+        prompt: v.prompt,
+        normalize: v.normalize,
+        pooling: v.pooling,
+        dimensions: v.dimensions,
+        batch_tokens,
+        attention_impl: kernel,
+    };
+    Embedder::load(&files, &config, opts, dtype, &Device::Cpu).unwrap()
+}
+
+fn check_fixture(name: &str) {
+    let reference = reference(name);
+    let texts: Vec<Option<&str>> = reference.texts.iter().map(|t| Some(t.as_str())).collect();
+    let strs: Vec<&str> = reference.texts.iter().map(String::as_str).collect();
+    for kernel in [AttentionImpl::Packed, AttentionImpl::Padded] {
+        for case in &reference.cases {
+            let label = format!("{name} {kernel:?} \"{}\"", case.name);
+            let batched = embedder(name, &case.flags, 1 << 20, kernel, DType::F32);
+            let alone = embedder(name, &case.flags, 1, kernel, DType::F32);
+            let ids: Vec<Vec<u32>> = batched.tokenize(&strs).unwrap().into_iter().map(|t| t.ids).collect();
+            assert_eq!(ids, case.token_ids, "{label}: token ids differ from sentence-transformers'");
+            let got = batched.embed(&texts).unwrap();
+            let got_alone = alone.embed(&texts).unwrap();
+            assert_eq!(got.dim, case.embeddings[0].len(), "{label}: width");
+            let mut worst = 0f32;
+            for (i, want) in case.embeddings.iter().enumerate() {
+                let v = got.vector(i).unwrap_or_else(|e| panic!("{label}: text {i} failed: {e:?}"));
+                let d = max_abs_diff(v, want);
+                worst = worst.max(d);
+                assert!(d < TOLERANCE, "{label}: text {i} differs from sentence-transformers by {d}");
+                let d = max_abs_diff(v, got_alone.vector(i).unwrap());
+                assert!(d < 1e-5, "{label}: text {i} batched differs from alone by {d}");
+            }
+            eprintln!("{label}: max abs diff {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn bert_mean_in_the_legacy_layout_matches_sentence_transformers() {
+    // all-MiniLM's layout: models.* module names, pooling_mode_* booleans, max_seq_length in
+    // sentence_bert_config.json, no 2_Normalize folder. Cases: every pooling flag, truncation,
+    // --dimensions, --no-normalize.
+    check_fixture("st-bert-mean");
+}
+
+#[test]
+fn bert_cls_with_a_dense_layer_and_no_normalize_matches_sentence_transformers() {
+    // 0_Transformer/ with `bert.`-prefixed weights, a cased tokenizer with do_lower_case, CLS
+    // pooling, a Dense layer (tanh) read from pytorch_model.bin, no Normalize module.
+    check_fixture("st-bert-cls-dense");
+}
+
+#[test]
+fn xlm_roberta_with_prompts_matches_sentence_transformers() {
+    // Unigram/Metaspace tokenizer, positions from pad + 1, a default prompt, --prompt-name,
+    // --prompt "" (no prompt) and an own prompt.
+    check_fixture("st-xlmr-prompts");
+}
+
+#[test]
+fn modernbert_with_prompts_left_out_of_the_pooling_matches_sentence_transformers() {
+    // Global and sliding-window layers (window ±8, texts up to ~300 tokens), the 4.x config
+    // shape, a byte-level BPE tokenizer, include_prompt: false with mean and with CLS.
+    check_fixture("st-modernbert");
+}
+
+#[test]
+fn qwen2_with_last_token_pooling_from_modules_json_matches_sentence_transformers() {
+    check_fixture("st-qwen2-last");
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// The padded path in bf16 and f16 (what CUDA runs) stays close to f32 for the encoders, on the
+/// fixture texts and long ones.
+#[test]
+fn encoders_in_bf16_and_f16_stay_close_to_f32() {
+    for name in ["st-bert-mean", "st-xlmr-prompts", "st-modernbert"] {
+        let reference = reference(name);
+        let mut texts = reference.texts.clone();
+        texts.push(reference.texts.iter().cycle().take(40).cloned().collect::<Vec<_>>().join(" "));
+        let texts: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+        let flags = &reference.cases[0].flags;
+        let want = embedder(name, flags, 1 << 20, AttentionImpl::Packed, DType::F32).embed(&texts).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let got = embedder(name, flags, 1 << 20, AttentionImpl::Auto, dtype).embed(&texts).unwrap();
+            let worst = (0..texts.len())
+                .map(|i| cosine(want.vector(i).unwrap(), got.vector(i).unwrap()))
+                .fold(1f32, f32::min);
+            eprintln!("{name} {dtype:?}: min cosine to f32 {worst:.5}");
+            assert!(worst >= 0.995, "{name} {dtype:?}: min cosine {worst}");
+        }
+    }
+}
+
+/// The run's settings and their precedence: flags over the sentence-transformers files over
+/// config.json.
+#[test]
+fn flags_override_the_sentence_transformers_files() {
+    let none = Flags {
+        pooling: None,
+        prompt: None,
+        prompt_name: None,
+        max_tokens: None,
+        dimensions: None,
+        normalize: None,
+    };
+    let (_, _, v) = options("st-xlmr-prompts", &none);
+    assert_eq!((v.prompt.as_deref(), v.prompt_name.as_deref()), (Some("query: "), Some("query")));
+    assert_eq!((v.max_tokens, v.normalize, v.dim), (128, true, 32));
+    let (_, _, v) = options("st-xlmr-prompts", &Flags { prompt: Some(String::new()), ..none.clone() });
+    assert_eq!((v.prompt, v.prompt_name), (None, None), "--prompt \"\" turns the default prompt off");
+    let (_, _, v) = options("st-bert-cls-dense", &none);
+    assert_eq!((v.normalize, v.dim, v.max_tokens), (false, 24, 64), "no Normalize module; the Dense width");
+    let (_, _, v) = options("st-bert-cls-dense", &Flags { dimensions: Some(8), ..none.clone() });
+    assert_eq!((v.normalize, v.dim), (true, 8), "--dimensions normalises after the cut");
+    let (_, _, v) =
+        options("st-bert-cls-dense", &Flags { dimensions: Some(8), normalize: Some(false), ..none.clone() });
+    assert!(!v.normalize, "--no-normalize wins over --dimensions");
+    // A plain transformers folder: config.json decides (Qwen: last token, normalised).
+    let files = ModelFiles::locate(&tiny_model()).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let v = VectorOptions::resolve(&Requested::default(), &files, &config).unwrap();
+    assert_eq!((v.pooling.describe(false).as_str(), v.normalize, v.max_tokens), ("last_token", true, 512));
+    // Refusals, each naming what to change.
+    let files = ModelFiles::locate(&fixture("st-bert-mean")).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    for (req, expect) in [
+        (
+            Requested { dimensions: Some(33), ..Requested::default() },
+            "--dimensions 33 is more than the model's 32",
+        ),
+        (Requested { prompt_name: Some("query".into()), ..Requested::default() }, "names no prompts"),
+        (Requested { max_tokens: Some(129), ..Requested::default() }, "more than the model accepts (128"),
+    ] {
+        let err = format!("{:#}", VectorOptions::resolve(&req, &files, &config).unwrap_err());
+        assert!(err.contains(expect), "{err}");
+    }
+    let files = ModelFiles::locate(&fixture("st-xlmr-prompts")).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let req = Requested { prompt_name: Some("nosuch".into()), ..Requested::default() };
+    let err = format!("{:#}", VectorOptions::resolve(&req, &files, &config).unwrap_err());
+    assert!(err.contains("the model's prompts are document, passage, query"), "{err}");
+}
+
+/// The binary on a sentence-transformers folder: the settings in the part metadata and the start
+/// line, f16 output, and the flags it refuses.
+#[test]
+fn the_binary_records_pooling_prompt_dense_and_dimensions() {
+    let reference = reference("st-bert-cls-dense");
+    let case = reference.cases.iter().find(|c| c.name == "dimensions 8").unwrap();
+    let dir = tempdir();
+    let input = dir.path().join("in.parquet");
+    let texts: Vec<Option<&str>> = reference.texts.iter().map(|t| Some(t.as_str())).collect();
+    write_texts(&input, &texts);
+    let out = dir.path().join("out");
+    batch_embed()
+        .args(["embed", "--model"])
+        .arg(fixture("st-bert-cls-dense"))
+        .args(["--dimensions", "8", "--output-dtype", "f16", "--output"])
+        .arg(&out)
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(contains("pooling cls (1_Pooling/config.json)"))
+        .stderr(contains("first 8 dimensions, then normalised (--dimensions)"));
+    let vectors = read_vectors(&out);
+    assert_eq!(vectors.len(), texts.len());
+    for (row, v) in &vectors {
+        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
+        assert!(d < 2e-3, "row {row}: f16 vector differs by {d}");
+    }
+    let meta = part_metadata(&part_files(&out)[0]);
+    assert_eq!(meta["batch_embed.pooling"], "cls");
+    assert_eq!(meta["batch_embed.dim"], "8");
+    assert_eq!(meta["batch_embed.dimensions"], "8");
+    assert_eq!(meta["batch_embed.dense"], r#"["32->24 tanh"]"#);
+    assert_eq!(meta["batch_embed.normalized"], "true");
+    assert_eq!(meta["batch_embed.model_type"], "bert");
+    // verify --deep checks the norms of a normalised run.
+    batch_embed().args(["verify", "--deep"]).arg(&out).assert().success();
+
+    for (args, expect) in [
+        (vec!["--dimensions", "25"], "--dimensions 25 is more than the model's 24 dimensions"),
+        (vec!["--attention", "causal"], "bert is a bidirectional encoder"),
+        (vec!["--prompt-name", "query"], "names no prompts"),
+        (vec!["--prompt", "x", "--prompt-name", "query"], "cannot be used with"),
+    ] {
+        batch_embed()
+            .args(["embed", "--model"])
+            .arg(fixture("st-bert-cls-dense"))
+            .args(&args)
+            .arg("--output")
+            .arg(dir.path().join("refused"))
+            .arg(&input)
+            .assert()
+            .failure()
+            .stderr(contains(expect));
+    }
+}
