@@ -7,10 +7,12 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::batch::{pack_by_length, Batch, Budget};
+use crate::chunked::{weighted_means, ChunkIndex, ChunkPool, Chunking};
 use crate::model::{
     self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
 use crate::pool::{l2_normalize, Pooling};
+use crate::tokenize::chunk::Chunker;
 use crate::tokenize::TextTokenizer;
 
 /// What decides the vectors, besides the texts.
@@ -23,6 +25,8 @@ pub struct EmbedderOptions {
     pub batch_tokens: usize,
     /// How attention is computed (tests pin both ways; users leave it on auto).
     pub attention_impl: AttentionImpl,
+    /// `--chunk-tokens`: long texts split into chunks instead of cut at `max_tokens`.
+    pub chunking: Option<Chunking>,
 }
 
 /// Why a row got no vector.
@@ -34,6 +38,8 @@ pub enum Failure {
     OutOfMemory,
     /// The vector holds NaN or infinite values (an overflow, e.g. of f16's range).
     NonFinite,
+    /// A piece of the text does not fit in `--chunk-tokens` even alone.
+    Unsplittable,
 }
 
 impl Failure {
@@ -47,6 +53,9 @@ impl Failure {
             Failure::NonFinite => {
                 "the model's output holds NaN or infinite values (an overflow? f16 has a narrow range)"
             }
+            Failure::Unsplittable => {
+                "a character of the text does not fit in a chunk of --chunk-tokens with the prompt"
+            }
         }
     }
 }
@@ -54,7 +63,8 @@ impl Failure {
 /// The result for a list of texts, in the order given.
 #[derive(Debug, Default)]
 pub struct Embedded {
-    /// Row-major `[texts, dim]`, one allocation per chunk; rows that failed hold zeros.
+    /// Row-major `[texts, dim]`, one allocation per chunk of rows; rows that failed hold zeros.
+    /// With chunk rows (`chunks` set): `[chunks, dim]`, one vector per chunk.
     pub values: Vec<f32>,
     pub dim: usize,
     /// Per text: why it has no vector, or `None`.
@@ -73,6 +83,11 @@ pub struct Embedded {
     pub oom_retries: u64,
     /// Texts whose vector was copied from an identical text of this run (sync::dedup).
     pub deduplicated: u64,
+    /// With chunk rows (`--chunk-tokens` without `--chunk-pool`): each text's chunks, one vector
+    /// each in `values` (a failed text's chunks are there too, and are not to be written).
+    pub chunks: Option<ChunkIndex>,
+    /// Chunks embedded (what `tokens` were spent on; 0 when not chunking).
+    pub chunks_embedded: u64,
 }
 
 impl Embedded {
@@ -85,12 +100,29 @@ impl Embedded {
         self.failures.is_empty()
     }
 
-    /// Text `i`'s vector, or why it has none.
+    /// Text `i`'s vector, or why it has none (with chunk rows: its first chunk's).
     pub fn vector(&self, i: usize) -> Result<&[f32], Failure> {
+        let row = self.chunks.as_ref().map_or(i, |c| c.offsets[i] as usize);
         match self.failures[i] {
             Some(f) => Err(f),
-            None => Ok(&self.values[i * self.dim..(i + 1) * self.dim]),
+            None => Ok(&self.values[row * self.dim..(row + 1) * self.dim]),
         }
+    }
+
+    /// Text `i`'s vectors (one, or one per chunk with chunk rows, `dim` values each) and, with
+    /// chunk rows, their chunks' byte ranges; or why it has none.
+    pub fn vectors(&self, i: usize) -> Result<(&[f32], Option<&[(u32, u32)]>), Failure> {
+        if let Some(f) = self.failures[i] {
+            return Err(f);
+        }
+        let dim = self.dim;
+        Ok(match &self.chunks {
+            None => (&self.values[i * dim..(i + 1) * dim], None),
+            Some(c) => {
+                let r = c.range(i);
+                (&self.values[r.start * dim..r.end * dim], Some(&c.spans[r]))
+            }
+        })
     }
 
     pub fn failed(&self) -> usize {
@@ -102,10 +134,13 @@ impl Embedded {
 pub struct Prepared {
     /// Per text: why it cannot be embedded, or `None`.
     failures: Vec<Option<Failure>>,
-    /// Each batch with, per text in it, the index of that text in the input.
+    /// Each batch with, per sequence in it, its slot: the index of its text in the input, or
+    /// when chunking, of its chunk in `chunks`.
     batches: Vec<(Batch, Vec<usize>)>,
     truncated: u64,
     cut: Vec<bool>,
+    /// When chunking: each text's chunks, and each chunk's tokens (the weights of a mean).
+    chunks: Option<(ChunkIndex, Vec<u32>)>,
 }
 
 pub struct Embedder {
@@ -152,8 +187,12 @@ impl Embedder {
     }
 
     fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
-        let tokenizer =
-            TextTokenizer::from_file(&files.tokenizer, options.max_tokens, options.prompt.clone())?;
+        // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.
+        let max_tokens = if options.chunking.is_some() { crate::tokenize::UNLIMITED } else { options.max_tokens };
+        let tokenizer = TextTokenizer::from_file(&files.tokenizer, max_tokens, options.prompt.clone())?;
+        if let Some(chunking) = &options.chunking {
+            Chunker::new(&tokenizer, chunking.settings)?;
+        }
         let attention_budget = (!model.packed).then_some(MAX_ATTENTION_ELEMENTS);
         let learned = Mutex::new(Learned { tokens: usize::MAX, elements: usize::MAX });
         Ok(Embedder { tokenizer, model, options, pooling: Pooling::LastToken, attention_budget, learned })
@@ -210,6 +249,9 @@ impl Embedder {
     /// The host half: tokenize, sort by length and pack into batches. Runs on a different
     /// thread than [`Embedder::run`] in the pipeline.
     pub fn prepare(&self, texts: &[Option<&str>]) -> Result<Prepared> {
+        if let Some(chunking) = &self.options.chunking {
+            return self.prepare_chunks(texts, chunking);
+        }
         let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
         let mut tokenized = self.tokenizer.encode_batch(&present)?.into_iter();
         let mut failures = vec![None; texts.len()];
@@ -232,15 +274,67 @@ impl Embedder {
             seqs.push(t.ids);
             slots.push(i);
         }
+        let batches = self.pack(&seqs, &slots);
+        Ok(Prepared { failures, batches, truncated, cut, chunks: None })
+    }
+
+    /// [`Embedder::prepare`] when chunking: each text split into chunks, and the chunks of all
+    /// texts sorted by length and packed together, as texts are.
+    fn prepare_chunks(&self, texts: &[Option<&str>], chunking: &Chunking) -> Result<Prepared> {
+        let chunker = Chunker::new(&self.tokenizer, chunking.settings)?;
+        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
+        let mut split = chunker.chunk_batch(&present)?.into_iter();
+        let mut failures = vec![None; texts.len()];
+        let mut cut = vec![false; texts.len()];
+        let mut index = ChunkIndex::new();
+        let mut weights = Vec::new();
+        let mut seqs: Vec<Vec<u32>> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let chunked = match text {
+                None => None,
+                Some(_) => Some(split.next().expect("one split per present text")),
+            };
+            let chunked = match chunked {
+                None => {
+                    failures[i] = Some(Failure::NullText);
+                    index.push_text([]);
+                    continue;
+                }
+                Some(c) if c.unsplittable => {
+                    failures[i] = Some(Failure::Unsplittable);
+                    index.push_text([]);
+                    continue;
+                }
+                Some(c) if c.chunks.is_empty() => {
+                    failures[i] = Some(Failure::NoTokens);
+                    index.push_text([]);
+                    continue;
+                }
+                Some(c) => c,
+            };
+            cut[i] = chunked.truncated;
+            index.push_text(chunked.chunks.iter().map(|c| (c.start, c.end)));
+            for c in chunked.chunks {
+                weights.push(c.ids.len() as u32);
+                seqs.push(c.ids);
+            }
+        }
+        let slots: Vec<usize> = (0..seqs.len()).collect();
+        let batches = self.pack(&seqs, &slots);
+        let truncated = cut.iter().filter(|&&c| c).count() as u64;
+        Ok(Prepared { failures, batches, truncated, cut, chunks: Some((index, weights)) })
+    }
+
+    /// Sequences sorted by length and packed under the budget, each batch with its slots.
+    fn pack(&self, seqs: &[Vec<u32>], slots: &[usize]) -> Vec<(Batch, Vec<usize>)> {
         let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let batches = pack_by_length(&lengths, self.budget())
+        pack_by_length(&lengths, self.budget())
             .into_iter()
             .map(|group| {
                 let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
                 (Batch::new(&refs), group.iter().map(|&i| slots[i]).collect())
             })
-            .collect();
-        Ok(Prepared { failures, batches, truncated, cut })
+            .collect()
     }
 
     /// The device half: run the prepared batches through the model, pool and normalise.
@@ -256,32 +350,77 @@ impl Embedder {
         mut after_batch: impl FnMut(u64, u64) -> bool,
     ) -> Result<Option<Embedded>> {
         let dim = self.dim();
+        let Prepared { failures, batches, truncated, cut, chunks } = prepared;
+        // One slot per text, or per chunk when chunking; a chunk's failure is its text's.
+        let slots = chunks.as_ref().map_or(failures.len(), |(index, _)| index.chunks());
         let mut out = Embedded {
-            values: vec![0.0; prepared.failures.len() * dim],
+            values: vec![0.0; slots * dim],
             dim,
-            failures: prepared.failures,
-            truncated: prepared.truncated,
-            cut: prepared.cut,
+            failures: vec![None; slots],
+            truncated,
+            cut,
             ..Embedded::default()
         };
+        // Chunks pooled into one vector per text are normalised after the mean, not before.
+        let mean = self.options.chunking.as_ref().is_some_and(|c| c.pool == ChunkPool::Mean);
         // Texts that ran out of memory alone: retried once at the end, after the budget shrank.
         let mut retry: Vec<(Batch, usize)> = Vec::new();
-        for (batch, slots) in &prepared.batches {
+        // Progress counts texts: with chunks, a text once its last chunk is in.
+        let (mut left, text_of): (Vec<u32>, Vec<u32>) = match &chunks {
+            None => Default::default(),
+            Some((index, _)) => (
+                (0..index.texts()).map(|i| index.range(i).len() as u32).collect(),
+                (0..index.texts()).flat_map(|i| std::iter::repeat_n(i as u32, index.range(i).len())).collect(),
+            ),
+        };
+        for (batch, slots) in &batches {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
-            self.embed_into(batch, slots, &mut out, &mut retry)?;
-            if !after_batch(batch.len() as u64, batch.input_ids.len() as u64) {
+            self.embed_into(batch, slots, &mut out, &mut retry, !mean)?;
+            let texts = match chunks {
+                None => batch.len() as u64,
+                Some(_) => slots
+                    .iter()
+                    .filter(|&&slot| {
+                        let left = &mut left[text_of[slot] as usize];
+                        *left -= 1;
+                        *left == 0
+                    })
+                    .count() as u64,
+            };
+            if !after_batch(texts, batch.input_ids.len() as u64) {
                 return Ok(None);
             }
         }
         for (batch, slot) in retry {
             out.oom_retries += 1;
             match self.embed_batch(&batch) {
-                Ok(vector) => self.place(&vector, &[slot], &mut out),
+                Ok(vector) => self.place(&vector, &[slot], &mut out, !mean),
                 Err(e) if is_out_of_memory(&e) => out.failures[slot] = Some(Failure::OutOfMemory),
                 Err(e) => return Err(e),
             }
+        }
+        let Some((index, weights)) = chunks else {
+            out.failures = failures;
+            return Ok(Some(out));
+        };
+        // Back from chunks to texts: a text fails with its first failed chunk.
+        let mut text_failures = failures;
+        for (i, f) in text_failures.iter_mut().enumerate() {
+            if f.is_none() {
+                *f = index.range(i).find_map(|c| out.failures[c]);
+            }
+        }
+        out.failures = text_failures;
+        out.chunks_embedded = index.chunks() as u64;
+        if mean {
+            out.values = weighted_means(&out.values, dim, &index, &weights);
+            if self.options.normalize {
+                out.values.chunks_exact_mut(dim.max(1)).for_each(l2_normalize);
+            }
+        } else {
+            out.chunks = Some(index);
         }
         Ok(Some(out))
     }
@@ -295,19 +434,20 @@ impl Embedder {
         slots: &[usize],
         out: &mut Embedded,
         retry: &mut Vec<(Batch, usize)>,
+        normalize: bool,
     ) -> Result<()> {
         let split = |out: &mut Embedded, retry: &mut Vec<(Batch, usize)>| -> Result<()> {
             let (a, b) = batch.split_half();
             let (slots_a, slots_b) = slots.split_at(a.len());
-            self.embed_into(&a, slots_a, out, retry)?;
-            self.embed_into(&b, slots_b, out, retry)
+            self.embed_into(&a, slots_a, out, retry, normalize)?;
+            self.embed_into(&b, slots_b, out, retry, normalize)
         };
         if batch.len() > 1 && !self.budget().fits(batch.len(), batch.max_length as usize) {
             return split(out, retry);
         }
         match self.embed_batch(batch) {
             Ok(vectors) => {
-                self.place(&vectors, slots, out);
+                self.place(&vectors, slots, out, normalize);
                 Ok(())
             }
             Err(e) if is_out_of_memory(&e) => {
@@ -326,9 +466,9 @@ impl Embedder {
         }
     }
 
-    /// Copies vectors (row-major, one per slot) into `out`, normalised as configured; a vector
-    /// with NaN or infinite values becomes a failure instead.
-    fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded) {
+    /// Copies vectors (row-major, one per slot) into `out`, normalised when `normalize`; a
+    /// vector with NaN or infinite values becomes a failure instead.
+    fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded, normalize: bool) {
         let dim = out.dim;
         for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
             if v.iter().any(|x| !x.is_finite()) {
@@ -337,7 +477,7 @@ impl Embedder {
             }
             let dest = &mut out.values[slot * dim..(slot + 1) * dim];
             dest.copy_from_slice(v);
-            if self.options.normalize {
+            if normalize && self.options.normalize {
                 l2_normalize(dest);
             }
         }

@@ -25,6 +25,8 @@ pub struct Live {
     pub rows_reused: AtomicU64,
     /// Tokens this run.
     pub tokens: AtomicU64,
+    /// Chunk rows committed (one row per chunk runs, all runs).
+    pub chunks: AtomicU64,
 }
 
 pub struct Heartbeat {
@@ -49,6 +51,7 @@ impl Heartbeat {
         live.rows_committed.store(progress.rows_committed, Ordering::Relaxed);
         live.rows_failed.store(progress.rows_failed, Ordering::Relaxed);
         live.rows_reused.store(progress.rows_reused, Ordering::Relaxed);
+        live.chunks.store(progress.chunks, Ordering::Relaxed);
         let shared = Arc::new(Mutex::new(Shared { folder, progress, finished: false }));
         shared.lock().expect("heartbeat state").update(&live);
         let (stop_tx, stop_rx) = channel::<()>();
@@ -150,6 +153,7 @@ impl Shared {
         p.rows_committed = live.rows_committed.load(Ordering::Relaxed);
         p.rows_failed = live.rows_failed.load(Ordering::Relaxed);
         p.rows_reused = live.rows_reused.load(Ordering::Relaxed);
+        p.chunks = live.chunks.load(Ordering::Relaxed);
         p.updated_at = unix_now();
         if p.history.last().is_none_or(|&(t, _)| p.updated_at >= t + 30) {
             p.history.push((p.updated_at, p.rows_done));

@@ -116,6 +116,9 @@ pub struct WorkerProgress {
     /// Owned rows whose vector was copied from a previous output (`--reuse`), committed or not.
     #[serde(default)]
     pub rows_reused: u64,
+    /// With one output row per chunk: chunk rows committed.
+    #[serde(default)]
+    pub chunks: u64,
     /// Rates over the last minute of this run.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,

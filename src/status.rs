@@ -21,6 +21,8 @@ pub struct FleetStatus {
     pub rows_failed: u64,
     /// Rows whose vector was copied from a previous output (`--reuse`).
     pub rows_reused: u64,
+    /// With one output row per chunk: chunk rows committed.
+    pub chunks: u64,
     /// Sum over running workers.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,
@@ -51,6 +53,8 @@ pub struct WorkerStatus {
     pub rows_failed: u64,
     /// Rows whose vector was copied from a previous output (`--reuse`).
     pub rows_reused: u64,
+    /// With one output row per chunk: chunk rows committed.
+    pub chunks: u64,
     pub rows_per_s: f64,
     pub host: Option<String>,
     /// Seconds since the worker last wrote its progress.
@@ -88,6 +92,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
                 rows_owned: owned_by_rule.unwrap_or(0),
                 rows_failed: 0,
                 rows_reused: 0,
+                chunks: 0,
                 rows_per_s: 0.0,
                 host: None,
                 updated_s_ago: None,
@@ -127,6 +132,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             rows_owned: ckpt.rows_owned,
             rows_failed,
             rows_reused,
+            chunks: progress.as_ref().filter(|_| running).map_or(ckpt.chunks, |p| p.chunks.max(ckpt.chunks)),
             rows_per_s: if running { progress.as_ref().map_or(0.0, |p| p.rows_per_s) } else { 0.0 },
             host: progress.as_ref().map(|p| p.host.clone()),
             updated_s_ago: age.or_else(|| Some(now.saturating_sub(ckpt.updated_at))),
@@ -150,6 +156,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
         rows_done,
         rows_failed: workers.iter().map(|w| w.rows_failed).sum(),
         rows_reused: workers.iter().map(|w| w.rows_reused).sum(),
+        chunks: workers.iter().map(|w| w.chunks).sum(),
         rows_per_s,
         tokens_per_s,
         eta_s: if left == 0.0 {
@@ -222,11 +229,12 @@ pub fn render(s: &FleetStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "progress: {}/{} rows ({pct:.1}%), {} reused, {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
+        "progress: {}/{} rows ({pct:.1}%), {} reused, {} failed{}; {:.0} rows/s, {:.0} tokens/s; ETA {}",
         s.rows_done,
         s.rows_owned,
         s.rows_reused,
         s.rows_failed,
+        if s.chunks > 0 { format!(", {} chunk rows committed", s.chunks) } else { String::new() },
         s.rows_per_s,
         s.tokens_per_s,
         s.eta_s.map_or("unknown (nothing running)".to_string(), human_duration)
