@@ -121,8 +121,36 @@ impl Dedup {
     /// chunk rows, a repeated text's chunks are copies of the first's), and remembers the vectors
     /// of short texts that have now been seen twice.
     pub fn expand(&self, plan: &ChunkPlan, unique: Embedded) -> Embedded {
+        let out = self.spread(plan, unique);
+        let dim = out.dim;
+        let mut inner = self.inner.lock().expect("dedup state");
+        for (u, &(hash, short)) in plan.unique_hashes.iter().enumerate() {
+            // NOTE: only texts with one vector, so that the cache's entries stay one vector each.
+            let row = plan.unique_rows[u];
+            let Ok((v, spans)) = out.vectors(row) else { continue };
+            if !short || v.len() != dim {
+                continue;
+            }
+            if plan.repeated[u] || inner.seen.pop(&hash).is_some() {
+                let span = spans.and_then(|s| s.first().copied());
+                inner.vectors.put(hash, (Arc::from(v), out.cut[row], span));
+            } else {
+                inner.seen.put(hash, ());
+            }
+        }
+        out
+    }
+
+    /// The unique texts' results spread over the chunk's rows.
+    fn spread(&self, plan: &ChunkPlan, mut unique: Embedded) -> Embedded {
         let dim = unique.dim;
         let rows = plan.origins.len();
+        if plan.origins.iter().enumerate().all(|(r, o)| matches!(o, Origin::Unique(u) if *u == r)) {
+            // No repeat, no null (the common case): the rows are the unique texts, as they are.
+            unique.truncated = unique.cut.iter().filter(|&&c| c).count() as u64;
+            unique.deduplicated = 0;
+            return unique;
+        }
         let chunked = unique.chunks.is_some();
         let mut out = Embedded {
             values: if chunked { Vec::new() } else { vec![0.0; rows * dim] },
@@ -173,20 +201,6 @@ impl Dedup {
             .zip(&out.failures)
             .filter(|(o, f)| matches!(o, Origin::Copy(_) | Origin::Cached(..)) && f.is_none())
             .count() as u64;
-        let mut inner = self.inner.lock().expect("dedup state");
-        for (u, &(hash, short)) in plan.unique_hashes.iter().enumerate() {
-            // NOTE: only texts with one vector, so that the cache's entries stay one vector each.
-            let Ok((v, spans)) = unique.vectors(u) else { continue };
-            if !short || v.len() != dim {
-                continue;
-            }
-            if plan.repeated[u] || inner.seen.pop(&hash).is_some() {
-                let span = spans.and_then(|s| s.first().copied());
-                inner.vectors.put(hash, (Arc::from(v), unique.cut[u], span));
-            } else {
-                inner.seen.put(hash, ());
-            }
-        }
         out
     }
 }
