@@ -7,7 +7,11 @@
 
 use std::ops::Range;
 
-use crate::tokenize::chunk::ChunkSettings;
+use anyhow::Result;
+
+use crate::embed::{Embedded, Failure};
+use crate::pool::l2_normalize;
+use crate::tokenize::chunk::{ChunkSettings, Chunker};
 
 /// A chunked run's settings: how texts are split, and what is written for their chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,107 @@ impl ChunkIndex {
 
     pub fn chunks(&self) -> usize {
         self.spans.len()
+    }
+}
+
+/// Texts split for the model: per text, why it cannot be embedded and whether `--max-chunks`
+/// cut it; its chunks (index), each chunk's ids and tokens (the weights of a mean).
+pub struct SplitTexts {
+    pub failures: Vec<Option<Failure>>,
+    pub cut: Vec<bool>,
+    pub index: ChunkIndex,
+    pub weights: Vec<u32>,
+    pub seqs: Vec<Vec<u32>>,
+}
+
+/// Splits `texts` (`None` for a null value) into chunks, in parallel.
+pub fn split_texts(chunker: &Chunker, texts: &[Option<&str>]) -> Result<SplitTexts> {
+    let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
+    let mut split = chunker.chunk_batch(&present)?.into_iter();
+    let mut out = SplitTexts {
+        failures: vec![None; texts.len()],
+        cut: vec![false; texts.len()],
+        index: ChunkIndex::new(),
+        weights: Vec::new(),
+        seqs: Vec::new(),
+    };
+    for (i, text) in texts.iter().enumerate() {
+        let chunked = text.map(|_| split.next().expect("one split per present text"));
+        let failure = match &chunked {
+            None => Some(Failure::NullText),
+            Some(c) if c.unsplittable => Some(Failure::Unsplittable),
+            Some(c) if c.chunks.is_empty() => Some(Failure::NoTokens),
+            Some(_) => None,
+        };
+        let (Some(chunked), None) = (chunked, failure) else {
+            out.failures[i] = failure;
+            out.index.push_text([]);
+            continue;
+        };
+        out.cut[i] = chunked.truncated;
+        out.index.push_text(chunked.chunks.iter().map(|c| (c.start, c.end)));
+        for c in chunked.chunks {
+            out.weights.push(c.ids.len() as u32);
+            out.seqs.push(c.ids);
+        }
+    }
+    Ok(out)
+}
+
+/// Counts texts whose chunks have all been through the model (for progress).
+pub struct Finished {
+    left: Vec<u32>,
+    text_of: Vec<u32>,
+}
+
+impl Finished {
+    pub fn new(index: &ChunkIndex) -> Self {
+        let texts = 0..index.texts();
+        Finished {
+            left: texts.clone().map(|i| index.range(i).len() as u32).collect(),
+            text_of: texts.flat_map(|i| std::iter::repeat_n(i as u32, index.range(i).len())).collect(),
+        }
+    }
+
+    /// After the chunks `slots` are done: how many texts that finished.
+    pub fn after(&mut self, slots: &[usize]) -> u64 {
+        let mut finished = 0;
+        for &slot in slots {
+            let left = &mut self.left[self.text_of[slot] as usize];
+            *left -= 1;
+            finished += (*left == 0) as u64;
+        }
+        finished
+    }
+}
+
+/// `out` holds one result per chunk: turns it into one per text. A text fails with its first
+/// failed chunk (`failures` are the texts' own: null, no tokens). With `mean`, each text's vector
+/// is the token-weighted mean of its chunks' (not yet normalised) vectors, normalised when
+/// `normalize`; else the chunks stay, one vector each, with their index.
+pub fn back_to_texts(
+    out: &mut Embedded,
+    mut failures: Vec<Option<Failure>>,
+    index: ChunkIndex,
+    weights: &[u32],
+    mean: bool,
+    normalize: bool,
+) {
+    for (i, f) in failures.iter_mut().enumerate() {
+        if f.is_none() {
+            *f = index.range(i).find_map(|c| out.failures[c]);
+        }
+    }
+    out.failures = failures;
+    out.chunks_embedded = index.chunks() as u64;
+    if mean {
+        let dim = out.dim;
+        out.values = weighted_means(&out.values, dim, &index, weights);
+        if normalize {
+            out.values.chunks_exact_mut(dim.max(1)).for_each(l2_normalize);
+        }
+    } else {
+        out.chunks = Some(index);
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::batch::{pack_by_length, Batch, Budget};
-use crate::chunked::{weighted_means, ChunkIndex, ChunkPool, Chunking};
+use crate::chunked::{self, ChunkIndex, ChunkPool, Chunking};
 use crate::model::{
     self, Attention, AttentionImpl, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
@@ -111,7 +111,7 @@ impl Embedded {
 
     /// Text `i`'s vectors (one, or one per chunk with chunk rows, `dim` values each) and, with
     /// chunk rows, their chunks' byte ranges; or why it has none.
-    pub fn vectors(&self, i: usize) -> Result<(&[f32], Option<&[(u32, u32)]>), Failure> {
+    pub fn vectors(&self, i: usize) -> Result<TextVectors<'_>, Failure> {
         if let Some(f) = self.failures[i] {
             return Err(f);
         }
@@ -129,6 +129,9 @@ impl Embedded {
         self.failures.iter().filter(|f| f.is_some()).count()
     }
 }
+
+/// A text's vectors (`dim` values each) and, with chunk rows, their chunks' byte ranges.
+pub type TextVectors<'a> = (&'a [f32], Option<&'a [(u32, u32)]>);
 
 /// Texts tokenized and packed, ready for the model.
 pub struct Prepared {
@@ -188,7 +191,8 @@ impl Embedder {
 
     fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
         // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.
-        let max_tokens = if options.chunking.is_some() { crate::tokenize::UNLIMITED } else { options.max_tokens };
+        let max_tokens =
+            if options.chunking.is_some() { crate::tokenize::UNLIMITED } else { options.max_tokens };
         let tokenizer = TextTokenizer::from_file(&files.tokenizer, max_tokens, options.prompt.clone())?;
         if let Some(chunking) = &options.chunking {
             Chunker::new(&tokenizer, chunking.settings)?;
@@ -281,48 +285,12 @@ impl Embedder {
     /// [`Embedder::prepare`] when chunking: each text split into chunks, and the chunks of all
     /// texts sorted by length and packed together, as texts are.
     fn prepare_chunks(&self, texts: &[Option<&str>], chunking: &Chunking) -> Result<Prepared> {
-        let chunker = Chunker::new(&self.tokenizer, chunking.settings)?;
-        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
-        let mut split = chunker.chunk_batch(&present)?.into_iter();
-        let mut failures = vec![None; texts.len()];
-        let mut cut = vec![false; texts.len()];
-        let mut index = ChunkIndex::new();
-        let mut weights = Vec::new();
-        let mut seqs: Vec<Vec<u32>> = Vec::new();
-        for (i, text) in texts.iter().enumerate() {
-            let chunked = match text {
-                None => None,
-                Some(_) => Some(split.next().expect("one split per present text")),
-            };
-            let chunked = match chunked {
-                None => {
-                    failures[i] = Some(Failure::NullText);
-                    index.push_text([]);
-                    continue;
-                }
-                Some(c) if c.unsplittable => {
-                    failures[i] = Some(Failure::Unsplittable);
-                    index.push_text([]);
-                    continue;
-                }
-                Some(c) if c.chunks.is_empty() => {
-                    failures[i] = Some(Failure::NoTokens);
-                    index.push_text([]);
-                    continue;
-                }
-                Some(c) => c,
-            };
-            cut[i] = chunked.truncated;
-            index.push_text(chunked.chunks.iter().map(|c| (c.start, c.end)));
-            for c in chunked.chunks {
-                weights.push(c.ids.len() as u32);
-                seqs.push(c.ids);
-            }
-        }
-        let slots: Vec<usize> = (0..seqs.len()).collect();
-        let batches = self.pack(&seqs, &slots);
-        let truncated = cut.iter().filter(|&&c| c).count() as u64;
-        Ok(Prepared { failures, batches, truncated, cut, chunks: Some((index, weights)) })
+        let split = chunked::split_texts(&Chunker::new(&self.tokenizer, chunking.settings)?, texts)?;
+        let slots: Vec<usize> = (0..split.seqs.len()).collect();
+        let batches = self.pack(&split.seqs, &slots);
+        let truncated = split.cut.iter().filter(|&&c| c).count() as u64;
+        let chunks = Some((split.index, split.weights));
+        Ok(Prepared { failures: split.failures, batches, truncated, cut: split.cut, chunks })
     }
 
     /// Sequences sorted by length and packed under the budget, each batch with its slots.
@@ -366,28 +334,15 @@ impl Embedder {
         // Texts that ran out of memory alone: retried once at the end, after the budget shrank.
         let mut retry: Vec<(Batch, usize)> = Vec::new();
         // Progress counts texts: with chunks, a text once its last chunk is in.
-        let (mut left, text_of): (Vec<u32>, Vec<u32>) = match &chunks {
-            None => Default::default(),
-            Some((index, _)) => (
-                (0..index.texts()).map(|i| index.range(i).len() as u32).collect(),
-                (0..index.texts()).flat_map(|i| std::iter::repeat_n(i as u32, index.range(i).len())).collect(),
-            ),
-        };
+        let mut finished = chunks.as_ref().map(|(index, _)| chunked::Finished::new(index));
         for (batch, slots) in &batches {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
             self.embed_into(batch, slots, &mut out, &mut retry, !mean)?;
-            let texts = match chunks {
+            let texts = match finished.as_mut() {
                 None => batch.len() as u64,
-                Some(_) => slots
-                    .iter()
-                    .filter(|&&slot| {
-                        let left = &mut left[text_of[slot] as usize];
-                        *left -= 1;
-                        *left == 0
-                    })
-                    .count() as u64,
+                Some(f) => f.after(slots),
             };
             if !after_batch(texts, batch.input_ids.len() as u64) {
                 return Ok(None);
@@ -401,26 +356,11 @@ impl Embedder {
                 Err(e) => return Err(e),
             }
         }
-        let Some((index, weights)) = chunks else {
-            out.failures = failures;
-            return Ok(Some(out));
-        };
-        // Back from chunks to texts: a text fails with its first failed chunk.
-        let mut text_failures = failures;
-        for (i, f) in text_failures.iter_mut().enumerate() {
-            if f.is_none() {
-                *f = index.range(i).find_map(|c| out.failures[c]);
+        match chunks {
+            None => out.failures = failures,
+            Some((index, weights)) => {
+                chunked::back_to_texts(&mut out, failures, index, &weights, mean, self.options.normalize)
             }
-        }
-        out.failures = text_failures;
-        out.chunks_embedded = index.chunks() as u64;
-        if mean {
-            out.values = weighted_means(&out.values, dim, &index, &weights);
-            if self.options.normalize {
-                out.values.chunks_exact_mut(dim.max(1)).for_each(l2_normalize);
-            }
-        } else {
-            out.chunks = Some(index);
         }
         Ok(Some(out))
     }

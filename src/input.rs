@@ -454,7 +454,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages.parquet");
         pages_file(&path);
-        let file = open_all(std::slice::from_ref(&path), &Template::column("text"), None).unwrap().files.remove(0);
+        let file =
+            open_all(std::slice::from_ref(&path), &Template::column("text"), None).unwrap().files.remove(0);
         let (all_rows, all_bytes) = read_owned(&file, &Partition::new(0, 1, 4096).unwrap());
         assert_eq!(all_rows, (0..256).collect::<Vec<u64>>());
 

@@ -173,7 +173,10 @@ impl ShardWriter {
     ) -> Result<()> {
         debug_assert_eq!(rows.len() * self.dim, values.len());
         debug_assert_eq!(rows.len(), hashes.len());
-        anyhow::ensure!(chunks.is_some() == self.chunked, "internal error: chunk columns do not match the parts");
+        anyhow::ensure!(
+            chunks.is_some() == self.chunked,
+            "internal error: chunk columns do not match the parts"
+        );
         if rows.is_empty() {
             return Ok(());
         }
@@ -184,7 +187,9 @@ impl ShardWriter {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(rows.to_vec()))];
         columns.extend(ids);
         if let Some(c) = chunks {
-            debug_assert!(c.chunk.len() == rows.len() && c.start.len() == rows.len() && c.end.len() == rows.len());
+            debug_assert!(
+                c.chunk.len() == rows.len() && c.start.len() == rows.len() && c.end.len() == rows.len()
+            );
             for values in [c.chunk, c.start, c.end] {
                 columns.push(Arc::new(UInt32Array::from(values)));
             }

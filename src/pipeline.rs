@@ -135,7 +135,11 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 ckpt.next_part(),
                 metadata.clone(),
             );
-            if chunk_rows { writer.with_chunk_columns() } else { writer }
+            if chunk_rows {
+                writer.with_chunk_columns()
+            } else {
+                writer
+            }
         };
 
         // With --reuse: copy what earlier outputs have, then embed the rest.
@@ -150,7 +154,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 every: cfg.checkpoint_every,
                 rows_per_part: cfg.rows_per_part,
             };
-            let finished = reuse::copy(
+            let finished = crate::sync::copy::copy(
                 &reuse,
                 &cfg.partition,
                 inputs.id_type.as_ref(),

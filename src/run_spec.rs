@@ -351,9 +351,15 @@ pub(crate) mod tests {
         chunked.vectors.chunk_tokens = Some(128);
         chunked.vectors.chunk_overlap = Some(16);
         let meta = chunked.part_metadata(0, "m");
-        assert_eq!((meta["batch_embed.chunk_tokens"].as_str(), meta["batch_embed.chunk_overlap"].as_str()), ("128", "16"));
+        assert_eq!(
+            (meta["batch_embed.chunk_tokens"].as_str(), meta["batch_embed.chunk_overlap"].as_str()),
+            ("128", "16")
+        );
         assert!(chunked.vectors.chunk_rows());
-        assert_eq!(chunked.vectors_differences(&run), ["chunk_overlap was null and is now 16", "chunk_tokens was null and is now 128"]);
+        assert_eq!(
+            chunked.vectors_differences(&run),
+            ["chunk_overlap was null and is now 16", "chunk_tokens was null and is now 128"]
+        );
     }
 
     #[test]

@@ -295,39 +295,46 @@ fn write_chunks(
         let total = chunk_rows.len() as u64;
         let failed = embedded.failed();
         if embedded.chunks.is_some() {
-            let piece =
-                chunk_rows_of(&chunk_rows, &chunk_hashes, chunk_ids.as_ref(), &mut embedded, &mut failure_lines)?;
+            let piece = chunk_rows_of(
+                &chunk_rows,
+                &chunk_hashes,
+                chunk_ids.as_ref(),
+                &mut embedded,
+                &mut failure_lines,
+            )?;
             pending.failed += failed as u64;
             pending.chunks += piece.rows.len() as u64;
             let values = writer.values(piece.values);
             writer.push_chunks(&piece.rows, Some(piece.chunks), &piece.hashes, piece.ids, values)?;
         } else {
             let (rows, hashes, values, ids) = if failed == 0 {
-            // The common case: every row has a vector; hand the chunk's buffers over as they are.
-            (chunk_rows, chunk_hashes, embedded.values, chunk_ids)
-        } else {
-            let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
-            let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
-            for (i, failure) in embedded.failures.iter().enumerate() {
-                match failure {
-                    None => {
-                        keep.push(i as u32);
-                        values.extend_from_slice(&embedded.values[i * embedded.dim..(i + 1) * embedded.dim]);
-                    }
-                    Some(f) => {
-                        let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
-                        writeln!(failure_lines, "{line}")?;
-                        pending.failed += 1;
+                // The common case: every row has a vector; hand the chunk's buffers over as they are.
+                (chunk_rows, chunk_hashes, embedded.values, chunk_ids)
+            } else {
+                let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
+                let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
+                for (i, failure) in embedded.failures.iter().enumerate() {
+                    match failure {
+                        None => {
+                            keep.push(i as u32);
+                            values.extend_from_slice(
+                                &embedded.values[i * embedded.dim..(i + 1) * embedded.dim],
+                            );
+                        }
+                        Some(f) => {
+                            let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
+                            writeln!(failure_lines, "{line}")?;
+                            pending.failed += 1;
+                        }
                     }
                 }
-            }
-            let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
-            let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
-            let ids = match &chunk_ids {
-                Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
-                None => None,
-            };
-            (rows, hashes, values, ids)
+                let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
+                let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
+                let ids = match &chunk_ids {
+                    Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
+                    None => None,
+                };
+                (rows, hashes, values, ids)
             };
             let values = writer.values(values);
             writer.push(&rows, &hashes, ids, values)?;

@@ -81,7 +81,11 @@ impl std::fmt::Display for Summary {
                 self.embedded,
                 self.reused,
                 self.failed,
-                if self.chunking == Some("rows") { format!("; {} chunks", self.chunks) } else { String::new() }
+                if self.chunking == Some("rows") {
+                    format!("; {} chunks", self.chunks)
+                } else {
+                    String::new()
+                }
             );
         }
         if self.interrupted {

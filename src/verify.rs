@@ -350,15 +350,21 @@ fn read_shard(path: &Path, deep: bool, normalized: bool, chunked: bool) -> Resul
         Shard { rows: Vec::new(), chunks: chunked.then(Vec::new), meta, non_finite: 0, bad_norm: 0 };
     for batch in reader {
         let batch = batch.with_context(unreadable)?;
-        let rows = batch.column_by_name("row").and_then(|c| c.as_primitive_opt::<UInt64Type>()).with_context(unreadable)?;
+        let rows = batch
+            .column_by_name("row")
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .with_context(unreadable)?;
         shard.rows.extend(rows.values().iter().copied());
         if let Some(chunks) = shard.chunks.as_mut() {
-            let column = batch.column_by_name(crate::output::CHUNK).and_then(|c| c.as_primitive_opt::<UInt32Type>());
+            let column =
+                batch.column_by_name(crate::output::CHUNK).and_then(|c| c.as_primitive_opt::<UInt32Type>());
             chunks.extend(column.with_context(unreadable)?.values().iter().copied());
         }
         if deep {
-            let list =
-                batch.column_by_name("embedding").and_then(|c| c.as_fixed_size_list_opt()).with_context(unreadable)?;
+            let list = batch
+                .column_by_name("embedding")
+                .and_then(|c| c.as_fixed_size_list_opt())
+                .with_context(unreadable)?;
             let dim = list.value_length() as usize;
             let values: Vec<f64> = match list.values().data_type() {
                 DataType::Float32 => {

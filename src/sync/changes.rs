@@ -354,7 +354,10 @@ fn chunk_rows_of(part: &Path, firsts: &[u32]) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     let builder = reader(part)?;
-    let index = builder.schema().index_of(CHUNK).with_context(|| format!("{} has no {CHUNK} column", part.display()))?;
+    let index = builder
+        .schema()
+        .index_of(CHUNK)
+        .with_context(|| format!("{} has no {CHUNK} column", part.display()))?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
     let mut out = Vec::new();
     let (mut next, mut taking, mut row) = (0usize, false, 0u32);

@@ -64,8 +64,11 @@ pub struct Dedup {
 
 struct Inner {
     seen: LruCache<u128, ()>,
-    vectors: LruCache<u128, (Arc<[f32]>, bool, Option<(u32, u32)>)>,
+    vectors: LruCache<u128, Remembered>,
 }
+
+/// A remembered text: its vector, whether it was cut, and with chunk rows its chunk's range.
+type Remembered = (Arc<[f32]>, bool, Option<(u32, u32)>);
 
 impl Dedup {
     /// A cache of at most `cache_bytes` of `dim`-wide vectors.

@@ -6,7 +6,8 @@
 //! hash. The key is the id (`--id-column`), so a changed text under a kept id is embedded again;
 //! without ids it is the text hash itself, so an identical text anywhere is reused.
 //!
-//! A worker's run then has two phases, both committed and resumed through the worker folder:
+//! A worker's run then has two phases, both committed and resumed through the worker folder (the
+//! planning is here, the copy in copy.rs):
 //! 1. **copy**: for each committed part of the previous outputs (the *sources*, listed once and
 //!    recorded in the checkpoint with their footer hashes, so a resumed run reads exactly the
 //!    same ones), the matching rows' vectors are read (only those rows' pages) and written into
@@ -21,35 +22,23 @@
 //! way, which the vector half of the description says), a key stands for all of a row's chunk
 //! rows: they are copied together, in chunk order, into one part.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, UInt32Type};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
-};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::UInt32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::Live;
 use crate::input::InputFile;
-use crate::output::{ChunkColumns, CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
-use crate::partition::Partition;
-use crate::progress::Progress;
+use crate::output::{CHUNK, TEXT_HASH};
 use crate::run_spec::RunSpec;
-use crate::shutdown::StopFlag;
-use crate::stages::WritePlan;
-use crate::worker_folder::CommitCounts;
 
 /// Rows decoded at a time from a source part.
-const COPY_BATCH: usize = 8192;
+pub(super) const COPY_BATCH: usize = 8192;
 
 /// What the checkpoint keeps of a `--reuse` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,7 +251,10 @@ pub fn plan(
         c.sort_unstable();
         if chunk_rows {
             // Each owned row takes all of its source row's chunk rows, one after the other.
-            *c = c.iter().flat_map(|&(row, index)| (0..rows_of[index as usize]).map(move |j| (row + j, index))).collect();
+            *c = c
+                .iter()
+                .flat_map(|&(row, index)| (0..rows_of[index as usize]).map(move |j| (row + j, index)))
+                .collect();
         }
     }
     Ok(ReusePlan { copies, reused, count })
@@ -330,298 +322,6 @@ fn source_keys(path: &Path, by_id: bool, chunk_rows: bool) -> Result<Vec<(u32, u
         first += batch.num_rows() as u32;
     }
     Ok(out)
-}
-
-/// Copies the planned rows, source by source from the checkpoint's cursor, into this run's
-/// parts, committing as the write stage does (a row's chunk rows always into one part). Returns
-/// false when stopped by `stop`. `delay` is the test hook `--debug-chunk-delay-ms`, slept before
-/// each piece.
-#[allow(clippy::too_many_arguments)]
-pub fn copy(
-    plan: &ReusePlan,
-    partition: &Partition,
-    id_type: Option<&DataType>,
-    write: WritePlan<'_>,
-    live: &Live,
-    progress: &mut Progress,
-    stop: &StopFlag,
-    delay: std::time::Duration,
-) -> Result<bool> {
-    let WritePlan { folder, ckpt, mut shards, every, rows_per_part } = write;
-    let state = ckpt.reuse.clone().context("internal error: a reuse plan without reuse state")?;
-    let chunked = shards.chunked();
-    let mut last_commit = Instant::now();
-    // Rows and chunk rows copied since the last commit.
-    let mut pending = (0u64, 0u64);
-    let mut cursor = (state.sources_done, state.source_rows_done);
-    let commit = |shards: &mut crate::output::ShardWriter,
-                  ckpt: &mut crate::checkpoint::Checkpoint,
-                  pending: &mut (u64, u64),
-                  cursor: (usize, u64)| {
-        let counts = CommitCounts {
-            reused: pending.0,
-            chunks: pending.1,
-            reuse_cursor: Some(cursor),
-            ..CommitCounts::default()
-        };
-        folder.commit(ckpt, shards.finish_part()?, &[], &counts)?;
-        live.rows_committed.store(ckpt.rows_done, Relaxed);
-        live.chunks.store(ckpt.chunks, Relaxed);
-        *pending = (0, 0);
-        anyhow::Ok(())
-    };
-    for si in state.sources_done..state.sources.len() {
-        let source = &state.sources[si];
-        let skip = if si == state.sources_done { state.source_rows_done as usize } else { 0 };
-        let wanted = &plan.copies[si][skip.min(plan.copies[si].len())..];
-        let mut copied = skip as u64;
-        if wanted.is_empty() {
-            cursor = (si + 1, 0);
-            continue;
-        }
-        for batch in read_selected(Path::new(&source.path), wanted, id_type.is_some(), chunked)? {
-            let Copied { owned: owned_indices, hashes, ids, values, chunks } = batch?;
-            if let (Some(ids), Some(want)) = (&ids, id_type) {
-                if ids.data_type() != want {
-                    bail!(
-                        "{}: its id column is {}, this run's is {want}; they cannot be matched",
-                        source.path,
-                        ids.data_type()
-                    );
-                }
-            }
-            let dim = values.len() / owned_indices.len().max(1);
-            // In pieces that fill the open part to --rows-per-part, checking for a stop between;
-            // a piece ends where a row ends (its chunk rows stay together).
-            let mut at = 0;
-            while at < owned_indices.len() {
-                if stop.is_set() {
-                    commit(&mut shards, ckpt, &mut pending, cursor)?;
-                    return Ok(false);
-                }
-                std::thread::sleep(delay);
-                let room = rows_per_part.saturating_sub(shards.buffered_rows()).max(1);
-                let mut n = room.min(owned_indices.len() - at);
-                while at + n < owned_indices.len() && owned_indices[at + n] == owned_indices[at + n - 1] {
-                    n += 1;
-                }
-                let piece = &owned_indices[at..at + n];
-                let rows: Vec<u64> = piece.iter().map(|&i| partition.owned_row(i as u64)).collect();
-                let piece_ids = ids.as_ref().map(|ids| ids.slice(at, n));
-                let piece_chunks = chunks.as_ref().map(|c| ChunkColumns {
-                    chunk: c.chunk[at..at + n].to_vec(),
-                    start: c.start[at..at + n].to_vec(),
-                    end: c.end[at..at + n].to_vec(),
-                });
-                let copied_rows = match &piece_chunks {
-                    Some(c) => c.chunk.iter().filter(|&&j| j == 0).count() as u64,
-                    None => n as u64,
-                };
-                let values = values.slice(at * dim, n * dim);
-                shards.push_chunks(&rows, piece_chunks, &hashes[at..at + n], piece_ids, values)?;
-                at += n;
-                pending.0 += copied_rows;
-                pending.1 += if chunked { n as u64 } else { 0 };
-                copied += n as u64;
-                cursor = (si, copied);
-                progress.advance(copied_rows, 0);
-                live.rows_done.fetch_add(copied_rows, Relaxed);
-                live.rows_reused.fetch_add(copied_rows, Relaxed);
-                if shards.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
-                    commit(&mut shards, ckpt, &mut pending, cursor)?;
-                    last_commit = Instant::now();
-                }
-            }
-        }
-        cursor = (si + 1, 0);
-    }
-    commit(&mut shards, ckpt, &mut pending, cursor)?;
-    Ok(true)
-}
-
-/// A batch of copied output rows: owned index, text hash, id (when asked), chunk columns (chunk
-/// rows), and the flat vector values, one row each.
-struct Copied {
-    owned: Vec<u32>,
-    hashes: Vec<u128>,
-    ids: Option<ArrayRef>,
-    values: ArrayRef,
-    chunks: Option<ChunkColumns>,
-}
-
-/// Reads the rows `wanted` ((row in part, owned index), in the order of [`ReusePlan::copies`])
-/// of a source part, batch by batch: only their pages of the text hash, id, chunk and embedding
-/// columns.
-fn read_selected(path: &Path, wanted: &[(u32, u32)], with_ids: bool, chunked: bool) -> Result<Selected> {
-    let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        File::open(path).with_context(unreadable)?,
-        options,
-    )
-    .with_context(unreadable)?;
-    let schema = builder.schema().clone();
-    let mut roots = vec![
-        schema.index_of(TEXT_HASH).with_context(unreadable)?,
-        schema.index_of("embedding").with_context(unreadable)?,
-    ];
-    if with_ids {
-        roots.push(schema.index_of("id").with_context(unreadable)?);
-    }
-    if chunked {
-        for c in [CHUNK, CHUNK_START, CHUNK_END] {
-            roots.push(schema.index_of(c).with_context(unreadable)?);
-        }
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    // Owned indices per selected source row (several owned rows may copy one source row).
-    let mut targets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for &(r, i) in wanted {
-        targets.entry(r).or_default().push(i);
-    }
-    let mut selectors = Vec::new();
-    let mut at = 0u32;
-    for &r in targets.keys() {
-        if r > at {
-            selectors.push(RowSelector::skip((r - at) as usize));
-        }
-        match selectors.last_mut() {
-            Some(last) if !last.skip && r == at && at > 0 => last.row_count += 1,
-            _ => selectors.push(RowSelector::select(1)),
-        }
-        at = r + 1;
-    }
-    let reader = builder
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(COPY_BATCH)
-        .build()
-        .with_context(unreadable)?;
-    Ok(Selected { reader, targets: targets.into_iter(), path: path.to_path_buf(), chunked, carry: None })
-}
-
-struct Selected {
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    targets: std::collections::btree_map::IntoIter<u32, Vec<u32>>,
-    path: PathBuf,
-    /// Rows are chunk rows: a source row is its run of chunk rows, all copied together.
-    chunked: bool,
-    /// The chunk rows of a source row that a batch boundary cut, for the next batch.
-    carry: Option<arrow::array::RecordBatch>,
-}
-
-impl Selected {
-    fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Copied> {
-        let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
-        let list = batch.column_by_name("embedding").expect("projected").as_fixed_size_list();
-        let ids = batch.column_by_name("id").cloned();
-        let mut take: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        let mut owned: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        let chunk_numbers = batch.column_by_name(CHUNK).map(|c| c.as_primitive::<UInt32Type>().clone());
-        match &chunk_numbers {
-            None => {
-                for i in 0..batch.num_rows() {
-                    let (_, indices) =
-                        self.targets.next().context("internal error: more rows read than selected")?;
-                    for idx in indices {
-                        take.push(i as u32);
-                        owned.push(idx);
-                    }
-                }
-            }
-            Some(numbers) => {
-                // Each source row's chunk rows, once for each owned row that copies it.
-                let mut i = 0;
-                while i < batch.num_rows() {
-                    let end = (i + 1..batch.num_rows()).find(|&k| numbers.value(k) == 0).unwrap_or(batch.num_rows());
-                    let (_, indices) =
-                        self.targets.next().context("internal error: more rows read than selected")?;
-                    for _ in i + 1..end {
-                        self.targets.next().context("internal error: more rows read than selected")?;
-                    }
-                    for idx in indices {
-                        take.extend(i as u32..end as u32);
-                        owned.extend(std::iter::repeat_n(idx, end - i));
-                    }
-                    i = end;
-                }
-            }
-        }
-        let dim = list.value_length() as usize;
-        let hashes: Vec<u128> =
-            take.iter().map(|&i| super::hash_from_bytes(hashes.value(i as usize))).collect();
-        let identity = take.iter().enumerate().all(|(k, &i)| k == i as usize) && take.len() == batch.num_rows();
-        let u32s = |name: &str, take: &Option<arrow::array::UInt32Array>| -> Vec<u32> {
-            let column = batch.column_by_name(name).expect("projected").as_primitive::<UInt32Type>();
-            match take {
-                None => column.values().to_vec(),
-                Some(t) => t.values().iter().map(|&i| column.value(i as usize)).collect(),
-            }
-        };
-        let picks = (!identity).then(|| arrow::array::UInt32Array::from(take.clone()));
-        let chunks = chunk_numbers.as_ref().map(|_| ChunkColumns {
-            chunk: u32s(CHUNK, &picks),
-            start: u32s(CHUNK_START, &picks),
-            end: u32s(CHUNK_END, &picks),
-        });
-        let Some(picks) = picks else {
-            // One owned row per source row (the usual case): no copy of the vectors.
-            let values = list.values().slice(list.offset() * dim, list.len() * dim);
-            return Ok(Copied { owned, hashes, ids, values, chunks });
-        };
-        let list = arrow::compute::take(list, &picks, None)?;
-        let list = list.as_fixed_size_list();
-        let values = list.values().slice(list.offset() * dim, list.len() * dim);
-        let ids = match ids {
-            Some(ids) => Some(arrow::compute::take(&ids, &picks, None)?),
-            None => None,
-        };
-        Ok(Copied { owned, hashes, ids, values, chunks })
-    }
-
-    /// The next batch as read, joined to what the batch before left over; with chunk rows, cut
-    /// after its last complete source row (the rest is carried to the next batch).
-    fn next_whole(&mut self) -> Option<Result<arrow::array::RecordBatch>> {
-        loop {
-            let batch = match self.reader.next() {
-                None => return self.carry.take().map(Ok),
-                Some(Err(e)) => return Some(Err(e.into())),
-                Some(Ok(b)) => b,
-            };
-            let batch = match self.carry.take() {
-                Some(c) => match arrow::compute::concat_batches(&batch.schema(), [&c, &batch]) {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e.into())),
-                },
-                None => batch,
-            };
-            if !self.chunked {
-                return Some(Ok(batch));
-            }
-            let numbers = batch.column_by_name(CHUNK).expect("projected").as_primitive::<UInt32Type>();
-            let last_start = (0..batch.num_rows()).rev().find(|&i| numbers.value(i) == 0).unwrap_or(0);
-            if last_start == 0 {
-                self.carry = Some(batch);
-                continue;
-            }
-            self.carry = Some(batch.slice(last_start, batch.num_rows() - last_start));
-            return Some(Ok(batch.slice(0, last_start)));
-        }
-    }
-}
-
-impl Iterator for Selected {
-    type Item = Result<Copied>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.next_whole()?;
-        Some(
-            batch
-                .with_context(|| format!("cannot read {} (a --reuse source)", self.path.display()))
-                .and_then(|b| self.convert(b)),
-        )
-    }
 }
 
 fn absolute(path: &Path) -> String {

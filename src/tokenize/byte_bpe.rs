@@ -118,7 +118,12 @@ impl ByteLevelBpe {
     /// [`ByteLevelBpe::ids`] with where each token ends in `text` and which tokens begin a
     /// piece, for chunking. `None` when the text needs the general road, or when the normaliser
     /// changes it (the offsets would be into another text).
-    pub(super) fn offsets(&self, tokenizer: &Tokenizer, text: &str, limit: usize) -> Option<Result<FastOffsets>> {
+    pub(super) fn offsets(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        limit: usize,
+    ) -> Option<Result<FastOffsets>> {
         if self.added.as_ref().is_some_and(|a| a.is_match(text)) {
             return None;
         }
@@ -135,7 +140,8 @@ impl ByteLevelBpe {
                 cache.pieces.clear();
                 cache.owner = self.id;
             }
-            let mut out = FastOffsets { ids: Vec::new(), ends: Vec::new(), piece_starts: Vec::new(), unnormalized };
+            let mut out =
+                FastOffsets { ids: Vec::new(), ends: Vec::new(), piece_starts: Vec::new(), unnormalized };
             let found = classify(text, &mut cache.chars).then(|| {
                 let offsets = Some((&mut out.ends, &mut out.piece_starts));
                 self.lookup_into(tokenizer.get_model(), text, limit, cache, &mut out.ids, offsets)

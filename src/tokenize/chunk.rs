@@ -23,13 +23,11 @@
 //! because it measures candidate chunks by tokenizing them again and again. Tokenizing once with
 //! offsets and choosing boundaries here keeps chunking at about the cost of tokenizing.
 
-use std::ops::Range;
-
 use anyhow::{bail, Result};
 use rayon::prelude::*;
-use unicode_segmentation::UnicodeSegmentation;
 
-use super::{TextTokenizer, TokenOffsets};
+use super::boundary::Cuts;
+use super::TextTokenizer;
 
 /// The chunk settings of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,18 +74,6 @@ pub struct Chunker<'a> {
     room: usize,
 }
 
-/// How good a place to end a chunk is, worst first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Boundary {
-    /// Between two tokens inside a word (or between characters with no space, as in CJK text).
-    Token,
-    Whitespace,
-    /// A sentence end (UAX #29), a line break among them.
-    Sentence,
-    /// A blank line.
-    Paragraph,
-}
-
 impl<'a> Chunker<'a> {
     /// Checks the settings against what the tokenizer adds to every text: the prompt and the
     /// special tokens must leave room for text, and the overlap must be less than that room.
@@ -131,10 +117,8 @@ impl<'a> Chunker<'a> {
     pub fn chunk(&self, text: &str) -> Result<Chunked> {
         let n_max = self.settings.tokens;
         // With --max-chunks K, the text past K windows is never looked at.
-        let limit = self
-            .settings
-            .max_chunks
-            .map_or(usize::MAX, |k| k.saturating_mul(self.room).saturating_add(2));
+        let limit =
+            self.settings.max_chunks.map_or(usize::MAX, |k| k.saturating_mul(self.room).saturating_add(2));
         let offsets = self.tokenizer.offsets(text, limit)?;
         let n = offsets.len();
         if !offsets.cut && n + self.overhead <= n_max + 2 {
@@ -158,7 +142,11 @@ impl<'a> Chunker<'a> {
             }
             let mut window = self.room;
             let (b, ids) = loop {
-                let b = if !offsets.cut && n - a <= window { n } else { cuts.best_end(a, window, self.settings.overlap) };
+                let b = if !offsets.cut && n - a <= window {
+                    n
+                } else {
+                    cuts.best_end(a, window, self.settings.overlap)
+                };
                 let bytes = cuts.bytes(a, b);
                 let ids = self.tokenizer.encode_part(text, bytes, &offsets, a..b)?;
                 if ids.len() <= n_max {
@@ -182,192 +170,8 @@ impl<'a> Chunker<'a> {
     }
 }
 
-/// The places a text's tokens can be cut, and how good each is.
-struct Cuts<'t> {
-    text: &'t str,
-    offsets: &'t TokenOffsets,
-    /// `valid[k]`: the text can be cut before token k (k in 0..=n) without splitting a character
-    /// or a token's bytes.
-    valid: Vec<bool>,
-}
-
-/// Bytes of context on each side of a cut that the sentence rules are run over.
-const SENTENCE_CONTEXT: usize = 64;
-
-impl<'t> Cuts<'t> {
-    fn new(text: &'t str, offsets: &'t TokenOffsets) -> Self {
-        let n = offsets.len();
-        let mut valid = vec![true; n + 1];
-        let mut reach = 0u32; // furthest end of the tokens so far
-        for k in 0..n {
-            if k > 0 {
-                let at = offsets.starts[k];
-                valid[k] = reach <= at && text.is_char_boundary(at as usize);
-            }
-            reach = reach.max(offsets.ends[k]);
-        }
-        Cuts { text, offsets, valid }
-    }
-
-    /// The bytes of tokens `a..b`: from the start of token a (of the text, for the first) to the
-    /// start of token b (the end of the text, for the last). Text that no token covers between
-    /// two tokens (whitespace or characters a normaliser drops) goes with the chunk before it, so
-    /// chunks without overlap tile the text.
-    fn bytes(&self, a: usize, b: usize) -> Range<usize> {
-        let n = self.offsets.len();
-        let start = if a == 0 { 0 } else { self.offsets.starts[a] as usize };
-        let end = match b < n {
-            true => self.offsets.starts[b] as usize,
-            false if self.offsets.cut => self.offsets.ends[n - 1] as usize,
-            false => self.text.len(),
-        };
-        // Offsets from a tokenizer always fall on characters; guard anyway.
-        let start = floor_char(self.text, start);
-        let end = ceil_char(self.text, end.max(start));
-        start..end
-    }
-
-    /// The first valid cut after token a.
-    fn first_after(&self, a: usize) -> usize {
-        (a + 1..self.valid.len()).find(|&k| self.valid[k]).unwrap_or(self.valid.len() - 1)
-    }
-
-    /// Where a chunk starting at token `a` with room for `window` tokens ends (exclusive token
-    /// index): the best boundary in the later part of the window (from half of it, and past the
-    /// overlap), the latest of the best kind, at the start of its whitespace; else the latest
-    /// boundary anywhere in the window; else the first one after `a`.
-    fn best_end(&self, a: usize, window: usize, overlap: usize) -> usize {
-        let n = self.valid.len() - 1;
-        let hi = (a + window).min(n);
-        let lo = (a + (window / 2).max(overlap + 1)).min(hi);
-        let mut best: Option<(Boundary, usize, usize)> = None; // (kind, run start, k)
-        for k in lo.max(a + 1)..=hi {
-            if !self.valid[k] {
-                continue;
-            }
-            let (kind, run) = self.classify(k);
-            let better = match best {
-                None => true,
-                Some((bk, brun, _)) => kind > bk || (kind == bk && run > brun),
-            };
-            if better {
-                best = Some((kind, run, k));
-            }
-        }
-        if let Some((_, _, k)) = best {
-            return k;
-        }
-        (a + 1..=hi).rev().find(|&k| self.valid[k]).unwrap_or_else(|| self.first_after(a))
-    }
-
-    /// The start of the chunk after tokens `a..b`: `overlap` tokens before `b`, moved by up to two
-    /// tokens to a word start, always past `a`.
-    fn next_start(&self, a: usize, b: usize, overlap: usize) -> usize {
-        if overlap == 0 {
-            return b;
-        }
-        let target = b.saturating_sub(overlap).max(a + 1);
-        let near = |k: usize| k > a && k < b && self.valid[k];
-        let mut candidates: Vec<usize> = (target.saturating_sub(2)..=target + 2).filter(|&k| near(k)).collect();
-        candidates.sort_by_key(|&k| (k.abs_diff(target), std::cmp::Reverse(k)));
-        if let Some(&k) = candidates.iter().find(|&&k| self.classify(k).0 >= Boundary::Whitespace) {
-            return k;
-        }
-        if let Some(&k) = candidates.first() {
-            return k;
-        }
-        (target..b).find(|&k| near(k)).or_else(|| (a + 1..target).rev().find(|&k| near(k))).unwrap_or(b)
-    }
-
-    /// The kind of the boundary before token k, and where its whitespace run starts (the cut's
-    /// own byte when it has none): cuts in one run of whitespace are one boundary.
-    fn classify(&self, k: usize) -> (Boundary, usize) {
-        let bytes = self.text.as_bytes();
-        let (start, at, end) = self.run_around(k);
-        let run = &self.text[start..end];
-        // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
-        let breaks = run
-            .char_indices()
-            .filter(|&(i, c)| match c {
-                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
-                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
-                _ => false,
-            })
-            .count();
-        match breaks {
-            0 => {}
-            1 => return (Boundary::Sentence, start), // UAX #29 ends a sentence at a line break
-            _ => return (Boundary::Paragraph, start),
-        }
-        if self.ends_sentence(start, end) {
-            return (Boundary::Sentence, start);
-        }
-        if end > start {
-            (Boundary::Whitespace, start)
-        } else {
-            (Boundary::Token, at)
-        }
-    }
-
-    /// The cut before token k (1 ≤ k ≤ n): the run of whitespace it touches, the gap before
-    /// the token included, as (run start, the token's start, run end).
-    fn run_around(&self, k: usize) -> (usize, usize, usize) {
-        let n = self.offsets.len();
-        let at = match k < n {
-            true => self.offsets.starts[k] as usize,
-            false => self.offsets.ends[n - 1] as usize,
-        };
-        let mut start = self.offsets.ends[k - 1].min(at as u32) as usize;
-        while let Some(c) = self.text[..start].chars().next_back().filter(|c| c.is_whitespace()) {
-            start -= c.len_utf8();
-        }
-        let mut end = at;
-        while let Some(c) = self.text[end..].chars().next().filter(|c| c.is_whitespace()) {
-            end += c.len_utf8();
-        }
-        (start, at, end)
-    }
-
-    /// Whether a sentence boundary (UAX #29) falls in `start..=end` (a run of whitespace, or a
-    /// point). NOTE: UAX #29 ends a sentence (line breaks aside) only after a terminator, closing
-    /// punctuation and spaces (`SATerm Close* Sp*`): so only a cut after one of `.!?` (past any
-    /// ASCII closing quote or bracket), or after a character outside ASCII, is asked of the
-    /// segmenter, over a little context around it. Segmenting whole texts was 15% of a chunking
-    /// run's time, and asking at every punctuation mark more than that (IMDB's `<br />`).
-    fn ends_sentence(&self, start: usize, end: usize) -> bool {
-        let before = self.text[..start].chars().rev().find(|c| !matches!(c, '"' | '\'' | ')' | ']' | '}' | '(' | '[' | '{'));
-        match before {
-            None => return false,
-            Some(c) if c.is_ascii() && !matches!(c, '.' | '!' | '?') => return false,
-            Some(_) => {}
-        }
-        let from = floor_char(self.text, start.saturating_sub(SENTENCE_CONTEXT));
-        let to = ceil_char(self.text, end + SENTENCE_CONTEXT);
-        self.text[from..to]
-            .split_sentence_bound_indices()
-            .map(|(i, _)| from + i)
-            .any(|b| b > from && b >= start && b <= end)
-    }
-}
-
-fn floor_char(text: &str, mut at: usize) -> usize {
-    at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
-}
-
-fn ceil_char(text: &str, mut at: usize) -> usize {
-    at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at += 1;
-    }
-    at
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use super::*;
@@ -380,8 +184,10 @@ mod tests {
     }
 
     fn tiny_qwen2() -> String {
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2/tokenizer.json"))
-            .unwrap()
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2/tokenizer.json"),
+        )
+        .unwrap()
     }
 
     /// The same tokenizer with a pattern the fast road does not know: the general road.
@@ -403,9 +209,9 @@ mod tests {
     /// covers, [CLS] and [SEP] around every text, [UNK] for what the vocabulary lacks.
     fn wordpiece() -> String {
         let words = [
-            "the", "book", "was", "slow", "but", "ending", "cafe", "naive", "loved", "it", "page", "##s", "word",
-            "line", "one", "two", "three", "short", "leading", "and", "trailing", "spaces", ".", ",", "!", "?",
-            "a", "##a", "query", ":", "instruct", "'", "reader", "by",
+            "the", "book", "was", "slow", "but", "ending", "cafe", "naive", "loved", "it", "page", "##s",
+            "word", "line", "one", "two", "three", "short", "leading", "and", "trailing", "spaces", ".", ",",
+            "!", "?", "a", "##a", "query", ":", "instruct", "'", "reader", "by",
         ];
         let mut vocab = serde_json::json!({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3});
         for (i, w) in words.iter().enumerate() {
@@ -451,9 +257,10 @@ mod tests {
 
     /// Texts of the kinds chunking must handle: prose with paragraphs and sentences, no sentence
     /// ends, one giant word, CJK without spaces, emoji, whitespace runs, short texts.
-    fn texts(seed: u64) -> Vec<String> {
+    pub(crate) fn texts(seed: u64) -> Vec<String> {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let words = ["the", "book", "was", "slow", "but", "the", "ending", "café", "naïve", "loved", "it", "pages"];
+        let words =
+            ["the", "book", "was", "slow", "but", "the", "ending", "café", "naïve", "loved", "it", "pages"];
         let mut out = vec![
             String::new(),
             "Short.".to_string(),
@@ -537,7 +344,9 @@ mod tests {
             ("wordpiece", wordpiece()),
         ];
         for (road, json) in roads {
-            for (tokens, overlap, prompt) in [(16, 0, None), (24, 4, None), (40, 8, Some("query: ")), (33, 5, Some("Instruct: it's\n"))] {
+            for (tokens, overlap, prompt) in
+                [(16, 0, None), (24, 4, None), (40, 8, Some("query: ")), (33, 5, Some("Instruct: it's\n"))]
+            {
                 let t = tokenizer(&json, prompt);
                 assert_eq!(t.fast.is_some(), road.starts_with("fast"));
                 let settings = ChunkSettings { tokens, overlap, max_chunks: None };
@@ -561,11 +370,15 @@ mod tests {
         let got = chunker.chunk(&paragraphs).unwrap();
         assert!(got.chunks.len() > 2);
         for c in &got.chunks[..got.chunks.len() - 1] {
-            assert!(paragraphs[c.end as usize..].starts_with("\n\n"), "{:?}", &paragraphs[c.start as usize..c.end as usize]);
+            assert!(
+                paragraphs[c.end as usize..].starts_with("\n\n"),
+                "{:?}",
+                &paragraphs[c.start as usize..c.end as usize]
+            );
         }
         // One long paragraph: chunks end at sentence ends (UAX #29: a full stop before a
         // capital; "x. the" is no sentence end).
-        let prose = vec![sentence; 12].join(". ") + ".";
+        let prose = [sentence; 12].join(". ") + ".";
         for c in &chunker.chunk(&prose).unwrap().chunks {
             assert!(prose[..c.end as usize].ends_with('.'), "{:?}", &prose[c.start as usize..c.end as usize]);
         }
@@ -578,60 +391,52 @@ mod tests {
         // CJK without spaces: at the ideographic full stops.
         let cjk = "\u{6211}\u{559c}\u{6b22}\u{8fd9}\u{672c}\u{4e66}\u{3002}".repeat(20);
         for c in &chunker.chunk(&cjk).unwrap().chunks[..1] {
-            assert!(cjk[..c.end as usize].ends_with('\u{3002}'), "{:?}", &cjk[c.start as usize..c.end as usize]);
+            assert!(
+                cjk[..c.end as usize].ends_with('\u{3002}'),
+                "{:?}",
+                &cjk[c.start as usize..c.end as usize]
+            );
         }
-    }
-
-    #[test]
-    fn sentence_ends_found_locally_are_those_of_the_whole_text() {
-        let t = tokenizer(&tiny_qwen2(), None);
-        let mut texts = texts(5);
-        texts.push("He said \"Stop.\" Then (he left.) Mr. Smith stayed! Did he? Yes… 3.14 is pi. e.g. this.".repeat(5));
-        texts.push("\u{6211}\u{559c}\u{6b22}\u{3002}\u{4f60}\u{5462}\u{ff1f}\u{597d}\u{ff01}".repeat(9));
-        let mut found = 0;
-        for text in &texts {
-            let offsets = t.offsets(text, usize::MAX).unwrap();
-            let cuts = Cuts::new(text, &offsets);
-            let whole: Vec<usize> = text.split_sentence_bound_indices().map(|(i, _)| i).filter(|&i| i > 0).collect();
-            for k in 1..offsets.len() {
-                if !cuts.valid[k] {
-                    continue;
-                }
-                let (start, _, end) = cuts.run_around(k);
-                if end == text.len() {
-                    continue; // whitespace up to the end of the text: no sentence starts after it
-                }
-                let want = whole.iter().any(|&b| b >= start && b <= end);
-                let got = cuts.classify(k).0 >= Boundary::Sentence;
-                assert_eq!(got, want, "cut {start}..{end} of {text:?}");
-                found += want as usize;
-            }
-        }
-        assert!(found > 100, "{found}");
     }
 
     #[test]
     fn max_chunks_keeps_the_first_chunks_and_says_the_text_was_cut() {
         let t = tokenizer(&tiny_qwen2(), None);
         let text = "the book was slow. ".repeat(200);
-        let all = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: None }).unwrap().chunk(&text).unwrap();
-        let first = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: Some(3) }).unwrap().chunk(&text).unwrap();
+        let all = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: None })
+            .unwrap()
+            .chunk(&text)
+            .unwrap();
+        let first = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: Some(3) })
+            .unwrap()
+            .chunk(&text)
+            .unwrap();
         assert!(all.chunks.len() > 3 && !all.truncated);
         assert_eq!(first.chunks, all.chunks[..3]);
         assert!(first.truncated);
-        let fits = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: Some(1) }).unwrap().chunk("short").unwrap();
+        let fits = Chunker::new(&t, ChunkSettings { tokens: 32, overlap: 4, max_chunks: Some(1) })
+            .unwrap()
+            .chunk("short")
+            .unwrap();
         assert!(!fits.truncated && fits.chunks.len() == 1);
     }
 
     #[test]
     fn settings_that_leave_no_room_are_refused() {
         let json = tiny_qwen2();
-        let prompt = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ";
+        let prompt =
+            "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ";
         let t = tokenizer(&json, Some(prompt));
-        let err = Chunker::new(&t, ChunkSettings { tokens: 16, overlap: 0, max_chunks: None }).err().unwrap().to_string();
+        let err = Chunker::new(&t, ChunkSettings { tokens: 16, overlap: 0, max_chunks: None })
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--chunk-tokens 16 leaves") && err.contains("the prompt"), "{err}");
         let t = tokenizer(&json, None);
-        let err = Chunker::new(&t, ChunkSettings { tokens: 16, overlap: 15, max_chunks: None }).err().unwrap().to_string();
+        let err = Chunker::new(&t, ChunkSettings { tokens: 16, overlap: 15, max_chunks: None })
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--chunk-overlap 15 must be less than the 15 tokens"), "{err}");
         assert!(Chunker::new(&t, ChunkSettings { tokens: 16, overlap: 14, max_chunks: None }).is_ok());
     }

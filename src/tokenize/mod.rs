@@ -13,6 +13,7 @@ use tokenizers::{
     TruncationStrategy,
 };
 
+mod boundary;
 mod byte_bpe;
 pub mod chunk;
 
@@ -133,7 +134,8 @@ impl TextTokenizer {
             starts.push(0);
             starts.extend_from_slice(&fast.ends[..fast.ends.len().saturating_sub(1)]);
             starts.truncate(fast.ends.len());
-            let whole_pieces = (fast.unnormalized && self.prompt.is_none()).then_some((fast.ids, fast.piece_starts));
+            let whole_pieces =
+                (fast.unnormalized && self.prompt.is_none()).then_some((fast.ids, fast.piece_starts));
             return Ok(TokenOffsets { starts, ends: fast.ends, cut, whole_pieces });
         }
         let encoding = self.inner.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
@@ -453,7 +455,8 @@ mod tests {
             .unwrap();
         assert!(t.fast.is_some(), "this tokenizer does not take the fast road");
         let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
-        let inputs = crate::input::open_all(&files, &crate::template::Template::column("text"), None).unwrap();
+        let inputs =
+            crate::input::open_all(&files, &crate::template::Template::column("text"), None).unwrap();
         let (mut texts, mut fast_texts) = (0, 0);
         let (mut ours, mut theirs) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for file in &inputs.files {

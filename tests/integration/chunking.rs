@@ -29,8 +29,10 @@ pub struct ChunkRow {
 pub fn read_chunks(out: &Path) -> Vec<ChunkRow> {
     let mut rows = Vec::new();
     for part in part_files(out) {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for batch in reader {
             let b = batch.unwrap();
             let u32s = |name: &str| b.column_by_name(name).unwrap().as_primitive::<UInt32Type>().clone();
@@ -71,9 +73,11 @@ fn model_tokens(t: &tokenizers::Tokenizer, text: &str) -> usize {
 /// Texts of the kinds chunking must handle, long and short, with ids 1.. (and a null, an empty).
 pub fn documents() -> Vec<(i64, Option<String>)> {
     let sentence = |i: usize| {
-        let words = ["the", "book", "was", "slow", "but", "the", "ending", "café", "loved", "pages", "plot", "wow"];
+        let words =
+            ["the", "book", "was", "slow", "but", "the", "ending", "café", "loved", "pages", "plot", "wow"];
         let n = 4 + i % 9;
-        let mut s: String = (0..n).map(|j| words[(i * 3 + j * 5) % words.len()]).collect::<Vec<_>>().join(" ");
+        let mut s: String =
+            (0..n).map(|j| words[(i * 3 + j * 5) % words.len()]).collect::<Vec<_>>().join(" ");
         if let Some(c) = s.get_mut(0..1) {
             c.make_ascii_uppercase();
         }
@@ -83,10 +87,10 @@ pub fn documents() -> Vec<(i64, Option<String>)> {
         Some("Short review.".into()),
         None,
         Some(String::new()),
-        Some("x".repeat(600)),                   // one giant word
-        Some("pages ".repeat(90)),                // no sentence ends
+        Some("x".repeat(600)),                                  // one giant word
+        Some("pages ".repeat(90)),                              // no sentence ends
         Some("我喜欢这本书。情节很慢，但结局很好！".repeat(8)), // CJK without spaces
-        Some("😀👍🏽 ❤️ 🎉🎉 ".repeat(25)),        // emoji
+        Some("😀👍🏽 ❤️ 🎉🎉 ".repeat(25)),                       // emoji
         Some("A line\nanother line\n\nA paragraph.\n\n".repeat(12)),
     ];
     for d in 0..24 {
@@ -162,7 +166,11 @@ fn every_chunk_fits_the_text_is_covered_and_a_chunk_is_its_text_embedded_alone()
             assert_eq!(c.hash, cs[0].hash, "text_hash is the whole row's");
         }
         if model_tokens(&t, text) <= n {
-            assert_eq!((cs.len(), cs[0].start, cs[0].end), (1, 0, text.len() as u32), "row {row} fits: one chunk");
+            assert_eq!(
+                (cs.len(), cs[0].start, cs[0].end),
+                (1, 0, text.len() as u32),
+                "row {row} fits: one chunk"
+            );
             continue;
         }
         split += 1;
@@ -177,7 +185,12 @@ fn every_chunk_fits_the_text_is_covered_and_a_chunk_is_its_text_embedded_alone()
         // Consecutive chunks share about M tokens.
         for w in cs.windows(2) {
             let shared = t.encode(&text[w[1].start as usize..w[0].end as usize], false).unwrap().len();
-            assert!(shared.abs_diff(m) <= 2, "row {row}: chunks {} and {} share {shared} tokens", w[0].chunk, w[1].chunk);
+            assert!(
+                shared.abs_diff(m) <= 2,
+                "row {row}: chunks {} and {} share {shared} tokens",
+                w[0].chunk,
+                w[1].chunk
+            );
         }
     }
     assert!(split >= 25, "only {split} rows were split");
@@ -249,10 +262,11 @@ fn chunk_pool_mean_is_the_token_weighted_mean_of_the_chunk_vectors() {
         assert!(max_abs_diff(v, &want) < 1e-5, "row {row} normalised mean");
     }
     // The parts are a plain run's: no chunk columns.
-    let schema = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part_files(&mean)[0]).unwrap())
-        .unwrap()
-        .schema()
-        .clone();
+    let schema =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part_files(&mean)[0]).unwrap())
+            .unwrap()
+            .schema()
+            .clone();
     assert!(schema.field_with_name("chunk").is_err());
     assert_eq!(schema.metadata()["batch_embed.chunk_pool"], "mean");
 }
@@ -317,9 +331,13 @@ fn a_text_template_builds_the_text_from_its_columns_and_reads_only_those() {
         .assert()
         .success();
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
-    let read_mib: f64 = stderr.split("input:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let read_mib: f64 =
+        stderr.split("input:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let file_mib = std::fs::metadata(&input).unwrap().len() as f64 / (1 << 20) as f64;
-    assert!(read_mib < 0.1 && file_mib > 1.0, "read {read_mib} MiB of a {file_mib:.1} MiB file: the blob column was read");
+    assert!(
+        read_mib < 0.1 && file_mib > 1.0,
+        "read {read_mib} MiB of a {file_mib:.1} MiB file: the blob column was read"
+    );
 
     // The same texts built here, as one column: the same vectors and text hashes.
     let rendered: Vec<Option<String>> = recs
@@ -340,10 +358,17 @@ fn a_text_template_builds_the_text_from_its_columns_and_reads_only_those() {
     let plain = dir.path().join("plain");
     embed_cmd(&plain_in, &plain, &["--id-column", "id"]).assert().success();
     assert_same_vectors(&read_vectors(&plain), &read_vectors(&out));
-    assert_eq!(read_failures(&out), vec![(3, "text is null".to_string())], "the row whose columns are all null");
+    assert_eq!(
+        read_failures(&out),
+        vec![(3, "text is null".to_string())],
+        "the row whose columns are all null"
+    );
     let hashes = |dir: &Path| -> Vec<Vec<u8>> {
         let part = &part_files(dir)[0];
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         reader
             .flat_map(|b| {
                 let b: RecordBatch = b.unwrap();
@@ -408,14 +433,30 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
     fails(&["--text-template", "no placeholder"], "names no column");
     fails(&["--text-template", "{title}", "--text-column", "title"], "cannot be used with");
     let tt = ["--text-template", "{title}"];
-    fails(&[&tt[..], &["--chunk-tokens", "600"]].concat(), "--chunk-tokens 600 is more than the model accepts (512");
-    fails(&[&tt[..], &["--chunk-tokens", "64", "--max-tokens", "32"]].concat(), "--chunk-tokens 64 is more than --max-tokens 32");
+    fails(
+        &[&tt[..], &["--chunk-tokens", "600"]].concat(),
+        "--chunk-tokens 600 is more than the model accepts (512",
+    );
+    fails(
+        &[&tt[..], &["--chunk-tokens", "64", "--max-tokens", "32"]].concat(),
+        "--chunk-tokens 64 is more than --max-tokens 32",
+    );
     fails(&[&tt[..], &["--chunk-tokens", "0"]].concat(), "--chunk-tokens must be at least 1");
-    fails(&[&tt[..], &["--chunk-tokens", "16", "--chunk-overlap", "16"]].concat(), "--chunk-overlap 16 must be less than the 15 tokens");
+    fails(
+        &[&tt[..], &["--chunk-tokens", "16", "--chunk-overlap", "16"]].concat(),
+        "--chunk-overlap 16 must be less than the 15 tokens",
+    );
     fails(&[&tt[..], &["--chunk-tokens", "8"]].concat(), "--chunk-tokens 8 leaves 7 tokens for text");
-    let prompt = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ";
-    fails(&[&tt[..], &["--chunk-tokens", "20", "--prompt", prompt]].concat(), "the prompt and the special tokens take");
-    fails(&[&tt[..], &["--chunk-tokens", "20", "--max-chunks", "0"]].concat(), "--max-chunks must be at least 1");
+    let prompt =
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ";
+    fails(
+        &[&tt[..], &["--chunk-tokens", "20", "--prompt", prompt]].concat(),
+        "the prompt and the special tokens take",
+    );
+    fails(
+        &[&tt[..], &["--chunk-tokens", "20", "--max-chunks", "0"]].concat(),
+        "--max-chunks must be at least 1",
+    );
     for lone in [&["--chunk-overlap", "4"][..], &["--max-chunks", "2"], &["--chunk-pool", "mean"]] {
         fails(&[&tt[..], lone].concat(), "--chunk-tokens");
     }
@@ -425,19 +466,23 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
 fn repeated_long_texts_get_copies_of_the_first_ones_chunks() {
     let dir = tempdir();
     let long = documents().into_iter().filter_map(|d| d.1).max_by_key(|t| t.len()).unwrap();
-    let docs: Vec<(i64, Option<String>)> = (0..6).map(|i| (i, Some(if i % 2 == 0 { long.clone() } else { format!("{long} {i}") }))).collect();
+    let docs: Vec<(i64, Option<String>)> =
+        (0..6).map(|i| (i, Some(if i % 2 == 0 { long.clone() } else { format!("{long} {i}") }))).collect();
     let input = write_docs(&dir.path().join("in"), &docs, 1);
     let out = dir.path().join("out");
     embed_cmd(&input, &out, &["--chunk-tokens", "24", "--chunk-overlap", "3"]).assert().success();
     assert_eq!(crate::sync::total(&out, "rows_deduplicated"), 2);
     let chunks = read_chunks(&out);
-    let of = |row: u64| chunks.iter().filter(|c| c.row == row).map(|c| (c.start, c.end, c.vector.clone())).collect::<Vec<_>>();
+    let of = |row: u64| {
+        chunks.iter().filter(|c| c.row == row).map(|c| (c.start, c.end, c.vector.clone())).collect::<Vec<_>>()
+    };
     assert!(of(0).len() > 3);
     assert_eq!(of(0), of(2));
     assert_eq!(of(0), of(4));
     batch_embed().arg("verify").arg(&out).assert().success();
     let status: serde_json::Value =
-        serde_json::from_slice(&batch_embed().args(["status", "--json"]).arg(&out).output().unwrap().stdout).unwrap();
+        serde_json::from_slice(&batch_embed().args(["status", "--json"]).arg(&out).output().unwrap().stdout)
+            .unwrap();
     assert_eq!(status["chunks"], chunks.len() as u64);
     assert_eq!(status["workers"][0]["chunks"], chunks.len() as u64);
     let progress: serde_json::Value =
@@ -459,16 +504,21 @@ pub fn assert_same_chunks(a: &[ChunkRow], b: &[ChunkRow]) {
 #[test]
 fn three_workers_and_three_devices_give_the_chunks_of_one() {
     let dir = tempdir();
-    let docs: Vec<(i64, Option<String>)> = documents().into_iter().cycle().take(120).enumerate().map(|(i, d)| (i as i64, d.1)).collect();
+    let docs: Vec<(i64, Option<String>)> =
+        documents().into_iter().cycle().take(120).enumerate().map(|(i, d)| (i as i64, d.1)).collect();
     let input = write_docs(&dir.path().join("in"), &docs, 3);
     let chunk = ["--chunk-tokens", "32", "--chunk-overlap", "4", "--stride-block", "7"];
     let one = dir.path().join("one");
     embed_cmd(&input, &one, &chunk).assert().success();
     let three = dir.path().join("three");
     for w in 0..3 {
-        embed_cmd(&input, &three, &[&chunk[..], &["--num-workers", "3", "--worker-id", &w.to_string()]].concat())
-            .assert()
-            .success();
+        embed_cmd(
+            &input,
+            &three,
+            &[&chunk[..], &["--num-workers", "3", "--worker-id", &w.to_string()]].concat(),
+        )
+        .assert()
+        .success();
     }
     assert_same_chunks(&read_chunks(&one), &read_chunks(&three));
     assert_eq!(read_failures(&one), read_failures(&three));
@@ -483,7 +533,8 @@ fn three_workers_and_three_devices_give_the_chunks_of_one() {
 #[test]
 fn a_chunked_run_killed_at_random_resumes_to_the_uninterrupted_output() {
     let dir = tempdir();
-    let docs: Vec<(i64, Option<String>)> = documents().into_iter().cycle().take(320).enumerate().map(|(i, d)| (i as i64, d.1)).collect();
+    let docs: Vec<(i64, Option<String>)> =
+        documents().into_iter().cycle().take(320).enumerate().map(|(i, d)| (i as i64, d.1)).collect();
     let input = write_docs(&dir.path().join("in"), &docs, 4);
     let chunk = ["--id-column", "id", "--chunk-tokens", "32", "--chunk-overlap", "4"];
     let clean = dir.path().join("clean");
@@ -493,8 +544,11 @@ fn a_chunked_run_killed_at_random_resumes_to_the_uninterrupted_output() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
     });
     let mut rng = fastrand::Rng::with_seed(seed);
-    let slow: Vec<&str> =
-        chunk.iter().copied().chain(["--rows-per-part", "16", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "60"]).collect();
+    let slow: Vec<&str> = chunk
+        .iter()
+        .copied()
+        .chain(["--rows-per-part", "16", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "60"])
+        .collect();
     let checkpoint = worker0(&out).join("checkpoint.json");
     for _ in 0..5 {
         let mut child = embed_child(&input, &out, &slow).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -529,18 +583,24 @@ fn verify_finds_a_chunk_missing_from_the_middle_of_a_row() {
     let out = dir.path().join("out");
     embed_cmd(&input, &out, &["--chunk-tokens", "24"]).assert().success();
     let part = part_files(&out).remove(0);
-    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect();
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&part).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
     let schema = batches[0].schema();
     let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
     let chunk = all.column_by_name("chunk").unwrap().as_primitive::<UInt32Type>().clone();
     let drop = (0..all.num_rows()).find(|&i| chunk.value(i) == 1).unwrap();
-    let kept = arrow::compute::concat_batches(&schema, &[all.slice(0, drop), all.slice(drop + 1, all.num_rows() - drop - 1)]).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&part).unwrap(), schema, None).unwrap();
+    let kept = arrow::compute::concat_batches(
+        &schema,
+        &[all.slice(0, drop), all.slice(drop + 1, all.num_rows() - drop - 1)],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&part).unwrap(), schema, None).unwrap();
     w.write(&kept).unwrap();
     w.close().unwrap();
     batch_embed()
@@ -578,8 +638,10 @@ fn readme_duckdb_query_reads_the_chunks_back_with_their_text() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got: Vec<(i64, u32, String)> = serde_json::from_slice(&o.stdout).unwrap();
     let texts = texts_by_id(&docs);
-    let want: Vec<(i64, u32, String)> =
-        read_chunks(&out).iter().map(|c| (c.id.unwrap(), c.chunk, slice(&texts[&c.id.unwrap()], c))).collect();
+    let want: Vec<(i64, u32, String)> = read_chunks(&out)
+        .iter()
+        .map(|c| (c.id.unwrap(), c.chunk, slice(&texts[&c.id.unwrap()], c)))
+        .collect();
     let mut got = got;
     got.sort();
     let mut want = want;
@@ -618,11 +680,21 @@ fn reuse_copies_every_chunk_of_a_row_and_equals_a_full_embed_also_when_killed() 
         let slow: Vec<&str> = args
             .iter()
             .copied()
-            .chain(["--reuse", &reuse, "--rows-per-part", "5", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "40"])
+            .chain([
+                "--reuse",
+                &reuse,
+                "--rows-per-part",
+                "5",
+                "--checkpoint-every",
+                "0",
+                "--debug-chunk-delay-ms",
+                "40",
+            ])
             .collect();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..3 {
-            let mut child = embed_child(&in_b, &killed, &slow).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let mut child =
+                embed_child(&in_b, &killed, &slow).stderr(std::process::Stdio::null()).spawn().unwrap();
             std::thread::sleep(std::time::Duration::from_millis(rng.u64(100..600)));
             let _ = child.kill();
             child.wait().unwrap();

@@ -385,7 +385,10 @@ fn lancedb_round_trip(extra: &[&str]) {
         // Changed ids are deleted first, then their new chunks upserted.
         assert_eq!(report["chunk_rows"], true);
         assert_eq!(report["deleted_changed"], report["changed"]);
-        assert_eq!(change_ids(&p("changes/deleted.parquet")).len() as u64, report["deleted"].as_u64().unwrap() + report["changed"].as_u64().unwrap());
+        assert_eq!(
+            change_ids(&p("changes/deleted.parquet")).len() as u64,
+            report["deleted"].as_u64().unwrap() + report["changed"].as_u64().unwrap()
+        );
     }
     run(&["apply".as_ref(), p("changes").as_os_str(), p("db").as_os_str()]);
     if chunked {
