@@ -16,7 +16,7 @@ use crate::run_spec::RunSpec;
 
 pub const FILE_NAME: &str = "checkpoint.json";
 /// Checkpoints of other versions are refused (`--restart` starts over).
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// One committed part file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,9 @@ pub struct Checkpoint {
     pub failures_bytes: u64,
     pub texts_truncated: u64,
     pub tokens: u64,
+    /// With one output row per chunk: chunk rows in the committed parts (embedded or reused).
+    #[serde(default)]
+    pub chunks: u64,
     pub parts: Vec<PartRecord>,
     pub complete: bool,
     /// Seconds since the Unix epoch at the last commit.
@@ -81,6 +84,7 @@ impl Checkpoint {
             failures_bytes: 0,
             texts_truncated: 0,
             tokens: 0,
+            chunks: 0,
             parts: Vec::new(),
             complete: rows_owned == 0,
             updated_at: now(),
@@ -158,7 +162,7 @@ mod tests {
         assert!(Checkpoint::load(&dir.path().join("none")).unwrap().is_none());
         let old = std::fs::read_to_string(dir.path().join(FILE_NAME))
             .unwrap()
-            .replace("\"version\": 3", "\"version\": 1");
+            .replace("\"version\": 4", "\"version\": 1");
         std::fs::write(dir.path().join(FILE_NAME), old).unwrap();
         let err = Checkpoint::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("--restart") && err.contains("version 1"), "{err}");

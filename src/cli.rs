@@ -18,7 +18,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Embed the text column of Parquet files into vector shards.
+    /// Embed the text column (or a template of columns) of Parquet files into vector shards.
     Embed(Box<EmbedArgs>),
     /// Check a run's output: every owned row once (a vector or a recorded failure), shards that
     /// open, workers that agree. Exit 0 only when the run is complete and sound.
@@ -161,6 +161,36 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "text", value_name = "NAME")]
     pub text_column: String,
 
+    /// Build each row's text from several string columns instead: {column} placeholders in
+    /// literal text, e.g. "{title}\n\n{text}" (\n, \t and \\ are escapes; {{ and }} are braces).
+    /// A null column is empty; a row whose named columns are all null fails. Only the named
+    /// columns are read.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "text_column")]
+    pub text_template: Option<String>,
+
+    /// Split a text longer than N tokens into chunks of at most N tokens (prompt and special
+    /// tokens included), each embedded as a text of its own, instead of cutting it at
+    /// --max-tokens. A chunk ends at the best boundary within reach: a paragraph break, a
+    /// sentence end, whitespace, else any token. Output: one row per chunk (chunk, chunk_start,
+    /// chunk_end columns), or one per row with --chunk-pool mean.
+    #[arg(long, value_name = "N")]
+    pub chunk_tokens: Option<usize>,
+
+    /// Tokens a chunk shares with the end of the chunk before it, about (it starts at a word
+    /// when one is within two tokens) [default: 0].
+    #[arg(long, value_name = "M", requires = "chunk_tokens")]
+    pub chunk_overlap: Option<usize>,
+
+    /// Most chunks of one row; the rest of its text is left out and the row counts as truncated.
+    #[arg(long, value_name = "K", requires = "chunk_tokens")]
+    pub max_chunks: Option<usize>,
+
+    /// One vector per row instead of one per chunk: mean is the mean of the row's chunk vectors
+    /// (each pooled as the model pools), weighted by their tokens, then L2-normalised unless
+    /// --no-normalize.
+    #[arg(long, value_enum, value_name = "HOW", requires = "chunk_tokens")]
+    pub chunk_pool: Option<ChunkPoolArg>,
+
     /// Attention mode: auto follows config.json's is_causal (absent means causal).
     #[arg(long, value_enum, default_value_t = AttentionArg::Auto)]
     pub attention: AttentionArg,
@@ -291,6 +321,11 @@ pub enum DtypeArg {
     F32,
     Bf16,
     F16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ChunkPoolArg {
+    Mean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

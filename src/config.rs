@@ -5,13 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::cli::{AttentionArg, DtypeArg, EmbedArgs, OutputDtypeArg, PoolingArg};
+use crate::chunked::{ChunkPool, Chunking};
+use crate::cli::{AttentionArg, ChunkPoolArg, DtypeArg, EmbedArgs, OutputDtypeArg, PoolingArg};
 use crate::device::{DeviceChoice, DtypeChoice};
 use crate::model::source::ModelSource;
 use crate::model::{Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
 use crate::partition::Partition;
 use crate::pool::PoolingMode;
+use crate::template::Template;
+use crate::tokenize::chunk::ChunkSettings;
 use crate::vector_options::{Requested, VectorOptions};
 
 /// Longest default text: long enough for reviews and most documents, short enough that one
@@ -31,8 +34,11 @@ pub struct EmbedConfig {
     pub partition: Partition,
     /// Where the worker id and count came from (flags, Kubernetes, Slurm, SkyPilot).
     pub identity_source: String,
-    pub text_column: String,
+    /// What each row's text is made of: `--text-template`, or `{--text-column}`.
+    pub template: Template,
     pub id_column: Option<String>,
+    /// `--chunk-tokens` and the options that go with it.
+    pub chunking: Option<Chunking>,
     /// `--reuse`: earlier outputs to copy vectors from.
     pub reuse: Vec<PathBuf>,
     pub output_dtype: OutputDtype,
@@ -93,9 +99,43 @@ impl EmbedConfig {
             crate::identity::resolve(args.worker_id, args.num_workers, &|k| std::env::var(k).ok())?;
         let partition = Partition::new(identity.worker_id, identity.num_workers, args.stride_block)
             .map_err(anyhow::Error::msg)?;
-        if args.id_column.as_deref() == Some(args.text_column.as_str()) {
+        let template = match &args.text_template {
+            Some(t) => Template::parse(t)?,
+            None => Template::column(&args.text_column),
+        };
+        if args.text_template.is_none() && args.id_column.as_deref() == Some(args.text_column.as_str()) {
             bail!("--id-column and --text-column name the same column \"{}\"", args.text_column);
         }
+        let chunking = match args.chunk_tokens {
+            None => None,
+            Some(0) => bail!("--chunk-tokens must be at least 1"),
+            Some(n) if n > model_config.max_tokens_limit() => bail!(
+                "--chunk-tokens {n} is more than the model accepts ({}, from {}); a chunk must fit the model as a text does",
+                model_config.max_tokens_limit(),
+                model.config.display()
+            ),
+            Some(n) if args.max_tokens.is_some_and(|m| n > m) => bail!(
+                "--chunk-tokens {n} is more than --max-tokens {}; drop --max-tokens (chunks are never cut) or choose --chunk-tokens of at most it",
+                args.max_tokens.unwrap_or_default()
+            ),
+            Some(n) if n > max_tokens => bail!(
+                "--chunk-tokens {n} is more than the {max_tokens} tokens this model's texts are cut to (sentence-transformers' max_seq_length, or the 8192 cap); choose --chunk-tokens of at most {max_tokens}, or raise --max-tokens"
+            ),
+            Some(n) => Some(Chunking {
+                settings: ChunkSettings {
+                    tokens: n,
+                    overlap: args.chunk_overlap.unwrap_or(0),
+                    max_chunks: match args.max_chunks {
+                        Some(0) => bail!("--max-chunks must be at least 1"),
+                        k => k,
+                    },
+                },
+                pool: match args.chunk_pool {
+                    None => ChunkPool::Rows,
+                    Some(ChunkPoolArg::Mean) => ChunkPool::Mean,
+                },
+            }),
+        };
         if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
             bail!("--stop-timeout must be a number of seconds, 0 or more");
         }
@@ -136,8 +176,9 @@ impl EmbedConfig {
             output: args.output,
             partition,
             identity_source: identity.source,
-            text_column: args.text_column,
+            template,
             id_column: args.id_column,
+            chunking,
             reuse: args.reuse,
             output_dtype: match args.output_dtype {
                 OutputDtypeArg::F32 => OutputDtype::F32,

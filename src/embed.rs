@@ -8,10 +8,12 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::batch::{pack_by_length, Batch, Budget};
+use crate::chunked::{self, ChunkIndex, ChunkPool, Chunking};
 use crate::model::{
     self, Attention, AttentionImpl, Dense, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
 use crate::pool::{l2_normalize, Pooling};
+use crate::tokenize::chunk::Chunker;
 use crate::tokenize::TextTokenizer;
 
 /// What decides the vectors, besides the texts.
@@ -27,6 +29,8 @@ pub struct EmbedderOptions {
     pub batch_tokens: usize,
     /// How attention is computed (tests pin both ways; users leave it on auto).
     pub attention_impl: AttentionImpl,
+    /// `--chunk-tokens`: long texts split into chunks instead of cut at `max_tokens`.
+    pub chunking: Option<Chunking>,
 }
 
 /// Why a row got no vector.
@@ -38,6 +42,8 @@ pub enum Failure {
     OutOfMemory,
     /// The vector holds NaN or infinite values (an overflow, e.g. of f16's range).
     NonFinite,
+    /// A piece of the text does not fit in `--chunk-tokens` even alone.
+    Unsplittable,
 }
 
 impl Failure {
@@ -51,6 +57,9 @@ impl Failure {
             Failure::NonFinite => {
                 "the model's output holds NaN or infinite values (an overflow? f16 has a narrow range)"
             }
+            Failure::Unsplittable => {
+                "a character of the text does not fit in a chunk of --chunk-tokens with the prompt"
+            }
         }
     }
 }
@@ -58,7 +67,8 @@ impl Failure {
 /// The result for a list of texts, in the order given.
 #[derive(Debug, Default)]
 pub struct Embedded {
-    /// Row-major `[texts, dim]`, one allocation per chunk; rows that failed hold zeros.
+    /// Row-major `[texts, dim]`, one allocation per chunk of rows; rows that failed hold zeros.
+    /// With chunk rows (`chunks` set): `[chunks, dim]`, one vector per chunk.
     pub values: Vec<f32>,
     pub dim: usize,
     /// Per text: why it has no vector, or `None`.
@@ -77,6 +87,11 @@ pub struct Embedded {
     pub oom_retries: u64,
     /// Texts whose vector was copied from an identical text of this run (sync::dedup).
     pub deduplicated: u64,
+    /// With chunk rows (`--chunk-tokens` without `--chunk-pool`): each text's chunks, one vector
+    /// each in `values` (a failed text's chunks are there too, and are not to be written).
+    pub chunks: Option<ChunkIndex>,
+    /// Chunks embedded (what `tokens` were spent on; 0 when not chunking).
+    pub chunks_embedded: u64,
 }
 
 impl Embedded {
@@ -89,12 +104,29 @@ impl Embedded {
         self.failures.is_empty()
     }
 
-    /// Text `i`'s vector, or why it has none.
+    /// Text `i`'s vector, or why it has none (with chunk rows: its first chunk's).
     pub fn vector(&self, i: usize) -> Result<&[f32], Failure> {
+        let row = self.chunks.as_ref().map_or(i, |c| c.offsets[i] as usize);
         match self.failures[i] {
             Some(f) => Err(f),
-            None => Ok(&self.values[i * self.dim..(i + 1) * self.dim]),
+            None => Ok(&self.values[row * self.dim..(row + 1) * self.dim]),
         }
+    }
+
+    /// Text `i`'s vectors (one, or one per chunk with chunk rows, `dim` values each) and, with
+    /// chunk rows, their chunks' byte ranges; or why it has none.
+    pub fn vectors(&self, i: usize) -> Result<TextVectors<'_>, Failure> {
+        if let Some(f) = self.failures[i] {
+            return Err(f);
+        }
+        let dim = self.dim;
+        Ok(match &self.chunks {
+            None => (&self.values[i * dim..(i + 1) * dim], None),
+            Some(c) => {
+                let r = c.range(i);
+                (&self.values[r.start * dim..r.end * dim], Some(&c.spans[r]))
+            }
+        })
     }
 
     pub fn failed(&self) -> usize {
@@ -102,14 +134,20 @@ impl Embedded {
     }
 }
 
+/// A text's vectors (`dim` values each) and, with chunk rows, their chunks' byte ranges.
+pub type TextVectors<'a> = (&'a [f32], Option<&'a [(u32, u32)]>);
+
 /// Texts tokenized and packed, ready for the model.
 pub struct Prepared {
     /// Per text: why it cannot be embedded, or `None`.
     failures: Vec<Option<Failure>>,
-    /// Each batch with, per text in it, the index of that text in the input.
+    /// Each batch with, per sequence in it, its slot: the index of its text in the input, or
+    /// when chunking, of its chunk in `chunks`.
     batches: Vec<(Batch, Vec<usize>)>,
     truncated: u64,
     cut: Vec<bool>,
+    /// When chunking: each text's chunks, and each chunk's tokens (the weights of a mean).
+    chunks: Option<(ChunkIndex, Vec<u32>)>,
 }
 
 pub struct Embedder {
@@ -164,12 +202,14 @@ impl Embedder {
 
     fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
         let lowercase = files.sentence_transformers.as_ref().is_some_and(|st| st.do_lower_case);
-        let tokenizer = TextTokenizer::from_file_with(
-            &files.tokenizer,
-            options.max_tokens,
-            options.prompt.clone(),
-            lowercase,
-        )?;
+        // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.
+        let max_tokens =
+            if options.chunking.is_some() { crate::tokenize::UNLIMITED } else { options.max_tokens };
+        let tokenizer =
+            TextTokenizer::from_file_with(&files.tokenizer, max_tokens, options.prompt.clone(), lowercase)?;
+        if let Some(chunking) = &options.chunking {
+            Chunker::new(&tokenizer, chunking.settings)?;
+        }
         let pooling = options.pooling.clone();
         let pooled = pooling.width(model.model.hidden_size());
         let dense = model::load_dense(files, pooled, model.device())?;
@@ -256,6 +296,9 @@ impl Embedder {
     /// The host half: tokenize, sort by length and pack into batches. Runs on a different
     /// thread than [`Embedder::run`] in the pipeline.
     pub fn prepare(&self, texts: &[Option<&str>]) -> Result<Prepared> {
+        if let Some(chunking) = &self.options.chunking {
+            return self.prepare_chunks(texts, chunking);
+        }
         let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
         let mut tokenized = self.tokenizer.encode_batch(&present)?.into_iter();
         let mut failures = vec![None; texts.len()];
@@ -278,15 +321,31 @@ impl Embedder {
             seqs.push(t.ids);
             slots.push(i);
         }
+        let batches = self.pack(&seqs, &slots);
+        Ok(Prepared { failures, batches, truncated, cut, chunks: None })
+    }
+
+    /// [`Embedder::prepare`] when chunking: each text split into chunks, and the chunks of all
+    /// texts sorted by length and packed together, as texts are.
+    fn prepare_chunks(&self, texts: &[Option<&str>], chunking: &Chunking) -> Result<Prepared> {
+        let split = chunked::split_texts(&Chunker::new(&self.tokenizer, chunking.settings)?, texts)?;
+        let slots: Vec<usize> = (0..split.seqs.len()).collect();
+        let batches = self.pack(&split.seqs, &slots);
+        let truncated = split.cut.iter().filter(|&&c| c).count() as u64;
+        let chunks = Some((split.index, split.weights));
+        Ok(Prepared { failures: split.failures, batches, truncated, cut: split.cut, chunks })
+    }
+
+    /// Sequences sorted by length and packed under the budget, each batch with its slots.
+    fn pack(&self, seqs: &[Vec<u32>], slots: &[usize]) -> Vec<(Batch, Vec<usize>)> {
         let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let batches = pack_by_length(&lengths, self.budget())
+        pack_by_length(&lengths, self.budget())
             .into_iter()
             .map(|group| {
                 let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
                 (Batch::new(&refs), group.iter().map(|&i| slots[i]).collect())
             })
-            .collect();
-        Ok(Prepared { failures, batches, truncated, cut })
+            .collect()
     }
 
     /// The device half: run the prepared batches through the model, pool and normalise.
@@ -302,31 +361,56 @@ impl Embedder {
         mut after_batch: impl FnMut(u64, u64) -> bool,
     ) -> Result<Option<Embedded>> {
         let dim = self.dim();
+        let Prepared { failures, batches, truncated, cut, chunks } = prepared;
+        // One slot per text, or per chunk when chunking; a chunk's failure is its text's.
+        let slots = chunks.as_ref().map_or(failures.len(), |(index, _)| index.chunks());
         let mut out = Embedded {
-            values: vec![0.0; prepared.failures.len() * dim],
+            values: vec![0.0; slots * dim],
             dim,
-            failures: prepared.failures,
-            truncated: prepared.truncated,
-            cut: prepared.cut,
+            failures: vec![None; slots],
+            truncated,
+            cut,
             ..Embedded::default()
         };
+        // Chunks pooled into one vector per text are normalised after the mean, not before.
+        let mean = self.options.chunking.as_ref().is_some_and(|c| c.pool == ChunkPool::Mean);
         // Texts that ran out of memory alone: retried once at the end, after the budget shrank.
         let mut retry: Vec<(Batch, usize)> = Vec::new();
-        for (batch, slots) in &prepared.batches {
+        // Progress counts texts: with chunks, a text once its last chunk is in.
+        let mut finished = chunks.as_ref().map(|(index, _)| chunked::Finished::new(index));
+        for (batch, slots) in &batches {
             out.tokens += batch.input_ids.len() as u64;
             out.padded_tokens +=
                 if self.model.packed { batch.input_ids.len() } else { batch.padded_tokens() } as u64;
-            self.embed_into(batch, slots, &mut out, &mut retry)?;
-            if !after_batch(batch.len() as u64, batch.input_ids.len() as u64) {
+            self.embed_into(batch, slots, &mut out, &mut retry, !mean)?;
+            let texts = match finished.as_mut() {
+                None => batch.len() as u64,
+                Some(f) => f.after(slots),
+            };
+            if !after_batch(texts, batch.input_ids.len() as u64) {
                 return Ok(None);
             }
         }
         for (batch, slot) in retry {
             out.oom_retries += 1;
             match self.embed_batch(&batch) {
-                Ok(vector) => self.place(&vector, &[slot], &mut out),
+                Ok(vector) => self.place(&vector, &[slot], &mut out, !mean),
                 Err(e) if is_out_of_memory(&e) => out.failures[slot] = Some(Failure::OutOfMemory),
                 Err(e) => return Err(e),
+            }
+        }
+        match chunks {
+            // Texts that failed before the model (no text, no tokens) keep that reason; the
+            // others keep what embedding found (out of memory, non-finite values).
+            None => {
+                for (slot, f) in out.failures.iter_mut().zip(failures) {
+                    if f.is_some() {
+                        *slot = f;
+                    }
+                }
+            }
+            Some((index, weights)) => {
+                chunked::back_to_texts(&mut out, failures, index, &weights, mean, self.options.normalize)
             }
         }
         Ok(Some(out))
@@ -341,19 +425,20 @@ impl Embedder {
         slots: &[usize],
         out: &mut Embedded,
         retry: &mut Vec<(Batch, usize)>,
+        normalize: bool,
     ) -> Result<()> {
         let split = |out: &mut Embedded, retry: &mut Vec<(Batch, usize)>| -> Result<()> {
             let (a, b) = batch.split_half();
             let (slots_a, slots_b) = slots.split_at(a.len());
-            self.embed_into(&a, slots_a, out, retry)?;
-            self.embed_into(&b, slots_b, out, retry)
+            self.embed_into(&a, slots_a, out, retry, normalize)?;
+            self.embed_into(&b, slots_b, out, retry, normalize)
         };
         if batch.len() > 1 && !self.budget().fits(batch.len(), batch.max_length as usize) {
             return split(out, retry);
         }
         match self.embed_batch(batch) {
             Ok(vectors) => {
-                self.place(&vectors, slots, out);
+                self.place(&vectors, slots, out, normalize);
                 Ok(())
             }
             Err(e) if is_out_of_memory(&e) => {
@@ -372,9 +457,9 @@ impl Embedder {
         }
     }
 
-    /// Copies vectors (row-major, one per slot) into `out`, normalised as configured; a vector
-    /// with NaN or infinite values becomes a failure instead.
-    fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded) {
+    /// Copies vectors (row-major, one per slot) into `out`, normalised when `normalize`; a
+    /// vector with NaN or infinite values becomes a failure instead.
+    fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded, normalize: bool) {
         let dim = out.dim;
         for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
             if v.iter().any(|x| !x.is_finite()) {
@@ -383,7 +468,7 @@ impl Embedder {
             }
             let dest = &mut out.values[slot * dim..(slot + 1) * dim];
             dest.copy_from_slice(v);
-            if self.options.normalize {
+            if normalize && self.options.normalize {
                 l2_normalize(dest);
             }
         }

@@ -28,6 +28,8 @@ pub struct Live {
     pub rows_deduplicated: AtomicU64,
     /// Tokens this run.
     pub tokens: AtomicU64,
+    /// Chunk rows committed (one row per chunk runs, all runs).
+    pub chunks: AtomicU64,
 }
 
 pub struct Heartbeat {
@@ -51,6 +53,7 @@ impl Live {
         self.rows_failed.store(ckpt.rows_failed, Ordering::Relaxed);
         self.rows_embedded.store(ckpt.rows_embedded, Ordering::Relaxed);
         self.rows_deduplicated.store(ckpt.rows_deduplicated, Ordering::Relaxed);
+        self.chunks.store(ckpt.chunks, Ordering::Relaxed);
     }
 }
 
@@ -64,6 +67,7 @@ impl Heartbeat {
         live.rows_reused.store(progress.rows_reused, Ordering::Relaxed);
         live.rows_embedded.store(progress.rows_embedded, Ordering::Relaxed);
         live.rows_deduplicated.store(progress.rows_deduplicated, Ordering::Relaxed);
+        live.chunks.store(progress.chunks, Ordering::Relaxed);
         let shared = Arc::new(Mutex::new(Shared { folder, progress, finished: false }));
         shared.lock().expect("heartbeat state").update(&live);
         let (stop_tx, stop_rx) = channel::<()>();
@@ -167,6 +171,7 @@ impl Shared {
         p.rows_reused = live.rows_reused.load(Ordering::Relaxed);
         p.rows_embedded = live.rows_embedded.load(Ordering::Relaxed);
         p.rows_deduplicated = live.rows_deduplicated.load(Ordering::Relaxed);
+        p.chunks = live.chunks.load(Ordering::Relaxed);
         p.updated_at = unix_now();
         if p.history.last().is_none_or(|&(t, _)| p.updated_at >= t + 30) {
             p.history.push((p.updated_at, p.rows_done));

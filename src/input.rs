@@ -1,6 +1,7 @@
 //! Input Parquet files: finding them, checking their schema from the footer, and streaming the
-//! rows a worker owns — only the text (and id) columns, skipping row groups and pages it does
-//! not own — in chunks tagged with global row numbers.
+//! rows a worker owns — only the text template's columns (and the id column), skipping row groups
+//! and pages it does not own — in chunks tagged with global row numbers, each row's text built
+//! from its columns (template.rs).
 //!
 //! Rows are numbered over all input files taken in sorted path order; that number is the `row`
 //! column of the output.
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -22,6 +23,8 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::reader::{ChunkReader, Length};
+
+use crate::template::Template;
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
@@ -35,8 +38,10 @@ pub struct InputFile {
     pub first_row: u64,
     /// Rows in each row group, in order.
     row_groups: Vec<u64>,
-    text_index: usize,
+    /// Root column indices of the template's columns, in the template's order.
+    text_indices: Vec<usize>,
     id_index: Option<usize>,
+    template: Arc<Template>,
 }
 
 impl InputFile {
@@ -101,9 +106,10 @@ impl Inputs {
     }
 }
 
-/// Reads every file's footer and checks that it has a string column named `text_column` (and
-/// a column `id_column` of one type across files). Nothing but footers is read.
-pub fn open_all(paths: &[PathBuf], text_column: &str, id_column: Option<&str>) -> Result<Inputs> {
+/// Reads every file's footer and checks that it has a string column for each of `template`'s
+/// columns (and a column `id_column` of one type across files). Nothing but footers is read.
+pub fn open_all(paths: &[PathBuf], template: &Template, id_column: Option<&str>) -> Result<Inputs> {
+    let template = Arc::new(template.clone());
     let mut files = Vec::with_capacity(paths.len());
     let mut first_row = 0;
     let mut id_type: Option<(DataType, PathBuf)> = None;
@@ -114,19 +120,24 @@ pub fn open_all(paths: &[PathBuf], text_column: &str, id_column: Option<&str>) -
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             names.join(", ")
         };
-        let Some((text_index, field)) = schema.column_with_name(text_column) else {
-            bail!(
-                "{} has no column \"{text_column}\" (pick one with --text-column); its columns are: {}",
-                path.display(),
-                names()
-            );
-        };
-        if !is_string(field.data_type()) {
-            bail!(
-                "column \"{text_column}\" of {} has type {}, not a string type",
-                path.display(),
-                field.data_type()
-            );
+        let mut text_indices = Vec::with_capacity(template.columns().len());
+        for column in template.columns() {
+            let pick = match template.single_column() {
+                Some(_) => "pick one with --text-column".to_string(),
+                None => format!("named in --text-template {:?}", template.source()),
+            };
+            let Some((index, field)) = schema.column_with_name(column) else {
+                bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
+            };
+            if !is_string(field.data_type()) {
+                bail!(
+                    "column \"{column}\" of {} has type {}, not a string type ({pick}); its columns are: {}",
+                    path.display(),
+                    field.data_type(),
+                    names()
+                );
+            }
+            text_indices.push(index);
         }
         let id_index = match id_column {
             None => None,
@@ -163,8 +174,9 @@ pub fn open_all(paths: &[PathBuf], text_column: &str, id_column: Option<&str>) -
             footer_hash: crate::run_spec::footer_hash(path)?,
             first_row,
             row_groups,
-            text_index,
+            text_indices,
             id_index,
+            template: template.clone(),
         });
         first_row += rows;
     }
@@ -251,9 +263,9 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options)
         .with_context(|| format!("{} is not a readable Parquet file", file.path.display()))?;
-    let mut roots = vec![file.text_index];
+    let mut roots = file.text_indices.clone();
     roots.extend(file.id_index);
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
 
     // Local (in-file) owned ranges, and the row groups they touch.
     let local: Vec<Range<u64>> =
@@ -297,14 +309,20 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
         .build()
         .with_context(|| format!("cannot read {}", file.path.display()))?;
     let rows: Vec<u64> = owned.iter().flat_map(|r| r.clone()).collect();
+    // Projected columns come in file order: the batch's position of each column wanted.
+    let mut projected = roots.clone();
+    projected.sort_unstable();
+    projected.dedup();
+    let at = |root: usize| projected.iter().position(|&r| r == root).expect("projected");
     Ok(Chunks {
         reader,
         bytes_read,
         rows,
         next: 0,
         path: file.path.clone(),
-        has_ids: file.id_index.is_some(),
-        text_first: file.id_index.is_none_or(|i| file.text_index < i),
+        text_columns: file.text_indices.iter().map(|&r| at(r)).collect(),
+        id_column: file.id_index.map(at),
+        template: file.template.clone(),
     })
 }
 
@@ -314,9 +332,10 @@ pub struct Chunks {
     rows: Vec<u64>,
     next: usize,
     path: PathBuf,
-    has_ids: bool,
-    /// Projected columns come in file order: whether text precedes id.
-    text_first: bool,
+    /// Where the template's columns and the id column are in a batch read.
+    text_columns: Vec<usize>,
+    id_column: Option<usize>,
+    template: Arc<Template>,
 }
 
 impl Chunks {
@@ -326,16 +345,22 @@ impl Chunks {
     }
 
     fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Chunk> {
-        let (text_col, id_col) = match (self.has_ids, self.text_first) {
-            (false, _) => (0, None),
-            (true, true) => (0, Some(1)),
-            (true, false) => (1, Some(0)),
-        };
         // Utf8View, LargeUtf8 and dictionary-encoded strings all become plain Utf8.
-        let texts = arrow::compute::cast(batch.column(text_col), &DataType::Utf8)
-            .with_context(|| format!("cannot read the text column of {}", self.path.display()))?
-            .as_string::<i32>()
-            .clone();
+        let columns = self
+            .text_columns
+            .iter()
+            .zip(self.template.columns())
+            .map(|(&i, name)| {
+                let cast = arrow::compute::cast(batch.column(i), &DataType::Utf8).with_context(|| {
+                    format!("cannot read the text column \"{name}\" of {}", self.path.display())
+                })?;
+                Ok(cast.as_string::<i32>().clone())
+            })
+            .collect::<Result<Vec<StringArray>>>()?;
+        let texts = match self.template.single_column() {
+            Some(_) => columns.into_iter().next().expect("one column"),
+            None => render(&self.template, &columns),
+        };
         let n = texts.len();
         let rows = self
             .rows
@@ -343,10 +368,28 @@ impl Chunks {
             .with_context(|| format!("{} returned more rows than its footer lists", self.path.display()))?
             .to_vec();
         self.next += n;
-        let ids = id_col.map(|i| batch.column(i).clone());
+        let ids = self.id_column.map(|i| batch.column(i).clone());
         let hashes = texts.iter().map(|t| t.map_or(0, crate::sync::text_hash)).collect();
         Ok(Chunk { rows, texts, hashes, ids })
     }
+}
+
+/// Each row's text from the template's columns (null when all of them are null).
+fn render(template: &Template, columns: &[StringArray]) -> StringArray {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let bytes: usize = columns.iter().map(|c| c.value_data().len()).sum();
+    let mut out = StringBuilder::with_capacity(rows, bytes + rows * 8);
+    let mut text = String::new();
+    let mut values: Vec<Option<&str>> = Vec::with_capacity(columns.len());
+    for row in 0..rows {
+        values.clear();
+        values.extend(columns.iter().map(|c| (!c.is_null(row)).then(|| c.value(row))));
+        match template.render_into(&values, &mut text) {
+            true => out.append_value(&text),
+            false => out.append_null(),
+        }
+    }
+    out.finish()
 }
 
 impl Iterator for Chunks {
@@ -416,7 +459,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages.parquet");
         pages_file(&path);
-        let file = open_all(std::slice::from_ref(&path), "text", None).unwrap().files.remove(0);
+        let file =
+            open_all(std::slice::from_ref(&path), &Template::column("text"), None).unwrap().files.remove(0);
         let (all_rows, all_bytes) = read_owned(&file, &Partition::new(0, 1, 4096).unwrap());
         assert_eq!(all_rows, (0..256).collect::<Vec<u64>>());
 

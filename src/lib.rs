@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod batch;
 pub mod checkpoint;
+pub mod chunked;
 pub mod cli;
 pub mod config;
 pub mod device;
@@ -32,6 +33,7 @@ pub mod status;
 pub mod status_page;
 pub mod summary;
 pub mod sync;
+pub mod template;
 pub mod tokenize;
 pub mod vector_options;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! Vector shards: Parquet files with `row` (UInt64), optionally `id` (the input's id column, its
-//! own type), `text_hash` (FixedSizeBinary(16), see `sync::text_hash`) and `embedding`
-//! (FixedSizeList of Float32 or Float16). This module encodes them into
+//! own type), with chunk rows `chunk`, `chunk_start` and `chunk_end` (UInt32: the chunk's number in
+//! its row and its byte range in the row's text), `text_hash` (FixedSizeBinary(16), see
+//! `sync::text_hash`) and `embedding` (FixedSizeList of Float32 or Float16). This module encodes them into
 //! a temporary file; the worker folder renames a finished one into place when it commits, so a
 //! reader never sees half a file.
 
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arrow::array::{
-    ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt64Array,
+    ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt32Array,
+    UInt64Array,
 };
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -55,6 +57,19 @@ impl OutputDtype {
 
 /// The name of the text hash column.
 pub const TEXT_HASH: &str = "text_hash";
+/// The chunk columns of a run with one row per chunk.
+pub const CHUNK: &str = "chunk";
+pub const CHUNK_START: &str = "chunk_start";
+pub const CHUNK_END: &str = "chunk_end";
+
+/// The chunk columns of rows being written: per output row, its chunk's number in its input row
+/// and its byte range in that row's text.
+#[derive(Debug, Default)]
+pub struct ChunkColumns {
+    pub chunk: Vec<u32>,
+    pub start: Vec<u32>,
+    pub end: Vec<u32>,
+}
 
 /// Most bytes of vectors in one Parquet page (at least one vector a page). NOTE: a trade-off
 /// measured on 896-dim f32 vectors (BENCHMARKS.md): pages of one vector let a reader of every
@@ -75,6 +90,8 @@ pub struct ShardWriter {
     next_part: usize,
     schema: Arc<Schema>,
     open: Option<OpenPart>,
+    /// The parts have the chunk columns.
+    chunked: bool,
 }
 
 struct OpenPart {
@@ -112,7 +129,26 @@ impl ShardWriter {
             next_part,
             schema: Arc::new(Schema::new(fields).with_metadata(metadata)),
             open: None,
+            chunked: false,
         }
+    }
+
+    /// The same writer for one row per chunk: `chunk`, `chunk_start` and `chunk_end` after `row`
+    /// and `id`.
+    pub fn with_chunk_columns(mut self) -> Self {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let at = fields.iter().position(|f| f.name() == TEXT_HASH).expect("a text hash column");
+        for (i, name) in [CHUNK, CHUNK_START, CHUNK_END].into_iter().enumerate() {
+            fields.insert(at + i, Field::new(name, DataType::UInt32, false));
+        }
+        self.schema = Arc::new(Schema::new(fields).with_metadata(self.schema.metadata().clone()));
+        self.chunked = true;
+        self
+    }
+
+    /// Whether the parts have the chunk columns.
+    pub fn chunked(&self) -> bool {
+        self.chunked
     }
 
     /// The output's element array for row-major `[rows, dim]` f32 values (taken over without a
@@ -136,8 +172,25 @@ impl ShardWriter {
         ids: Option<ArrayRef>,
         values: ArrayRef,
     ) -> Result<()> {
+        self.push_chunks(rows, None, hashes, ids, values)
+    }
+
+    /// [`ShardWriter::push`] with, for a writer [`with_chunk_columns`](Self::with_chunk_columns),
+    /// the chunk columns of every output row.
+    pub fn push_chunks(
+        &mut self,
+        rows: &[u64],
+        chunks: Option<ChunkColumns>,
+        hashes: &[u128],
+        ids: Option<ArrayRef>,
+        values: ArrayRef,
+    ) -> Result<()> {
         debug_assert_eq!(rows.len() * self.dim, values.len());
         debug_assert_eq!(rows.len(), hashes.len());
+        anyhow::ensure!(
+            chunks.is_some() == self.chunked,
+            "internal error: chunk columns do not match the parts"
+        );
         if rows.is_empty() {
             return Ok(());
         }
@@ -147,6 +200,14 @@ impl ShardWriter {
         let hashes = FixedSizeBinaryArray::new(16, Buffer::from_vec(hash_bytes), None);
         let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(rows.to_vec()))];
         columns.extend(ids);
+        if let Some(c) = chunks {
+            debug_assert!(
+                c.chunk.len() == rows.len() && c.start.len() == rows.len() && c.end.len() == rows.len()
+            );
+            for values in [c.chunk, c.start, c.end] {
+                columns.push(Arc::new(UInt32Array::from(values)));
+            }
+        }
         columns.push(Arc::new(hashes));
         columns.push(Arc::new(list));
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
@@ -172,7 +233,8 @@ impl ShardWriter {
             .set_statistics_enabled(EnabledStatistics::None)
             .set_column_dictionary_enabled(ColumnPath::from("id"), true)
             .set_column_statistics_enabled(ColumnPath::from("row"), EnabledStatistics::Chunk)
-            .set_column_statistics_enabled(ColumnPath::from("id"), EnabledStatistics::Chunk);
+            .set_column_statistics_enabled(ColumnPath::from("id"), EnabledStatistics::Chunk)
+            .set_column_statistics_enabled(ColumnPath::from(CHUNK), EnabledStatistics::Chunk);
         // NOTE: the vectors are most of a part, and floats barely compress: on 896-dim vectors
         // zstd saved 6-9% and lz4 after byte-stream-split 1%, for 1.1-1.8× the CPU time of a
         // `--reuse` copy (measured, see BENCHMARKS.md). So they are stored plain, in pages of a

@@ -55,7 +55,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         }
     };
     // Check every input, the model files and the device before anything is written.
-    let inputs = input::open_all(&input::discover(&cfg.inputs)?, &cfg.text_column, cfg.id_column.as_deref())?;
+    let inputs = input::open_all(&input::discover(&cfg.inputs)?, &cfg.template, cfg.id_column.as_deref())?;
     let plan: Vec<(usize, Vec<Range<u64>>)> = inputs
         .files
         .iter()
@@ -74,6 +74,9 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         false => cfg.model.content_hash()?,
     };
     let spec = describe_run(cfg, &inputs, &model_hash, dtype);
+    if let Some(chunking) = &cfg.chunking {
+        check_chunking(cfg, chunking)?;
+    }
     // Earlier outputs to reuse are checked before anything is written, too.
     let sources = match cfg.reuse.is_empty() {
         true => None,
@@ -106,6 +109,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         rows_reused: ckpt.rows_reused,
         rows_embedded: ckpt.rows_embedded,
         rows_deduplicated: ckpt.rows_deduplicated,
+        chunks: ckpt.chunks,
         started_at: lock_info.started_at,
         updated_at: lock_info.started_at,
         history: WorkerProgress::load(folder.dir()).map(|p| p.history).unwrap_or_default(),
@@ -125,15 +129,21 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet, worker.clone());
         progress.note(&start_line(cfg, &inputs, &embedder, rows_before, &device_name, dtype, load));
         let metadata = ckpt.spec.part_metadata(cfg.partition.worker_id, &cfg.model.dir.display().to_string());
+        let chunk_rows = ckpt.spec.vectors.chunk_rows();
         let shards = |ckpt: &crate::checkpoint::Checkpoint| {
-            ShardWriter::new(
+            let writer = ShardWriter::new(
                 folder.dir(),
                 embedder.dim(),
                 cfg.output_dtype,
                 inputs.id_type.clone(),
                 ckpt.next_part(),
                 metadata.clone(),
-            )
+            );
+            if chunk_rows {
+                writer.with_chunk_columns()
+            } else {
+                writer
+            }
         };
 
         // With --reuse: copy what earlier outputs have, then embed the rest.
@@ -150,7 +160,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 every: cfg.checkpoint_every,
                 rows_per_part: cfg.rows_per_part,
             };
-            let copied = reuse::copy(
+            let copied = crate::sync::copy::copy(
                 &reuse,
                 &cfg.partition,
                 inputs.id_type.as_ref(),
@@ -209,6 +219,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             oom_splits: stats.oom_splits,
             oom_retries: stats.oom_retries,
             deduplicated: stats.deduplicated,
+            chunks_this_run: stats.chunks,
             reused_this_run: ckpt.rows_reused - reused_before,
             input_bytes: stats.input_bytes + reuse_stats.input_bytes,
             reuse_source_bytes: reuse_stats.source_bytes,
@@ -283,7 +294,7 @@ fn plan_reuse(
     let state = ckpt.reuse.as_ref().expect("set above");
     let started = Instant::now();
     let by_id = ckpt.spec.rows.id_column.is_some();
-    let reuse = reuse::plan(&inputs.files, plan, by_id, &state.sources)?;
+    let reuse = reuse::plan(&inputs.files, plan, by_id, ckpt.spec.vectors.chunk_rows(), &state.sources)?;
     note(&format!(
         "--reuse: {} of {} owned rows have a vector in {} parts of {} previous output(s) (matched by {} in {:.1}s); {} to embed",
         reuse.count,
@@ -299,6 +310,7 @@ fn plan_reuse(
 
 /// The run's description: what decides its rows and its vectors.
 fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: candle_core::DType) -> RunSpec {
+    let chunking = cfg.chunking.as_ref();
     let inputs = inputs
         .files
         .iter()
@@ -312,7 +324,8 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
     RunSpec {
         rows: RowSpec {
             inputs,
-            text_column: cfg.text_column.clone(),
+            text_template: cfg.template.source().to_string(),
+            text_columns: cfg.template.columns().to_vec(),
             id_column: cfg.id_column.clone(),
             num_workers: cfg.partition.num_workers,
             stride_block: cfg.partition.block,
@@ -336,8 +349,24 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
             prompt_name: cfg.vectors.prompt_name.clone(),
             dtype: format!("{dtype:?}").to_lowercase(),
             output_dtype: cfg.output_dtype.as_str().to_string(),
+            chunk_tokens: chunking.map(|c| c.settings.tokens),
+            chunk_overlap: chunking.map(|c| c.settings.overlap),
+            max_chunks: chunking.and_then(|c| c.settings.max_chunks),
+            chunk_pool: chunking.and_then(|c| c.pool.name()).map(String::from),
         },
     }
+}
+
+/// The chunk settings against the tokenizer (the prompt and special tokens must leave room for
+/// text), before anything is written.
+fn check_chunking(cfg: &EmbedConfig, chunking: &crate::chunked::Chunking) -> Result<()> {
+    let tokenizer = crate::tokenize::TextTokenizer::from_file(
+        &cfg.model.tokenizer,
+        crate::tokenize::UNLIMITED,
+        cfg.prompt.clone(),
+    )?;
+    crate::tokenize::chunk::Chunker::new(&tokenizer, chunking.settings)?;
+    Ok(())
 }
 
 /// The model (or the bench hook's stand-in) with its batch budget: the flag, else 8192 tokens
@@ -359,6 +388,7 @@ fn load_embedder(
             false => DEFAULT_CPU_BATCH_TOKENS,
         }),
         attention_impl: AttentionImpl::Auto,
+        chunking: cfg.chunking,
     };
     let mut embedder = if cfg.debug_noop_model {
         Embedder::without_model(&cfg.model, &cfg.model_config, options, device)?

@@ -122,6 +122,9 @@ pub struct WorkerProgress {
     pub rows_embedded: u64,
     #[serde(default)]
     pub rows_deduplicated: u64,
+    /// With one output row per chunk: chunk rows committed.
+    #[serde(default)]
+    pub chunks: u64,
     /// Rates over the last minute of this run.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,

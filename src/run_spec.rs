@@ -5,9 +5,14 @@
 //!
 //! Two halves, because they answer different questions:
 //! - [`RowSpec`]: which rows exist and who owns them (inputs with their content identity,
-//!   columns, the stride rule). A worker folder is continued only by a run with the same rows.
-//! - [`VectorSpec`]: what decides a row's vector (model, pooling, truncation, prompt, dtypes).
-//!   Part files carry it, so a vector can be traced to what made it.
+//!   columns and the text template, the stride rule). A worker folder is continued only by a run
+//!   with the same rows.
+//! - [`VectorSpec`]: what decides a row's vector (model, pooling, truncation, prompt, chunking,
+//!   dtypes). Part files carry it, so a vector can be traced to what made it.
+//!
+//! NOTE: the text template is on the rows' side: it decides the text, and a text is matched by
+//! its hash (`--reuse`, `changes`), so a vector made from the same text under another template
+//! (say after a column was renamed) is still that text's vector.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,7 +39,10 @@ pub struct RunSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RowSpec {
     pub inputs: Vec<InputSpec>,
-    pub text_column: String,
+    /// What a row's text is made of (`{text}` for `--text-column text`), see template.rs.
+    pub text_template: String,
+    /// The columns it reads, in order of first use.
+    pub text_columns: Vec<String>,
     pub id_column: Option<String>,
     pub num_workers: u64,
     pub stride_block: u64,
@@ -85,6 +93,24 @@ pub struct VectorSpec {
     /// The compute dtype (f32, bf16, f16).
     pub dtype: String,
     pub output_dtype: String,
+    /// `--chunk-tokens`: texts split into chunks of at most this many tokens (absent: texts are
+    /// cut at `max_tokens`). The three below are set only with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_overlap: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chunks: Option<usize>,
+    /// `--chunk-pool`: "mean" for one vector per row; absent for one row per chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_pool: Option<String>,
+}
+
+impl VectorSpec {
+    /// Whether parts hold one row per chunk (`chunk`, `chunk_start`, `chunk_end` columns).
+    pub fn chunk_rows(&self) -> bool {
+        self.chunk_tokens.is_some() && self.chunk_pool.is_none()
+    }
 }
 
 /// What every part file records about the run that wrote it: the vector half, the stride rule,
@@ -93,6 +119,11 @@ pub struct VectorSpec {
 pub struct PartSpec {
     #[serde(flatten)]
     pub vectors: VectorSpec,
+    /// The rows' text template and its columns (see [`RowSpec`]).
+    #[serde(default)]
+    pub text_template: String,
+    #[serde(default)]
+    pub text_columns: Vec<String>,
     pub num_workers: u64,
     pub stride_block: u64,
     pub worker_id: u64,
@@ -137,6 +168,8 @@ impl RunSpec {
     pub fn part_spec(&self, worker_id: u64) -> PartSpec {
         PartSpec {
             vectors: self.vectors.clone(),
+            text_template: self.rows.text_template.clone(),
+            text_columns: self.rows.text_columns.clone(),
             num_workers: self.rows.num_workers,
             stride_block: self.rows.stride_block,
             worker_id,
@@ -276,7 +309,8 @@ pub(crate) mod tests {
         RunSpec {
             rows: RowSpec {
                 inputs: vec![InputSpec { path: "a.parquet".into(), bytes: 10, rows: 5, footer: "f".into() }],
-                text_column: "text".into(),
+                text_template: "{text}".into(),
+                text_columns: vec!["text".into()],
                 id_column: None,
                 num_workers: 3,
                 stride_block: 4096,
@@ -297,6 +331,10 @@ pub(crate) mod tests {
                 prompt_name: None,
                 dtype: "f32".into(),
                 output_dtype: "f32".into(),
+                chunk_tokens: None,
+                chunk_overlap: None,
+                max_chunks: None,
+                chunk_pool: None,
             },
         }
     }
@@ -345,12 +383,29 @@ pub(crate) mod tests {
         assert_eq!(meta["batch_embed.normalized"], "true");
         assert_eq!(meta["batch_embed.worker_id"], "2");
         assert_eq!(meta["batch_embed.model"], "/models/m");
+        assert_eq!(meta["batch_embed.text_template"], "{text}");
+        assert_eq!(meta["batch_embed.text_columns"], "[\"text\"]");
+        assert!(!meta.contains_key("batch_embed.chunk_tokens"), "no chunk keys without chunking");
         let back = PartSpec::from_metadata(&meta).unwrap();
         assert!(back.differences(&run, 2).is_empty());
         assert_eq!(back.differences(&run, 1), ["worker_id was 1 and is now 2"]);
         let mut other = run.clone();
         other.vectors.dim = 32;
         assert_eq!(back.differences(&other, 2), ["dim was 32 and is now 64"]);
+        // Chunk settings are flat keys too, and decide the vectors.
+        let mut chunked = run.clone();
+        chunked.vectors.chunk_tokens = Some(128);
+        chunked.vectors.chunk_overlap = Some(16);
+        let meta = chunked.part_metadata(0, "m");
+        assert_eq!(
+            (meta["batch_embed.chunk_tokens"].as_str(), meta["batch_embed.chunk_overlap"].as_str()),
+            ("128", "16")
+        );
+        assert!(chunked.vectors.chunk_rows());
+        assert_eq!(
+            chunked.vectors_differences(&run),
+            ["chunk_overlap was null and is now 16", "chunk_tokens was null and is now 128"]
+        );
     }
 
     #[test]

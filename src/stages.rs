@@ -21,7 +21,7 @@ use crate::checkpoint::Checkpoint;
 use crate::embed::{Embedded, Embedder, Prepared};
 use crate::heartbeat::Live;
 use crate::input::{self, Chunk, InputFile};
-use crate::output::ShardWriter;
+use crate::output::{ChunkColumns, ShardWriter};
 use crate::progress::Progress;
 use crate::shutdown::StopFlag;
 use crate::sync::dedup::{ChunkPlan, Dedup};
@@ -180,6 +180,8 @@ pub struct ModelStats {
     pub oom_retries: u64,
     /// Rows whose text was already embedded in this run (a repeat).
     pub deduplicated: u64,
+    /// Chunks embedded (with `--chunk-tokens`).
+    pub chunks: u64,
     /// Bytes read from the input files (set by the pipeline from the read stage).
     pub input_bytes: u64,
     /// Stopped by `stop` before its input ended.
@@ -225,6 +227,7 @@ pub fn model(
         stats.oom_splits += embedded.oom_splits;
         stats.oom_retries += embedded.oom_retries;
         stats.deduplicated += embedded.deduplicated;
+        stats.chunks += embedded.chunks_embedded;
         stats.rows += chunk.rows.len() as u64;
         // Rows not counted batch by batch (failures, repeats) are done too.
         let rest = chunk.rows.len() as u64 - counted;
@@ -285,40 +288,56 @@ fn write_chunks(
             lines.clear();
             anyhow::Ok(())
         };
-    for (chunk, embedded) in rx {
+    for (chunk, mut embedded) in rx {
         let Chunk { rows: chunk_rows, ids: chunk_ids, hashes: chunk_hashes, .. } = chunk;
         let total = chunk_rows.len() as u64;
         let failed = embedded.failed();
-        let (rows, hashes, values, ids) = if failed == 0 {
-            // The common case: every row has a vector; hand the chunk's buffers over as they are.
-            (chunk_rows, chunk_hashes, embedded.values, chunk_ids)
+        if embedded.chunks.is_some() {
+            let piece = chunk_rows_of(
+                &chunk_rows,
+                &chunk_hashes,
+                chunk_ids.as_ref(),
+                &mut embedded,
+                &mut failure_lines,
+            )?;
+            pending.failed += failed as u64;
+            pending.chunks += piece.rows.len() as u64;
+            let values = writer.values(piece.values);
+            writer.push_chunks(&piece.rows, Some(piece.chunks), &piece.hashes, piece.ids, values)?;
         } else {
-            let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
-            let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
-            for (i, failure) in embedded.failures.iter().enumerate() {
-                match failure {
-                    None => {
-                        keep.push(i as u32);
-                        values.extend_from_slice(&embedded.values[i * embedded.dim..(i + 1) * embedded.dim]);
-                    }
-                    Some(f) => {
-                        let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
-                        writeln!(failure_lines, "{line}")?;
-                        pending.failed += 1;
+            let (rows, hashes, values, ids) = if failed == 0 {
+                // The common case: every row has a vector; hand the chunk's buffers over as they are.
+                (chunk_rows, chunk_hashes, embedded.values, chunk_ids)
+            } else {
+                let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
+                let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
+                for (i, failure) in embedded.failures.iter().enumerate() {
+                    match failure {
+                        None => {
+                            keep.push(i as u32);
+                            values.extend_from_slice(
+                                &embedded.values[i * embedded.dim..(i + 1) * embedded.dim],
+                            );
+                        }
+                        Some(f) => {
+                            let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
+                            writeln!(failure_lines, "{line}")?;
+                            pending.failed += 1;
+                        }
                     }
                 }
-            }
-            let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
-            let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
-            let ids = match &chunk_ids {
-                Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
-                None => None,
+                let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
+                let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
+                let ids = match &chunk_ids {
+                    Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(keep), None)?),
+                    None => None,
+                };
+                (rows, hashes, values, ids)
             };
-            (rows, hashes, values, ids)
-        };
-        let values = writer.values(values);
-        writer.push(&rows, &hashes, ids, values)?;
-        pending.embedded += rows.len() as u64;
+            let values = writer.values(values);
+            writer.push(&rows, &hashes, ids, values)?;
+        }
+        pending.embedded += total - failed as u64;
         pending.rows += total;
         pending.truncated += embedded.truncated;
         pending.tokens += embedded.tokens;
@@ -329,6 +348,66 @@ fn write_chunks(
         }
     }
     commit(writer, &mut pending, &mut failure_lines, ckpt)
+}
+
+/// The output rows of a chunk of input rows written one row per text chunk.
+struct ChunkRows {
+    rows: Vec<u64>,
+    chunks: ChunkColumns,
+    hashes: Vec<u128>,
+    ids: Option<arrow::array::ArrayRef>,
+    values: Vec<f32>,
+}
+
+/// Spreads each embedded row over its chunks (row, id and text hash repeated, chunk number and
+/// byte range), and appends a failure line for each row that failed.
+fn chunk_rows_of(
+    rows: &[u64],
+    hashes: &[u128],
+    ids: Option<&arrow::array::ArrayRef>,
+    embedded: &mut Embedded,
+    failure_lines: &mut Vec<u8>,
+) -> Result<ChunkRows> {
+    let index = embedded.chunks.as_ref().expect("chunk rows");
+    let mut out = ChunkRows {
+        rows: Vec::with_capacity(index.chunks()),
+        chunks: ChunkColumns::default(),
+        hashes: Vec::with_capacity(index.chunks()),
+        ids: None,
+        values: Vec::new(),
+    };
+    let mut take: Vec<u32> = Vec::with_capacity(index.chunks());
+    let every_row = embedded.failed() == 0;
+    for (i, &row) in rows.iter().enumerate() {
+        match embedded.vectors(i) {
+            Err(f) => {
+                let line = serde_json::json!({"row": row, "reason": f.reason()});
+                writeln!(failure_lines, "{line}")?;
+            }
+            Ok((v, spans)) => {
+                for (j, &(start, end)) in spans.unwrap_or_default().iter().enumerate() {
+                    out.rows.push(row);
+                    out.chunks.chunk.push(j as u32);
+                    out.chunks.start.push(start);
+                    out.chunks.end.push(end);
+                    out.hashes.push(hashes[i]);
+                    take.push(i as u32);
+                }
+                if !every_row {
+                    out.values.extend_from_slice(v);
+                }
+            }
+        }
+    }
+    if every_row {
+        // Every row's chunks, in order: the model stage's buffer as it is.
+        out.values = std::mem::take(&mut embedded.values);
+    }
+    out.ids = match ids {
+        Some(ids) => Some(arrow::compute::take(ids, &UInt32Array::from(take), None)?),
+        None => None,
+    };
+    Ok(out)
 }
 
 #[cfg(test)]

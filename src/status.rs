@@ -25,6 +25,8 @@ pub struct FleetStatus {
     /// embedded in the same run (embedded once).
     pub rows_embedded: u64,
     pub rows_deduplicated: u64,
+    /// With one output row per chunk: chunk rows committed.
+    pub chunks: u64,
     /// Sum over running workers.
     pub rows_per_s: f64,
     pub tokens_per_s: f64,
@@ -58,6 +60,8 @@ pub struct WorkerStatus {
     /// Committed rows embedded, and of them repeats (see [`FleetStatus`]).
     pub rows_embedded: u64,
     pub rows_deduplicated: u64,
+    /// With one output row per chunk: chunk rows committed.
+    pub chunks: u64,
     pub rows_per_s: f64,
     pub host: Option<String>,
     /// Seconds since the worker last wrote its progress.
@@ -97,6 +101,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
                 rows_reused: 0,
                 rows_embedded: 0,
                 rows_deduplicated: 0,
+                chunks: 0,
                 rows_per_s: 0.0,
                 host: None,
                 updated_s_ago: None,
@@ -146,6 +151,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
             rows_reused,
             rows_embedded,
             rows_deduplicated,
+            chunks: progress.as_ref().filter(|_| running).map_or(ckpt.chunks, |p| p.chunks.max(ckpt.chunks)),
             rows_per_s: if running { progress.as_ref().map_or(0.0, |p| p.rows_per_s) } else { 0.0 },
             host: progress.as_ref().map(|p| p.host.clone()),
             updated_s_ago: age.or_else(|| Some(now.saturating_sub(ckpt.updated_at))),
@@ -171,6 +177,7 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
         rows_reused: workers.iter().map(|w| w.rows_reused).sum(),
         rows_embedded: workers.iter().map(|w| w.rows_embedded).sum(),
         rows_deduplicated: workers.iter().map(|w| w.rows_deduplicated).sum(),
+        chunks: workers.iter().map(|w| w.chunks).sum(),
         rows_per_s,
         tokens_per_s,
         eta_s: if left == 0.0 {
@@ -243,13 +250,14 @@ pub fn render(s: &FleetStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "progress: {}/{} rows ({pct:.1}%): {} embedded ({} of them repeats), {} reused, {} failed; {:.0} rows/s, {:.0} tokens/s; ETA {}",
+        "progress: {}/{} rows ({pct:.1}%): {} embedded ({} of them repeats), {} reused, {} failed{}; {:.0} rows/s, {:.0} tokens/s; ETA {}",
         s.rows_done,
         s.rows_owned,
         s.rows_embedded,
         s.rows_deduplicated,
         s.rows_reused,
         s.rows_failed,
+        if s.chunks > 0 { format!(", {} chunk rows committed", s.chunks) } else { String::new() },
         s.rows_per_s,
         s.tokens_per_s,
         s.eta_s.map_or("unknown (nothing running)".to_string(), human_duration)

@@ -43,6 +43,11 @@ pub struct Summary {
     /// of the copied vectors), and the time the reuse phase (plan and copy) took.
     pub reuse_source_bytes: u64,
     pub reuse_time: Duration,
+    /// With `--chunk-tokens`: what a chunk becomes ("rows" or "mean"), the chunk rows written
+    /// (all runs; one row per chunk only) and the chunks embedded this run.
+    pub chunking: Option<&'static str>,
+    pub chunks: u64,
+    pub chunks_this_run: u64,
 }
 
 impl Summary {
@@ -56,6 +61,12 @@ impl Summary {
             reused: ckpt.rows_reused,
             failed: ckpt.rows_failed,
             truncated: ckpt.texts_truncated,
+            chunking: match (&ckpt.spec.vectors.chunk_tokens, &ckpt.spec.vectors.chunk_pool) {
+                (None, _) => None,
+                (Some(_), None) => Some("rows"),
+                (Some(_), Some(_)) => Some("mean"),
+            },
+            chunks: ckpt.chunks,
             parts: ckpt.parts.len(),
             device,
             ..Summary::default()
@@ -68,8 +79,17 @@ impl std::fmt::Display for Summary {
         if self.already_complete {
             return write!(
                 f,
-                "{}: already complete ({} rows: {} embedded, {} reused, {} failed); nothing to do",
-                self.worker, self.rows_owned, self.embedded, self.reused, self.failed
+                "{}: already complete ({} rows: {} embedded, {} reused, {} failed{}); nothing to do",
+                self.worker,
+                self.rows_owned,
+                self.embedded,
+                self.reused,
+                self.failed,
+                if self.chunking == Some("rows") {
+                    format!("; {} chunks", self.chunks)
+                } else {
+                    String::new()
+                }
             );
         }
         if self.interrupted {
@@ -113,7 +133,25 @@ impl std::fmt::Display for Summary {
                 self.reuse_source_bytes as f64 / (1u64 << 20) as f64
             )?;
         }
-        writeln!(f, "truncated:  {} texts", self.truncated)?;
+        match self.chunking {
+            Some("rows") => writeln!(
+                f,
+                "chunks:     {} rows of chunks ({:.2} per embedded row); {} chunks embedded this run",
+                self.chunks,
+                self.chunks as f64 / (self.embedded + self.reused).max(1) as f64,
+                self.chunks_this_run
+            )?,
+            Some(_) => writeln!(
+                f,
+                "chunks:     {} embedded this run, pooled into one vector per row (token-weighted mean)",
+                self.chunks_this_run
+            )?,
+            None => {}
+        }
+        match self.chunking {
+            Some(_) => writeln!(f, "truncated:  {} texts (more than --max-chunks chunks)", self.truncated)?,
+            None => writeln!(f, "truncated:  {} texts", self.truncated)?,
+        }
         writeln!(
             f,
             "repeats:    {} rows had a text already embedded in this run (embedded once)",

@@ -2,6 +2,8 @@
 //! failures and the `row` column of its shards (plus every vector with `--deep`), and checks
 //! that every row of the input is owned by exactly one worker and appears exactly once, as a
 //! vector or as a recorded failure; that every shard opens; that all workers ran the same job.
+//! With one output row per chunk (`--chunk-tokens`), a row appears once as its chunks 0..k−1,
+//! in order, in one part (the `chunk` column is read too), and the chunks are counted.
 //!
 //! Reading the `row` column only keeps this quick on a 30M-row output; a bitmap of owned rows
 //! per worker (one bit a row) finds duplicates and gaps.
@@ -12,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float16Type, Float32Type, UInt64Type};
+use arrow::datatypes::{DataType, Float16Type, Float32Type, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
@@ -37,6 +39,8 @@ pub struct Report {
     pub rows_failed: u64,
     pub rows_missing: u64,
     pub duplicates: u64,
+    /// Output rows of chunks (one row per chunk runs; 0 otherwise).
+    pub chunks: u64,
     pub workers: Vec<WorkerReport>,
     /// Everything that makes the run unsound or incomplete, one sentence each.
     pub problems: Vec<String>,
@@ -58,6 +62,8 @@ pub struct WorkerReport {
     /// Global row ranges with neither a vector nor a failure (at most a few listed).
     pub missing_ranges: Vec<(u64, u64)>,
     pub parts: usize,
+    /// Output rows of chunks (one row per chunk runs).
+    pub chunks: u64,
     /// With `--deep`: vectors holding NaN or infinity, and (normalised runs) norms far from 1.
     pub non_finite_vectors: u64,
     pub bad_norm_vectors: u64,
@@ -128,6 +134,7 @@ pub fn verify(output: &Path, deep: bool) -> Result<Report> {
         report.rows_failed += w.rows_failed;
         report.rows_missing += w.rows_missing;
         report.duplicates += w.duplicates;
+        report.chunks += w.chunks;
         if w.state == "incomplete" {
             report.problems.push(format!(
                 "worker {} is not complete: {} of {} rows missing",
@@ -170,8 +177,10 @@ fn check_worker(
         problems.push(format!("{}'s checkpoint belongs to worker {}", dir.display(), ckpt.worker_id));
     }
     let normalized = ckpt.spec.vectors.normalized;
+    let chunked = ckpt.spec.vectors.chunk_rows();
     let shards: Vec<Result<Shard>> =
-        ckpt.parts.par_iter().map(|p| read_shard(&dir.join(&p.file), deep, normalized)).collect();
+        ckpt.parts.par_iter().map(|p| read_shard(&dir.join(&p.file), deep, normalized, chunked)).collect();
+    let mut out_of_order = 0u64;
     let mut seen = vec![false; owned as usize];
     let mut foreign = 0u64;
     let mut mark = |row: u64, seen: &mut Vec<bool>, w: &mut WorkerReport| {
@@ -216,12 +225,43 @@ fn check_worker(
             }
             Err(e) => problems.push(format!("{}: {e:#}", path.display())),
         }
-        w.rows_embedded += shard.rows.len() as u64;
         w.non_finite_vectors += shard.non_finite;
         w.bad_norm_vectors += shard.bad_norm;
-        for &row in &shard.rows {
-            mark(row, &mut seen, &mut w);
+        match &shard.chunks {
+            None => {
+                w.rows_embedded += shard.rows.len() as u64;
+                for &row in &shard.rows {
+                    mark(row, &mut seen, &mut w);
+                }
+            }
+            Some(chunks) => {
+                // A row is its chunks 0..k−1, one after the other, in this part.
+                w.chunks += chunks.len() as u64;
+                let mut previous: Option<(u64, u32)> = None;
+                for (&row, &chunk) in shard.rows.iter().zip(chunks) {
+                    match (chunk, previous) {
+                        (0, _) => {
+                            w.rows_embedded += 1;
+                            mark(row, &mut seen, &mut w);
+                        }
+                        (c, Some((r, p))) if r == row && p + 1 == c => {}
+                        _ => out_of_order += 1,
+                    }
+                    previous = Some((row, chunk));
+                }
+            }
         }
+    }
+    if out_of_order > 0 {
+        problems.push(format!(
+            "worker {id} has {out_of_order} chunk rows out of place (each row's chunks must be 0, 1, … in order, in one part)"
+        ));
+    }
+    if chunked && w.chunks != ckpt.chunks {
+        problems.push(format!(
+            "worker {id}'s checkpoint counts {} chunk rows; its parts hold {}",
+            ckpt.chunks, w.chunks
+        ));
     }
     match entry.failed_rows(ckpt.failures_bytes) {
         Ok(rows) => {
@@ -273,13 +313,16 @@ fn ranges_of(seen: &[bool], partition: &Partition) -> Vec<(u64, u64)> {
 
 struct Shard {
     rows: Vec<u64>,
+    /// The `chunk` column, for one row per chunk runs.
+    chunks: Option<Vec<u32>>,
     meta: HashMap<String, String>,
     non_finite: u64,
     bad_norm: u64,
 }
 
-/// Reads a shard's metadata and `row` column (and, deep, its vectors).
-fn read_shard(path: &Path, deep: bool, normalized: bool) -> Result<Shard> {
+/// Reads a shard's metadata and `row` column (with `chunked`, its `chunk` column; deep, its
+/// vectors).
+fn read_shard(path: &Path, deep: bool, normalized: bool, chunked: bool) -> Result<Shard> {
     let unreadable = || format!("{} does not open as a vector shard", path.display());
     let file = File::open(path).with_context(unreadable)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
@@ -295,15 +338,33 @@ fn read_shard(path: &Path, deep: bool, normalized: bool) -> Result<Shard> {
     if deep {
         roots.push(emb_i);
     }
+    if chunked {
+        let Some((chunk_i, _)) = schema.column_with_name(crate::output::CHUNK) else {
+            bail!("{} lacks the chunk column of a run with one row per chunk", path.display());
+        };
+        roots.push(chunk_i);
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder.with_projection(mask).with_batch_size(8192).build().with_context(unreadable)?;
-    let mut shard = Shard { rows: Vec::new(), meta, non_finite: 0, bad_norm: 0 };
+    let mut shard =
+        Shard { rows: Vec::new(), chunks: chunked.then(Vec::new), meta, non_finite: 0, bad_norm: 0 };
     for batch in reader {
         let batch = batch.with_context(unreadable)?;
-        let rows = batch.column(0).as_primitive_opt::<UInt64Type>().with_context(unreadable)?;
+        let rows = batch
+            .column_by_name("row")
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .with_context(unreadable)?;
         shard.rows.extend(rows.values().iter().copied());
+        if let Some(chunks) = shard.chunks.as_mut() {
+            let column =
+                batch.column_by_name(crate::output::CHUNK).and_then(|c| c.as_primitive_opt::<UInt32Type>());
+            chunks.extend(column.with_context(unreadable)?.values().iter().copied());
+        }
         if deep {
-            let list = batch.column(1).as_fixed_size_list_opt().with_context(unreadable)?;
+            let list = batch
+                .column_by_name("embedding")
+                .and_then(|c| c.as_fixed_size_list_opt())
+                .with_context(unreadable)?;
             let dim = list.value_length() as usize;
             let values: Vec<f64> = match list.values().data_type() {
                 DataType::Float32 => {
@@ -336,8 +397,13 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "{}: {} workers, {done} done", r.output, r.num_workers);
     let _ = writeln!(
         s,
-        "rows: {} in the input, {owned} owned; {} embedded, {} failed, {} missing, {} duplicated",
-        r.rows_input, r.rows_embedded, r.rows_failed, r.rows_missing, r.duplicates
+        "rows: {} in the input, {owned} owned; {} embedded, {} failed, {} missing, {} duplicated{}",
+        r.rows_input,
+        r.rows_embedded,
+        r.rows_failed,
+        r.rows_missing,
+        r.duplicates,
+        if r.chunks > 0 { format!("; {} chunk rows", r.chunks) } else { String::new() }
     );
     for w in &r.workers {
         let _ = write!(

@@ -78,6 +78,8 @@ pub struct CommitCounts {
     pub truncated: u64,
     pub tokens: u64,
     pub deduplicated: u64,
+    /// Output rows of chunks (one row per chunk runs), embedded or copied.
+    pub chunks: u64,
     /// Rows copied from a previous output, and where the copy now stands (source part, rows
     /// of it copied).
     pub reused: u64,
@@ -293,6 +295,7 @@ impl WorkerFolder {
         next.rows_failed += counts.failed;
         next.texts_truncated += counts.truncated;
         next.tokens += counts.tokens;
+        next.chunks += counts.chunks;
         next.complete = next.rows_done == next.rows_owned;
         self.ensure_owner()?;
         next.save(&self.dir)?;

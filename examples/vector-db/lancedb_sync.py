@@ -6,8 +6,9 @@
     python lancedb_sync.py dump   DB FILE.parquet [--table reviews]
 
 OUTPUT is an `embed --output` folder (made with --id-column); CHANGES is the `--output` folder of
-`batch-embed changes PREVIOUS CURRENT`. The table has columns id, vector, text_hash. Needs
-`pip install lancedb pyarrow`.
+`batch-embed changes PREVIOUS CURRENT`. The table has columns id, vector, text_hash; for a run with
+one row per chunk (`--chunk-tokens` without `--chunk-pool`) also chunk, chunk_start, chunk_end, and
+a record is (id, chunk). Needs `pip install lancedb pyarrow`.
 """
 import argparse
 import glob
@@ -19,9 +20,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 
+CHUNK_COLUMNS = ["chunk", "chunk_start", "chunk_end"]
+
+
+def chunked(table):
+    return "chunk" in table.column_names
+
+
 def as_rows(table):
-    """id, vector, text_hash: LanceDB searches the column named `vector` by default."""
-    return table.select(["id", "embedding", "text_hash"]).rename_columns(["id", "vector", "text_hash"])
+    """id, [chunk, chunk_start, chunk_end,] vector, text_hash: LanceDB searches the column named
+    `vector` by default."""
+    columns = ["id"] + (CHUNK_COLUMNS if chunked(table) else []) + ["embedding", "text_hash"]
+    return table.select(columns).rename_columns([("vector" if c == "embedding" else c) for c in columns])
 
 
 def load(output, db, name):
@@ -35,20 +45,35 @@ def sql_literal(value):
     return repr(value) if isinstance(value, (int, float)) else "'" + str(value).replace("'", "''") + "'"
 
 
+def delete_ids(tbl, ids):
+    for i in range(0, len(ids), 1000):
+        tbl.delete("id IN (" + ", ".join(sql_literal(v) for v in ids[i:i + 1000]) + ")")
+
+
 def apply(changes, db, name):
     tbl = lancedb.connect(db).open_table(name)
     upserted = pq.read_table(os.path.join(changes, "upserted.parquet"))
-    if upserted.num_rows:
-        (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-            .execute(as_rows(upserted)))
     deleted = pq.read_table(os.path.join(changes, "deleted.parquet")).column("id").to_pylist()
-    for i in range(0, len(deleted), 1000):
-        tbl.delete("id IN (" + ", ".join(sql_literal(v) for v in deleted[i:i + 1000]) + ")")
+    if chunked(upserted):
+        # One row per chunk: deleted.parquet also lists every changed id, whose old chunks go
+        # first (its new text may have fewer); then the new chunks are upserted on (id, chunk), so
+        # applying the same change set twice gives the same table.
+        delete_ids(tbl, deleted)
+        if upserted.num_rows:
+            (tbl.merge_insert(["id", "chunk"]).when_matched_update_all().when_not_matched_insert_all()
+                .execute(as_rows(upserted)))
+    else:
+        if upserted.num_rows:
+            (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+                .execute(as_rows(upserted)))
+        delete_ids(tbl, deleted)
     print(f"upserted {upserted.num_rows} rows and deleted {len(deleted)} ids in {db}/{name}: {tbl.count_rows()} rows")
 
 
 def dump(db, path, name):
-    pq.write_table(lancedb.connect(db).open_table(name).to_arrow().sort_by("id"), path)
+    table = lancedb.connect(db).open_table(name).to_arrow()
+    keys = [("id", "ascending")] + ([("chunk", "ascending")] if chunked(table) else [])
+    pq.write_table(table.sort_by(keys), path)
 
 
 def main():

@@ -8,6 +8,12 @@
 //!   snapshot, with the snapshot and the count. Such an id is left out of the change set: a
 //!   key-value store cannot hold both rows, and picking one would be a silent merge.
 //!
+//! With one output row per chunk (`--chunk-tokens`), an id is all of its chunk rows: upserted
+//! rows carry `chunk`, `chunk_start` and `chunk_end`, and every changed id is listed in
+//! `deleted.parquet` too, because its new text may have fewer chunks than the old one and an upsert
+//! on (id, chunk) would leave the old extra chunks behind. A database applies a chunked change
+//! set by deleting those ids first, then upserting.
+//!
 //! Memory: PREVIOUS's ids and text hashes as 32 bytes each (a 128-bit key of the id and the
 //! 128-bit text hash) plus a byte of bookkeeping, sorted; CURRENT is streamed part by part (its
 //! new ids are kept to find repeats among them, and the rows to upsert as 20 bytes each), and
@@ -20,7 +26,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{DataType, Schema, UInt32Type};
 use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
 };
@@ -30,7 +36,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::output::TEXT_HASH;
+use crate::output::{CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
 use crate::run_spec::RunSpec;
 
 pub const UPSERTED: &str = "upserted.parquet";
@@ -54,6 +60,9 @@ pub struct ChangeReport {
     pub vectors_differ: Vec<String>,
     /// Rows written to upserted.parquet and deleted.parquet.
     pub upserted: u64,
+    /// One row per chunk: changed ids, also in deleted.parquet (their old chunks go first).
+    pub chunk_rows: bool,
+    pub deleted_changed: u64,
     pub files: Vec<String>,
     /// Incomplete runs used with --allow-incomplete.
     pub incomplete: Vec<String>,
@@ -75,6 +84,8 @@ struct Snapshot {
     /// Rows committed (vectors and failures) and rows the run owns.
     done: u64,
     owned: u64,
+    /// Parts hold one row per chunk.
+    chunk_rows: bool,
 }
 
 fn snapshot(output: &Path, role: &str) -> Result<Snapshot> {
@@ -110,7 +121,8 @@ fn snapshot(output: &Path, role: &str) -> Result<Snapshot> {
         let total: u64 = spec.rows.inputs.iter().map(|i| i.rows).sum();
         owned = total;
     }
-    Ok(Snapshot { output: output.to_path_buf(), spec, parts, done, owned })
+    let chunk_rows = spec.vectors.chunk_rows();
+    Ok(Snapshot { output: output.to_path_buf(), spec, parts, done, owned, chunk_rows })
 }
 
 /// Computes the change set from `previous` to `current` into `dir`.
@@ -132,6 +144,16 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
             report.incomplete.push(what);
         }
     }
+    if prev.chunk_rows != cur.chunk_rows {
+        let shape = |s: &Snapshot| if s.chunk_rows { "one row per chunk" } else { "one row per input row" };
+        bail!(
+            "PREVIOUS has {} and CURRENT {}: a database loaded from one cannot be brought to the other by a change set; load CURRENT afresh",
+            shape(&prev),
+            shape(&cur)
+        );
+    }
+    let chunked = cur.chunk_rows;
+    report.chunk_rows = chunked;
     report.vectors_differ = cur.spec.vectors_differences(&prev.spec);
     let id_type = part_id_type(&cur)?;
     if let (Some(a), Some(b)) = (part_id_type(&prev)?, &id_type) {
@@ -144,7 +166,7 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     // PREVIOUS's (id key, text hash), sorted; duplicate keys marked.
     let mut keys: Vec<(u128, u128)> = Vec::new();
     for part in &prev.parts {
-        scan(part, |_, key, hash| keys.push((key, hash)))?;
+        scan(part, chunked, |_, key, hash| keys.push((key, hash)))?;
     }
     keys.sort_unstable();
     let mut dup_prev: HashSet<u128> = HashSet::new();
@@ -159,6 +181,8 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     // CURRENT, part by part: which rows to upsert; which PREVIOUS ids it still has. An id met
     // twice is found by `seen` (ids PREVIOUS has) or by the set of new ids (usually few).
     let mut seen = vec![false; keys.len()];
+    // PREVIOUS ids whose text changed: with chunk rows they are deleted before the upsert.
+    let mut changed = vec![false; if chunked { keys.len() } else { 0 }];
     let mut new_keys: HashSet<u128> = HashSet::new();
     let mut dup_cur: HashSet<u128> = HashSet::new();
     let mut upsert: Vec<Vec<(u32, u128)>> = Vec::with_capacity(cur.parts.len());
@@ -170,8 +194,11 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     };
     for part in &cur.parts {
         let mut rows = Vec::new();
-        scan(part, |row, key, hash| {
+        scan(part, chunked, |row, key, hash| {
             let (j, change) = classify(key, hash);
+            if let (Some(j), Change::Changed, true) = (j, change, chunked) {
+                changed[j] = true;
+            }
             let again = match j {
                 Some(j) => std::mem::replace(&mut seen[j], true),
                 None => !new_keys.insert(key),
@@ -196,7 +223,7 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     // The counts are of ids in the change set: take the left-out ids' rows back out.
     if !dup_prev.is_empty() || !dup_cur.is_empty() {
         for part in &cur.parts {
-            scan(part, |_, key, hash| {
+            scan(part, chunked, |_, key, hash| {
                 if left_out(&key) {
                     match classify(key, hash).1 {
                         Change::Unchanged => report.unchanged -= 1,
@@ -209,11 +236,18 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     }
 
     // upserted.parquet
-    let mut upserted = Output::new(dir, UPSERTED, change_schema(&cur, &["id", "embedding", TEXT_HASH])?)?;
+    let columns: &[&str] = match chunked {
+        true => &["id", CHUNK, CHUNK_START, CHUNK_END, "embedding", TEXT_HASH],
+        false => &["id", "embedding", TEXT_HASH],
+    };
+    let mut upserted = Output::new(dir, UPSERTED, change_schema(&cur, columns)?)?;
     for (part, rows) in cur.parts.iter().zip(&upsert) {
-        let rows: Vec<u32> = rows.iter().filter(|(_, k)| !left_out(k)).map(|(r, _)| *r).collect();
+        let mut rows: Vec<u32> = rows.iter().filter(|(_, k)| !left_out(k)).map(|(r, _)| *r).collect();
+        if chunked {
+            rows = chunk_rows_of(part, &rows)?;
+        }
         if !rows.is_empty() {
-            upserted.copy_rows(part, &rows)?;
+            upserted.copy_rows(part, &rows, columns)?;
         }
     }
     report.upserted = upserted.rows;
@@ -227,24 +261,30 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     let mut duplicates: BTreeMap<(&str, String), u64> = BTreeMap::new();
     for part in &prev.parts {
         let mut rows = Vec::new();
-        scan(part, |row, key, _| {
+        scan(part, chunked, |row, key, _| {
             let j = keys.binary_search_by_key(&key, |k| k.0).expect("every key was kept");
-            if !seen[j] && !left_out(&key) {
+            if left_out(&key) {
+                return;
+            }
+            if !seen[j] {
                 rows.push(row);
+                report.deleted += 1;
                 seen[j] = true; // once, even for a duplicated id
+            } else if chunked && std::mem::replace(&mut changed[j], false) {
+                rows.push(row);
+                report.deleted_changed += 1;
             }
         })?;
         if !rows.is_empty() {
-            report.deleted += rows.len() as u64;
             deleted.copy_ids(part, &rows)?;
         }
-        for (id, n) in duplicate_values(part, |k| dup_prev.contains(k))? {
+        for (id, n) in duplicate_values(part, chunked, |k| dup_prev.contains(k))? {
             *duplicates.entry(("previous", id)).or_default() += n;
         }
     }
     deleted.finish()?;
     for part in &cur.parts {
-        for (id, n) in duplicate_values(part, |k| dup_cur.contains(k))? {
+        for (id, n) in duplicate_values(part, chunked, |k| dup_cur.contains(k))? {
             *duplicates.entry(("current", id)).or_default() += n;
         }
     }
@@ -273,23 +313,31 @@ fn reader(part: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         .with_context(unreadable)
 }
 
-/// Calls `f(row in part, id key, text hash)` for every row of a part with a non-null id,
-/// reading only the id and text hash columns.
-fn scan(part: &Path, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
+/// Calls `f(row in part, id key, text hash)` for every row of a part with a non-null id
+/// (with `chunked`, for each row's first chunk row only), reading only the id and text hash
+/// columns (and the chunk column).
+fn scan(part: &Path, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
     let builder = reader(part)?;
     let schema = builder.schema().clone();
     let missing = |c: &str| format!("{} has no {c} column (made by an older batch-embed?)", part.display());
-    let roots = vec![
+    let mut roots = vec![
         schema.index_of("id").with_context(|| missing("id"))?,
         schema.index_of(TEXT_HASH).with_context(|| missing(TEXT_HASH))?,
     ];
+    if chunked {
+        roots.push(schema.index_of(CHUNK).with_context(|| missing(CHUNK))?);
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let mut first = 0u32;
     for batch in builder.with_projection(mask).with_batch_size(8192).build()? {
         let batch = batch.with_context(|| format!("cannot read {}", part.display()))?;
         let keys = super::id_keys(batch.column_by_name("id").expect("projected"))?;
         let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
+        let chunks = batch.column_by_name(CHUNK).map(|c| c.as_primitive::<UInt32Type>().clone());
         for (i, key) in keys.into_iter().enumerate() {
+            if chunks.as_ref().is_some_and(|c| c.value(i) > 0) {
+                continue;
+            }
             if let Some(key) = key {
                 f(first + i as u32, key, super::hash_from_bytes(hashes.value(i)));
             }
@@ -299,10 +347,42 @@ fn scan(part: &Path, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
     Ok(())
 }
 
+/// The rows of a chunk-row part that hold the chunks of the rows whose first chunk row is in
+/// `firsts` (increasing): each first row and the rows after it up to the next chunk 0.
+fn chunk_rows_of(part: &Path, firsts: &[u32]) -> Result<Vec<u32>> {
+    if firsts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let builder = reader(part)?;
+    let index = builder
+        .schema()
+        .index_of(CHUNK)
+        .with_context(|| format!("{} has no {CHUNK} column", part.display()))?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let mut out = Vec::new();
+    let (mut next, mut taking, mut row) = (0usize, false, 0u32);
+    for batch in builder.with_projection(mask).with_batch_size(8192).build()? {
+        let batch = batch.with_context(|| format!("cannot read {}", part.display()))?;
+        for &chunk in batch.column(0).as_primitive::<UInt32Type>().values() {
+            if chunk == 0 {
+                taking = firsts.get(next) == Some(&row);
+                if taking {
+                    next += 1;
+                }
+            }
+            if taking {
+                out.push(row);
+            }
+            row += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// The values of the ids of a part whose key `dup` says is duplicated, with their counts.
-fn duplicate_values(part: &Path, dup: impl Fn(&u128) -> bool) -> Result<Vec<(String, u64)>> {
+fn duplicate_values(part: &Path, chunked: bool, dup: impl Fn(&u128) -> bool) -> Result<Vec<(String, u64)>> {
     let mut rows = Vec::new();
-    scan(part, |row, key, _| {
+    scan(part, chunked, |row, key, _| {
         if dup(&key) {
             rows.push(row);
         }
@@ -402,15 +482,12 @@ impl Output {
         Ok(())
     }
 
-    /// Copies rows `rows` of a part: id, embedding, text hash.
-    fn copy_rows(&mut self, part: &Path, rows: &[u32]) -> Result<()> {
-        for batch in read_rows(part, rows, &["id", "embedding", TEXT_HASH])? {
-            let pick = |c: &str| batch.column_by_name(c).expect("projected").clone();
-            let out = RecordBatch::try_from_iter([
-                ("id", pick("id")),
-                ("embedding", pick("embedding")),
-                (TEXT_HASH, pick(TEXT_HASH)),
-            ])?;
+    /// Copies rows `rows` of a part: the columns `columns`, in that order.
+    fn copy_rows(&mut self, part: &Path, rows: &[u32], columns: &[&str]) -> Result<()> {
+        for batch in read_rows(part, rows, columns)? {
+            let out = RecordBatch::try_from_iter(
+                columns.iter().map(|&c| (c, batch.column_by_name(c).expect("projected").clone())),
+            )?;
             self.write(&out)?;
         }
         Ok(())
@@ -479,6 +556,18 @@ pub fn render(r: &ChangeReport) -> String {
             r.duplicate_ids_previous, r.duplicate_ids_current
         );
     }
-    let _ = writeln!(s, "upsert {} rows, delete {} ids: {}", r.upserted, r.deleted, r.files.join(", "));
+    if r.chunk_rows {
+        let _ = writeln!(
+            s,
+            "one row per chunk: delete the {} ids in deleted.parquet first ({} gone, {} changed), then upsert {} chunk rows on (id, chunk): {}",
+            r.deleted + r.deleted_changed,
+            r.deleted,
+            r.deleted_changed,
+            r.upserted,
+            r.files.join(", ")
+        );
+    } else {
+        let _ = writeln!(s, "upsert {} rows, delete {} ids: {}", r.upserted, r.deleted, r.files.join(", "));
+    }
     s
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use crate::chunked::ChunkIndex;
 use crate::embed::{Embedded, Failure};
 
 /// Texts longer than this (in bytes) are not remembered across chunks: long texts rarely repeat,
@@ -31,8 +32,9 @@ pub enum Origin {
     Unique(usize),
     /// The same text as unique text `i`, earlier in the chunk.
     Copy(usize),
-    /// Remembered from an earlier chunk: the vector and whether the text was cut.
-    Cached(Arc<[f32]>, bool),
+    /// Remembered from an earlier chunk: the vector, whether the text was cut, and with chunk
+    /// rows its one chunk's byte range (only texts of one chunk are remembered).
+    Cached(Arc<[f32]>, bool, Option<(u32, u32)>),
     /// A null text.
     Null,
 }
@@ -62,8 +64,11 @@ pub struct Dedup {
 
 struct Inner {
     seen: LruCache<u128, ()>,
-    vectors: LruCache<u128, (Arc<[f32]>, bool)>,
+    vectors: LruCache<u128, Remembered>,
 }
+
+/// A remembered text: its vector, whether it was cut, and with chunk rows its chunk's range.
+type Remembered = (Arc<[f32]>, bool, Option<(u32, u32)>);
 
 impl Dedup {
     /// A cache of at most `cache_bytes` of `dim`-wide vectors.
@@ -100,8 +105,8 @@ impl Dedup {
             }
             let short = len <= MAX_TEXT_BYTES;
             if short {
-                if let Some((v, cut)) = inner.vectors.get(&hash) {
-                    plan.origins.push(Origin::Cached(v.clone(), *cut));
+                if let Some((v, cut, span)) = inner.vectors.get(&hash) {
+                    plan.origins.push(Origin::Cached(v.clone(), *cut, *span));
                     continue;
                 }
             }
@@ -115,13 +120,43 @@ impl Dedup {
         plan
     }
 
-    /// Spreads the unique texts' results over the chunk's rows (failures and cuts included),
-    /// and remembers the vectors of short texts that have now been seen twice.
+    /// Spreads the unique texts' results over the chunk's rows (failures and cuts included; with
+    /// chunk rows, a repeated text's chunks are copies of the first's), and remembers the vectors
+    /// of short texts that have now been seen twice.
     pub fn expand(&self, plan: &ChunkPlan, unique: Embedded) -> Embedded {
+        let out = self.spread(plan, unique);
+        let dim = out.dim;
+        let mut inner = self.inner.lock().expect("dedup state");
+        for (u, &(hash, short)) in plan.unique_hashes.iter().enumerate() {
+            // NOTE: only texts with one vector, so that the cache's entries stay one vector each.
+            let row = plan.unique_rows[u];
+            let Ok((v, spans)) = out.vectors(row) else { continue };
+            if !short || v.len() != dim {
+                continue;
+            }
+            if plan.repeated[u] || inner.seen.pop(&hash).is_some() {
+                let span = spans.and_then(|s| s.first().copied());
+                inner.vectors.put(hash, (Arc::from(v), out.cut[row], span));
+            } else {
+                inner.seen.put(hash, ());
+            }
+        }
+        out
+    }
+
+    /// The unique texts' results spread over the chunk's rows.
+    fn spread(&self, plan: &ChunkPlan, mut unique: Embedded) -> Embedded {
         let dim = unique.dim;
         let rows = plan.origins.len();
+        if plan.origins.iter().enumerate().all(|(r, o)| matches!(o, Origin::Unique(u) if *u == r)) {
+            // No repeat, no null (the common case): the rows are the unique texts, as they are.
+            unique.truncated = unique.cut.iter().filter(|&&c| c).count() as u64;
+            unique.deduplicated = 0;
+            return unique;
+        }
+        let chunked = unique.chunks.is_some();
         let mut out = Embedded {
-            values: vec![0.0; rows * dim],
+            values: if chunked { Vec::new() } else { vec![0.0; rows * dim] },
             dim,
             failures: vec![None; rows],
             cut: vec![false; rows],
@@ -131,20 +166,34 @@ impl Dedup {
             oom_retries: unique.oom_retries,
             deduplicated: 0,
             truncated: 0,
+            chunks: chunked.then(ChunkIndex::new),
+            chunks_embedded: unique.chunks_embedded,
         };
         for (row, origin) in plan.origins.iter().enumerate() {
-            let dest = &mut out.values[row * dim..(row + 1) * dim];
-            match origin {
-                Origin::Null => out.failures[row] = Some(Failure::NullText),
-                Origin::Unique(u) | Origin::Copy(u) => match unique.vector(*u) {
-                    Ok(v) => dest.copy_from_slice(v),
-                    Err(f) => out.failures[row] = Some(f),
+            let (vectors, spans) = match origin {
+                Origin::Null => (Err(Failure::NullText), None),
+                Origin::Unique(u) | Origin::Copy(u) => match unique.vectors(*u) {
+                    Ok((v, spans)) => (Ok(v), spans),
+                    Err(f) => (Err(f), None),
                 },
-                Origin::Cached(v, _) => dest.copy_from_slice(v),
+                Origin::Cached(v, _, span) => (Ok(&v[..]), span.as_ref().map(std::slice::from_ref)),
+            };
+            match (vectors, out.chunks.as_mut()) {
+                (Err(f), index) => {
+                    out.failures[row] = Some(f);
+                    if let Some(index) = index {
+                        index.push_text([]);
+                    }
+                }
+                (Ok(v), None) => out.values[row * dim..(row + 1) * dim].copy_from_slice(v),
+                (Ok(v), Some(index)) => {
+                    out.values.extend_from_slice(v);
+                    index.push_text(spans.unwrap_or_default().iter().copied());
+                }
             }
             out.cut[row] = match origin {
                 Origin::Unique(u) | Origin::Copy(u) => unique.cut[*u],
-                Origin::Cached(_, cut) => *cut,
+                Origin::Cached(_, cut, _) => *cut,
                 Origin::Null => false,
             };
         }
@@ -155,18 +204,6 @@ impl Dedup {
             .zip(&out.failures)
             .filter(|(o, f)| matches!(o, Origin::Copy(_) | Origin::Cached(..)) && f.is_none())
             .count() as u64;
-        let mut inner = self.inner.lock().expect("dedup state");
-        for (u, &(hash, short)) in plan.unique_hashes.iter().enumerate() {
-            let Ok(v) = unique.vector(u) else { continue };
-            if !short {
-                continue;
-            }
-            if plan.repeated[u] || inner.seen.pop(&hash).is_some() {
-                inner.vectors.put(hash, (Arc::from(v), unique.cut[u]));
-            } else {
-                inner.seen.put(hash, ());
-            }
-        }
         out
     }
 }

@@ -5,6 +5,7 @@
 //! upsert and delete (changes.rs).
 
 pub mod changes;
+pub mod copy;
 pub mod dedup;
 pub mod reuse;
 

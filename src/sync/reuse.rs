@@ -6,7 +6,8 @@
 //! hash. The key is the id (`--id-column`), so a changed text under a kept id is embedded again;
 //! without ids it is the text hash itself, so an identical text anywhere is reused.
 //!
-//! A worker's run then has two phases, both committed and resumed through the worker folder:
+//! A worker's run then has two phases, both committed and resumed through the worker folder (the
+//! planning is here, the copy in copy.rs):
 //! 1. **copy**: for each committed part of the previous outputs (the *sources*, listed once and
 //!    recorded in the checkpoint with their footer hashes, so a resumed run reads exactly the
 //!    same ones), the matching rows' vectors are read (only those rows' pages) and written into
@@ -16,37 +17,30 @@
 //! Memory grows with the rows this worker owns, not with the previous outputs: the owned rows'
 //! keys and hashes are held (48 bytes a row while planning, 9 after), and the previous parts are
 //! scanned column by column (key and hash columns, then only the matching vectors).
+//!
+//! With one output row per chunk (`--chunk-tokens`; the previous run must have chunked the same
+//! way, which the vector half of the description says), a key stands for all of a row's chunk
+//! rows: they are copied together, in chunk order, into one part.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
-};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::UInt32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::Live;
 use crate::input::{CountingFile, InputFile};
-use crate::output::TEXT_HASH;
-use crate::partition::Partition;
-use crate::progress::Progress;
+use crate::output::{CHUNK, TEXT_HASH};
 use crate::run_spec::RunSpec;
-use crate::shutdown::StopFlag;
-use crate::stages::WritePlan;
-use crate::worker_folder::CommitCounts;
 
 /// Rows decoded at a time from a source part.
-const COPY_BATCH: usize = 2048;
+pub(super) const COPY_BATCH: usize = 2048;
 
 /// What the checkpoint keeps of a `--reuse` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,7 +145,8 @@ pub fn check_sources(state: &ReuseState) -> Result<()> {
 
 /// Which owned rows are reused, and from where.
 pub struct ReusePlan {
-    /// Per source part: (row in that part, owned index), by row in part.
+    /// Per source part: (row in that part, owned index), in the order they are written: by the
+    /// source row's first row in the part, then owned index, then (chunk rows) chunk.
     pub copies: Vec<Vec<(u32, u32)>>,
     /// Per owned index: reused or not.
     pub reused: Vec<bool>,
@@ -197,11 +192,13 @@ struct Entry {
 }
 
 /// Plans the reuse: reads this worker's owned rows (`plan`, over `files`) for their keys and
-/// text hashes, then the key and hash columns of every source part, and pairs them.
+/// text hashes, then the key and hash columns of every source part, and pairs them. With
+/// `chunk_rows`, a source row is its run of chunk rows.
 pub fn plan(
     files: &[InputFile],
     plan: &[(usize, Vec<Range<u64>>)],
     by_id: bool,
+    chunk_rows: bool,
     sources: &[SourcePart],
 ) -> Result<ReusePlan> {
     // 1. The owned rows' keys.
@@ -230,15 +227,19 @@ pub fn plan(
 
     // 2. The sources' keys: each owned row takes the first source row with its key and hash.
     let mut source_of: Vec<u64> = vec![u64::MAX; owned];
+    let mut rows_of: Vec<u32> = vec![1; if chunk_rows { owned } else { 0 }];
     let source_bytes = Arc::new(AtomicU64::new(0));
     for (si, source) in sources.iter().enumerate() {
         let path = Path::new(&source.path);
-        for (row, key, hash) in source_keys(path, by_id, &source_bytes)? {
+        for (row, rows, key, hash) in source_keys(path, by_id, chunk_rows, &source_bytes)? {
             let start = entries.partition_point(|e| e.key < key);
             for e in entries[start..].iter().take_while(|e| e.key == key) {
                 let slot = &mut source_of[e.index as usize];
                 if *slot == u64::MAX && e.hash == hash {
                     *slot = ((si as u64) << 32) | row as u64;
+                    if chunk_rows {
+                        rows_of[e.index as usize] = rows;
+                    }
                 }
             }
         }
@@ -258,13 +259,26 @@ pub fn plan(
     }
     for c in &mut copies {
         c.sort_unstable();
+        if chunk_rows {
+            // Each owned row takes all of its source row's chunk rows, one after the other.
+            *c = c
+                .iter()
+                .flat_map(|&(row, index)| (0..rows_of[index as usize]).map(move |j| (row + j, index)))
+                .collect();
+        }
     }
     Ok(ReusePlan { copies, reused, count, input_bytes, source_bytes: source_bytes.load(Relaxed) })
 }
 
-/// (row in part, key, text hash) of every row of a source part, reading only its key and hash
-/// columns.
-fn source_keys(path: &Path, by_id: bool, bytes: &Arc<AtomicU64>) -> Result<Vec<(u32, u128, u128)>> {
+/// (row in part, rows, key, text hash) of every row of a source part, reading only its key and
+/// hash columns (and with `chunk_rows` its chunk column: a row is then its chunk 0's row and the
+/// number of its chunk rows; otherwise rows is 1).
+fn source_keys(
+    path: &Path,
+    by_id: bool,
+    chunk_rows: bool,
+    bytes: &Arc<AtomicU64>,
+) -> Result<Vec<(u32, u32, u128, u128)>> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
     let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
@@ -278,11 +292,18 @@ fn source_keys(path: &Path, by_id: bool, bytes: &Arc<AtomicU64>) -> Result<Vec<(
     let mut roots = vec![hash_col];
     let id_col = if by_id { Some(schema.index_of("id").with_context(unreadable)?) } else { None };
     roots.extend(id_col);
+    if chunk_rows {
+        roots.push(schema.index_of(CHUNK).map_err(|_| {
+            anyhow::anyhow!("{} has no {CHUNK} column: it does not hold one row per chunk", path.display())
+        })?);
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader =
         builder.with_projection(mask).with_batch_size(COPY_BATCH).build().with_context(unreadable)?;
-    let mut out = Vec::new();
+    let mut out: Vec<(u32, u32, u128, u128)> = Vec::new();
     let mut first = 0u32;
+    // Whether the row whose chunks are being read was kept (a null id is not).
+    let mut kept = false;
     for batch in reader {
         let batch = batch.with_context(unreadable)?;
         let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
@@ -290,328 +311,34 @@ fn source_keys(path: &Path, by_id: bool, bytes: &Arc<AtomicU64>) -> Result<Vec<(
             true => Some(super::id_keys(batch.column_by_name("id").expect("projected"))?),
             false => None,
         };
+        let chunks = batch.column_by_name(CHUNK).map(|c| c.as_primitive::<UInt32Type>().clone());
         for i in 0..batch.num_rows() {
+            if chunks.as_ref().is_some_and(|c| c.value(i) > 0) {
+                // A later chunk of the row before (which may have been in the batch before).
+                if let (true, Some(last)) = (kept, out.last_mut()) {
+                    last.1 += 1;
+                }
+                continue;
+            }
             let hash = super::hash_from_bytes(hashes.value(i));
             let key = match &keys {
                 Some(k) => match k[i] {
                     Some(k) => k,
-                    None => continue, // a null id matches nothing
+                    None => {
+                        kept = false;
+                        continue; // a null id matches nothing
+                    }
                 },
                 None => hash,
             };
-            out.push((first + i as u32, key, hash));
+            out.push((first + i as u32, 1, key, hash));
+            kept = true;
         }
         first += batch.num_rows() as u32;
     }
     Ok(out)
 }
 
-/// What the copy phase did.
-pub struct Copied {
-    /// False when stopped by a signal before the end.
-    pub finished: bool,
-    /// Bytes read from the sources (the copied rows' pages).
-    pub source_bytes: u64,
-}
-
-/// Copies the planned rows, source by source from the checkpoint's cursor, into this run's
-/// parts, committing as the write stage does. `delay` is the test hook
-/// `--debug-chunk-delay-ms`, slept before each piece.
-#[allow(clippy::too_many_arguments)]
-pub fn copy(
-    plan: &ReusePlan,
-    partition: &Partition,
-    id_type: Option<&DataType>,
-    write: WritePlan<'_>,
-    live: &Live,
-    progress: &mut Progress,
-    stop: &StopFlag,
-    delay: std::time::Duration,
-) -> Result<Copied> {
-    let WritePlan { folder, ckpt, mut shards, every, rows_per_part } = write;
-    let bytes = Arc::new(AtomicU64::new(0));
-    let stopped = |bytes: &Arc<AtomicU64>| Copied { finished: false, source_bytes: bytes.load(Relaxed) };
-    let state = ckpt.reuse.clone().context("internal error: a reuse plan without reuse state")?;
-    let mut last_commit = Instant::now();
-    let mut pending = 0u64;
-    let mut cursor = (state.sources_done, state.source_rows_done);
-    let commit = |shards: &mut crate::output::ShardWriter,
-                  ckpt: &mut crate::checkpoint::Checkpoint,
-                  pending: &mut u64,
-                  cursor: (usize, u64)| {
-        let counts = CommitCounts { reused: *pending, reuse_cursor: Some(cursor), ..CommitCounts::default() };
-        folder.commit(ckpt, shards.finish_part()?, &[], &counts)?;
-        live.committed(ckpt);
-        *pending = 0;
-        anyhow::Ok(())
-    };
-    // NOTE: the sources are read (decoded) on a thread of their own while this one writes
-    // (encodes) the parts: the two halves of the copy take about as long each.
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(2);
-        let reader = scope.spawn(|| read_sources(&state, plan, id_type.is_some(), &bytes, tx));
-        let mut copied = state.source_rows_done;
-        for piece in rx {
-            let (si, batch) = match piece? {
-                Piece::Done(si) => {
-                    cursor = (si + 1, 0);
-                    copied = 0;
-                    continue;
-                }
-                Piece::Batch(si, batch) => (si, batch),
-            };
-            let (owned_indices, hashes, ids, values) = batch;
-            if let (Some(ids), Some(want)) = (&ids, id_type) {
-                if ids.data_type() != want {
-                    bail!(
-                        "{}: its id column is {}, this run's is {want}; they cannot be matched",
-                        state.sources[si].path,
-                        ids.data_type()
-                    );
-                }
-            }
-            let dim = values.len() / owned_indices.len().max(1);
-            // In pieces that fill the open part to --rows-per-part, checking for a stop between.
-            let mut at = 0;
-            while at < owned_indices.len() {
-                if stop.is_set() {
-                    commit(&mut shards, ckpt, &mut pending, cursor)?;
-                    return Ok(stopped(&bytes));
-                }
-                std::thread::sleep(delay);
-                let room = rows_per_part.saturating_sub(shards.buffered_rows()).max(1);
-                let n = room.min(owned_indices.len() - at);
-                let rows: Vec<u64> =
-                    owned_indices[at..at + n].iter().map(|&i| partition.owned_row(i as u64)).collect();
-                let piece_ids = ids.as_ref().map(|ids| ids.slice(at, n));
-                shards.push(&rows, &hashes[at..at + n], piece_ids, values.slice(at * dim, n * dim))?;
-                at += n;
-                pending += n as u64;
-                copied += n as u64;
-                cursor = (si, copied);
-                progress.advance(n as u64, 0);
-                live.rows_done.fetch_add(n as u64, Relaxed);
-                live.rows_reused.fetch_add(n as u64, Relaxed);
-                if shards.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
-                    commit(&mut shards, ckpt, &mut pending, cursor)?;
-                    last_commit = Instant::now();
-                }
-            }
-        }
-        reader.join().expect("reuse reader panicked");
-        commit(&mut shards, ckpt, &mut pending, cursor)?;
-        Ok(Copied { finished: true, source_bytes: bytes.load(Relaxed) })
-    })
-}
-
-/// What the reader of the sources hands the copy: a batch of source `si`, or the end of it.
-enum Piece {
-    Batch(usize, CopiedBatch),
-    Done(usize),
-}
-
-/// Reads the planned rows of every source from the checkpoint's cursor on, in order, into
-/// `tx`; stops quietly when the receiver is gone, and sends the first error.
-fn read_sources(
-    state: &ReuseState,
-    plan: &ReusePlan,
-    with_ids: bool,
-    bytes: &Arc<AtomicU64>,
-    tx: std::sync::mpsc::SyncSender<Result<Piece>>,
-) {
-    for si in state.sources_done..state.sources.len() {
-        let skip = if si == state.sources_done { state.source_rows_done as usize } else { 0 };
-        let wanted = &plan.copies[si][skip.min(plan.copies[si].len())..];
-        if !wanted.is_empty() {
-            let batches = match read_selected(Path::new(&state.sources[si].path), wanted, with_ids, bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            for batch in batches {
-                let failed = batch.is_err();
-                if tx.send(batch.map(|b| Piece::Batch(si, b))).is_err() || failed {
-                    return;
-                }
-            }
-        }
-        if tx.send(Ok(Piece::Done(si))).is_err() {
-            return;
-        }
-    }
-}
-
-/// A batch of copied rows: owned indices, text hashes, ids (when asked), flat vector values.
-type CopiedBatch = (Vec<u32>, Vec<u128>, Option<ArrayRef>, ArrayRef);
-
-/// Reads the rows `wanted` ((row in part, owned index), by row) of a source part, batch by
-/// batch: only their pages of the text hash, id and embedding columns.
-fn read_selected(
-    path: &Path,
-    wanted: &[(u32, u32)],
-    with_ids: bool,
-    bytes: &Arc<AtomicU64>,
-) -> Result<Selected> {
-    let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).with_context(unreadable)?;
-    let schema = builder.schema().clone();
-    let mut roots = vec![
-        schema.index_of(TEXT_HASH).with_context(unreadable)?,
-        schema.index_of("embedding").with_context(unreadable)?,
-    ];
-    if with_ids {
-        roots.push(schema.index_of("id").with_context(unreadable)?);
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    // Owned indices per selected source row (several owned rows may copy one source row).
-    let mut targets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for &(r, i) in wanted {
-        targets.entry(r).or_default().push(i);
-    }
-    let mut selectors = Vec::new();
-    let mut at = 0u32;
-    for &r in targets.keys() {
-        if r > at {
-            selectors.push(RowSelector::skip((r - at) as usize));
-        }
-        match selectors.last_mut() {
-            Some(last) if !last.skip && r == at && at > 0 => last.row_count += 1,
-            _ => selectors.push(RowSelector::select(1)),
-        }
-        at = r + 1;
-    }
-    let reader = builder
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(COPY_BATCH)
-        .build()
-        .with_context(unreadable)?;
-    Ok(Selected { reader, targets: targets.into_iter(), path: path.to_path_buf() })
-}
-
-struct Selected {
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    targets: std::collections::btree_map::IntoIter<u32, Vec<u32>>,
-    path: PathBuf,
-}
-
-impl Selected {
-    fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<CopiedBatch> {
-        let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
-        let list = batch.column_by_name("embedding").expect("projected").as_fixed_size_list();
-        let ids = batch.column_by_name("id").cloned();
-        let mut take: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        let mut owned: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let (_, indices) = self.targets.next().context("internal error: more rows read than selected")?;
-            for idx in indices {
-                take.push(i as u32);
-                owned.push(idx);
-            }
-        }
-        let dim = list.value_length() as usize;
-        let hashes: Vec<u128> =
-            take.iter().map(|&i| super::hash_from_bytes(hashes.value(i as usize))).collect();
-        if take.len() == batch.num_rows() {
-            // One owned row per source row (the usual case): no copy of the vectors.
-            let values = list.values().slice(list.offset() * dim, list.len() * dim);
-            return Ok((owned, hashes, ids, values));
-        }
-        let take = arrow::array::UInt32Array::from(take);
-        let list = arrow::compute::take(list, &take, None)?;
-        let list = list.as_fixed_size_list();
-        let values = list.values().slice(list.offset() * dim, list.len() * dim);
-        let ids = match ids {
-            Some(ids) => Some(arrow::compute::take(&ids, &take, None)?),
-            None => None,
-        };
-        Ok((owned, hashes, ids, values))
-    }
-}
-
-impl Iterator for Selected {
-    type Item = Result<CopiedBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.reader.next()?;
-        Some(
-            batch
-                .with_context(|| format!("cannot read {} (a --reuse source)", self.path.display()))
-                .and_then(|b| self.convert(b)),
-        )
-    }
-}
-
 fn absolute(path: &Path) -> String {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::output::{OutputDtype, ShardWriter};
-
-    /// Element `j` of row `i`'s vector: made up, and as incompressible as real vectors.
-    fn value(i: usize, j: usize) -> f32 {
-        ((i * 7919 + j * 104_729) % 100_003) as f32 / 100_003.0
-    }
-
-    /// A part of `rows` 896-dim vectors, as a finished file in `dir`.
-    fn part(dir: &Path, rows: usize) -> PathBuf {
-        let dim = 896;
-        let mut w = ShardWriter::new(dir, dim, OutputDtype::F32, None, 0, Default::default());
-        let values: Vec<f32> = (0..rows * dim).map(|k| value(k / dim, k % dim)).collect();
-        let numbers: Vec<u64> = (0..rows as u64).collect();
-        let hashes: Vec<u128> = (0..rows as u128).collect();
-        let values = w.values(values);
-        w.push(&numbers, &hashes, None, values).unwrap();
-        let path = dir.join("part.parquet");
-        w.finish_part().unwrap().unwrap().file.persist(&path).unwrap();
-        path
-    }
-
-    /// Copies `wanted` from `path`; returns (owned index, hash, element 5) per row and the bytes read.
-    fn copy_rows(path: &Path, wanted: &[(u32, u32)]) -> (Vec<(u32, u128, f32)>, u64) {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let mut got = Vec::new();
-        for batch in read_selected(path, wanted, false, &bytes).unwrap() {
-            let (owned, hashes, _, values) = batch.unwrap();
-            let values = values.as_primitive::<arrow::datatypes::Float32Type>();
-            for (k, (&i, &h)) in owned.iter().zip(&hashes).enumerate() {
-                got.push((i, h, values.value(k * 896 + 5)));
-            }
-        }
-        (got, bytes.load(Relaxed))
-    }
-
-    #[test]
-    fn copying_some_rows_reads_the_pages_that_hold_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = part(dir.path(), 4000);
-        let size = std::fs::metadata(&path).unwrap().len();
-        // A worker of 8 over the same snapshot (its rows in runs) and over a reordered one
-        // (every 8th row): both copy an eighth of the rows, with the right values.
-        let runs: Vec<u32> = (0..4000u32).filter(|r| (r / 100) % 8 == 3).collect();
-        let scattered: Vec<u32> = (0..500u32).map(|i| i * 8 + 3).collect();
-        let mut reads = Vec::new();
-        for rows in [runs, scattered] {
-            let wanted: Vec<(u32, u32)> = rows.iter().enumerate().map(|(i, &r)| (r, i as u32)).collect();
-            let (got, read) = copy_rows(&path, &wanted);
-            let want: Vec<(u32, u128, f32)> =
-                rows.iter().enumerate().map(|(i, &r)| (i as u32, r as u128, value(r as usize, 5))).collect();
-            assert_eq!(got, want);
-            reads.push(read);
-        }
-        // Runs: their pages (an eighth), plus the footer, page index and hash column.
-        assert!(reads[0] < size / 6, "read {} of {size} bytes for runs of an eighth of the rows", reads[0]);
-        // Scattered: pages of 16 KB hold 4 of these vectors, so ~1 − (7/8)⁴ = 41% of them.
-        assert!(reads[1] < size * 6 / 10, "read {} of {size} bytes for every 8th row", reads[1]);
-        assert!(reads[0] > size / 10, "read {} of {size} bytes: too little to hold the vectors", reads[0]);
-    }
 }

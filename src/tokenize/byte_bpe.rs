@@ -47,6 +47,21 @@ pub(super) struct ByteLevelBpe {
     ascii_unchanged: bool,
     /// GPT-2's byte → printable char table, for the pieces the BPE model sees.
     byte_chars: [char; 256],
+    /// Each BPE id's length in bytes of the text (a byte-level token's chars stand for one byte
+    /// each), for token offsets.
+    token_bytes: Vec<u16>,
+}
+
+/// A text's tokens on the fast road, with where each ends (see [`ByteLevelBpe::offsets`]).
+pub(super) struct FastOffsets {
+    pub ids: Vec<u32>,
+    /// End byte of each token in the text (tokens are contiguous from byte 0).
+    pub ends: Vec<u32>,
+    /// Whether each token begins a piece of the pattern's split.
+    pub piece_starts: Vec<bool>,
+    /// The text went through no normaliser (none is set, or an ASCII text under one that leaves
+    /// ASCII as it is): the ids of a run of whole pieces are then those of that run's text alone.
+    pub unnormalized: bool,
 }
 
 /// The parts of `tokenizer.json` that decide whether the fast road is exact.
@@ -84,6 +99,11 @@ impl ByteLevelBpe {
         let added: Vec<String> =
             tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
         let added = if added.is_empty() { None } else { Some(AhoCorasick::new(&added).ok()?) };
+        let vocab = tokenizer.get_model().get_vocab();
+        let mut token_bytes = vec![0u16; vocab.values().max().map_or(0, |&m| m as usize + 1)];
+        for (token, id) in &vocab {
+            token_bytes[*id as usize] = token.chars().count().min(u16::MAX as usize) as u16;
+        }
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Some(ByteLevelBpe {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -91,6 +111,49 @@ impl ByteLevelBpe {
             added,
             ascii_unchanged,
             byte_chars: byte_chars(),
+            token_bytes,
+        })
+    }
+
+    /// [`ByteLevelBpe::ids`] with where each token ends in `text` and which tokens begin a
+    /// piece, for chunking. `None` when the text needs the general road, or when the normaliser
+    /// changes it (the offsets would be into another text).
+    pub(super) fn offsets(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        limit: usize,
+    ) -> Option<Result<FastOffsets>> {
+        if self.added.as_ref().is_some_and(|a| a.is_match(text)) {
+            return None;
+        }
+        let unnormalized = match tokenizer.get_normalizer() {
+            Some(n) if !(text.is_ascii() && self.ascii_unchanged) => match normalize(n, text) {
+                Ok(t) if t == text => false,
+                Ok(_) => return None,
+                Err(e) => return Some(Err(e)),
+            },
+            _ => true,
+        };
+        CACHE.with_borrow_mut(|cache| {
+            if cache.owner != self.id {
+                cache.pieces.clear();
+                cache.owner = self.id;
+            }
+            let mut out =
+                FastOffsets { ids: Vec::new(), ends: Vec::new(), piece_starts: Vec::new(), unnormalized };
+            let found = classify(text, &mut cache.chars).then(|| {
+                let offsets = Some((&mut out.ends, &mut out.piece_starts));
+                self.lookup_into(tokenizer.get_model(), text, limit, cache, &mut out.ids, offsets)
+            });
+            if cache.chars.capacity() > MAX_KEPT_CHARS {
+                cache.chars = Vec::new();
+            }
+            match found? {
+                Ok(true) => Some(Ok(out)),
+                Ok(false) => None, // token lengths that do not add up: leave it to the general road
+                Err(e) => Some(Err(e)),
+            }
         })
     }
 
@@ -134,27 +197,56 @@ impl ByteLevelBpe {
         cache: &mut PieceCache,
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity((text.len() / 3).min(limit) + 1);
+        self.lookup_into(model, text, limit, cache, &mut ids, None)?;
+        Ok(ids)
+    }
+
+    /// Appends the ids of `text`'s pieces to `ids` until there are more than `limit`; with
+    /// `offsets`, also each token's end byte and whether it begins a piece. Returns false when
+    /// a piece's token lengths do not add up to the piece (a vocabulary this road cannot
+    /// place), and the offsets are then not to be used.
+    fn lookup_into(
+        &self,
+        model: &ModelWrapper,
+        text: &str,
+        limit: usize,
+        cache: &mut PieceCache,
+        ids: &mut Vec<u32>,
+        mut offsets: Option<(&mut Vec<u32>, &mut Vec<bool>)>,
+    ) -> Result<bool> {
         for bytes in pieces(&cache.chars, text.len(), self.max_digits) {
             if ids.len() > limit {
                 break;
             }
-            let piece = &text.as_bytes()[bytes];
+            let start = ids.len();
+            let piece = &text.as_bytes()[bytes.clone()];
             if let Some(hit) = cache.pieces.get(piece) {
                 ids.extend_from_slice(hit);
-                continue;
-            }
-            let mapped: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
-            let tokens = model.tokenize(&mapped).map_err(|e| anyhow!("tokenization failed: {e}"))?;
-            let start = ids.len();
-            ids.extend(tokens.iter().map(|t| t.id));
-            if piece.len() <= MAX_CACHED_PIECE {
-                if cache.pieces.len() >= MAX_CACHED_PIECES {
-                    cache.pieces.clear();
+            } else {
+                let mapped: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
+                let tokens = model.tokenize(&mapped).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+                ids.extend(tokens.iter().map(|t| t.id));
+                if piece.len() <= MAX_CACHED_PIECE {
+                    if cache.pieces.len() >= MAX_CACHED_PIECES {
+                        cache.pieces.clear();
+                    }
+                    cache.pieces.insert(piece.into(), ids[start..].into());
                 }
-                cache.pieces.insert(piece.into(), ids[start..].into());
+            }
+            if let Some((ends, piece_starts)) = offsets.as_mut() {
+                let mut end = bytes.start as u32;
+                for &id in &ids[start..] {
+                    end += self.token_bytes.get(id as usize).copied().unwrap_or(0) as u32;
+                    ends.push(end);
+                }
+                if end != bytes.end as u32 {
+                    return Ok(false);
+                }
+                piece_starts.push(true);
+                piece_starts.resize(ids.len(), false);
             }
         }
-        Ok(ids)
+        Ok(true)
     }
 }
 

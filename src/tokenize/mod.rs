@@ -1,9 +1,9 @@
 //! Tokenization with the model's own `tokenizer.json`, exactly as written (normalizer,
 //! pre-tokenizer, post-processor), plus the run's prompt and truncation.
 
-use std::path::Path;
-
 use std::borrow::Cow;
+use std::ops::Range;
+use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{anyhow, Result};
@@ -13,8 +13,14 @@ use tokenizers::{
     TruncationStrategy,
 };
 
+mod boundary;
 mod byte_bpe;
+pub mod chunk;
 mod wordpiece;
+
+/// A token limit that is never reached: what a chunking run tokenizes with (its chunks are at
+/// most `--chunk-tokens` by construction, nothing is cut).
+pub const UNLIMITED: usize = u32::MAX as usize;
 
 /// One text after tokenization.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +28,34 @@ pub struct Tokenized {
     pub ids: Vec<u32>,
     /// The text was longer than the token limit and was cut.
     pub truncated: bool,
+}
+
+/// A text's own tokens (no prompt, no special tokens) with their byte ranges in the text: what
+/// chunking chooses its boundaries from (see chunk.rs).
+#[derive(Clone, Debug, Default)]
+pub struct TokenOffsets {
+    /// Byte range of each token in the text, in order. Ranges may leave gaps (text no token
+    /// covers, such as whitespace a tokenizer drops) and several tokens may share one range (the
+    /// bytes of one character).
+    pub starts: Vec<u32>,
+    pub ends: Vec<u32>,
+    /// Tokenizing stopped after the limit asked for: the text goes on past the last token.
+    pub cut: bool,
+    /// On the fast road with no prompt and no normaliser applied: the ids, and which tokens
+    /// begin a piece of the pattern's split. A run of whole pieces then has exactly the ids of its
+    /// own text (the split looks only forward, and each piece is tokenized on its own), so a
+    /// chunk made of whole pieces is its slice of these ids; any other chunk is tokenized again.
+    whole_pieces: Option<(Vec<u32>, Vec<bool>)>,
+}
+
+impl TokenOffsets {
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
 }
 
 pub struct TextTokenizer {
@@ -117,6 +151,51 @@ impl TextTokenizer {
     /// Tokenizes texts in parallel on rayon's pool.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
+    /// The prompt this tokenizer puts before every text.
+    pub fn prompt(&self) -> Option<&str> {
+        self.prompt.as_deref()
+    }
+
+    /// The tokens of `text` itself (no prompt, no special tokens, no truncation) with their byte
+    /// ranges; tokenizing may stop once there are more than `limit` (then `cut`).
+    pub fn offsets(&self, text: &str, limit: usize) -> Result<TokenOffsets> {
+        if let Some(fast) = self.fast.as_ref().and_then(|f| f.offsets(&self.inner, text, limit)) {
+            let fast = fast?;
+            let cut = fast.ends.last().is_some_and(|&e| (e as usize) < text.len());
+            let mut starts = Vec::with_capacity(fast.ends.len());
+            starts.push(0);
+            starts.extend_from_slice(&fast.ends[..fast.ends.len().saturating_sub(1)]);
+            starts.truncate(fast.ends.len());
+            let whole_pieces =
+                (fast.unnormalized && self.prompt.is_none()).then_some((fast.ids, fast.piece_starts));
+            return Ok(TokenOffsets { starts, ends: fast.ends, cut, whole_pieces });
+        }
+        let encoding = self.inner.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let (starts, ends) = encoding.get_offsets().iter().map(|&(a, b)| (a as u32, b as u32)).unzip();
+        Ok(TokenOffsets { starts, ends, cut: false, whole_pieces: None })
+    }
+
+    /// The ids the model sees for `text[bytes]` embedded on its own (prompt, special tokens, no
+    /// truncation), where `bytes` runs from the start of token `tokens.start` of `offsets` (the
+    /// text's) to the end of token `tokens.end - 1`: the slice of the text's ids when that is
+    /// exact (see [`TokenOffsets`]), else that text tokenized.
+    pub fn encode_part(
+        &self,
+        text: &str,
+        bytes: Range<usize>,
+        offsets: &TokenOffsets,
+        tokens: Range<usize>,
+    ) -> Result<Vec<u32>> {
+        if let Some((ids, piece_starts)) = &offsets.whole_pieces {
+            let starts_piece = |k: usize| k == ids.len() || piece_starts[k];
+            if starts_piece(tokens.start) && starts_piece(tokens.end) {
+                let part = ids[tokens].iter().map(|&id| Token::new(id, String::new(), (0, 0))).collect();
+                return Ok(self.finish(Encoding::from_tokens(part, 0))?.ids);
+            }
+        }
+        Ok(self.encode(&text[bytes])?.ids)
     }
 
     fn encode(&self, text: &str) -> Result<Tokenized> {
@@ -520,7 +599,8 @@ mod tests {
             .unwrap();
         assert!(t.has_fast_road(), "this tokenizer does not take a fast road");
         let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
-        let inputs = crate::input::open_all(&files, "text", None).unwrap();
+        let inputs =
+            crate::input::open_all(&files, &crate::template::Template::column("text"), None).unwrap();
         let (mut texts, mut fast_texts) = (0, 0);
         let (mut ours, mut theirs) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for file in &inputs.files {

@@ -182,10 +182,17 @@ fn bad_model_directories_fail_naming_the_problem() {
     std::fs::write(corrupt.join("model-00001-of-00002.safetensors"), b"not a safetensors file").unwrap();
     fails_with(&corrupt, &[], "model-00001-of-00002.safetensors is not a readable safetensors file");
 
+    // A known encoder type over a Qwen2 folder: its weights are not BERT's, and the error says
+    // which tensor is missing.
     let bert = copy("bert");
     let cfg = std::fs::read_to_string(bert.join("config.json")).unwrap().replace("\"qwen2\"", "\"bert\"");
     std::fs::write(bert.join("config.json"), cfg).unwrap();
-    fails_with(&bert, &[], "model_type \"bert\" is not supported; supported model types: qwen2, qwen3");
+    fails_with(&bert, &[], "have no \"embeddings.word_embeddings.weight\"");
+
+    let gpt2 = copy("gpt2");
+    let cfg = std::fs::read_to_string(gpt2.join("config.json")).unwrap().replace("\"qwen2\"", "\"gpt2\"");
+    std::fs::write(gpt2.join("config.json"), cfg).unwrap();
+    fails_with(&gpt2, &[], "model_type \"gpt2\" is not supported; supported model types: qwen2, qwen3, bert, xlm-roberta, roberta, modernbert");
 
     let bad_json = copy("bad-json");
     std::fs::write(bad_json.join("config.json"), "{ not json").unwrap();

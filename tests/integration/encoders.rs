@@ -81,6 +81,7 @@ fn embedder(name: &str, flags: &Flags, batch_tokens: usize, kernel: AttentionImp
         dimensions: v.dimensions,
         batch_tokens,
         attention_impl: kernel,
+        chunking: None,
     };
     Embedder::load(&files, &config, opts, dtype, &Device::Cpu).unwrap()
 }

@@ -68,7 +68,7 @@ fn sources() -> Vec<Source> {
 }
 
 /// A command with no worker identity inherited from the test's own environment.
-fn clean_env(cmd: &mut assert_cmd::Command) -> &mut assert_cmd::Command {
+pub fn clean_env(cmd: &mut assert_cmd::Command) -> &mut assert_cmd::Command {
     for v in batch_embed::identity::ENGINE_VARIABLES
         .iter()
         .chain(&["BATCH_EMBED_WORKER_ID", "BATCH_EMBED_NUM_WORKERS"])

@@ -61,6 +61,7 @@ fn embedder_with(
         dimensions: None,
         batch_tokens,
         attention_impl,
+        chunking: None,
     };
     Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap()
 }
@@ -170,6 +171,7 @@ fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
         dimensions: None,
         batch_tokens: 4096,
         attention_impl: AttentionImpl::Auto,
+        chunking: None,
     };
     let e = Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap();
     let got = e.embed(&[Some(reference.texts[0].as_str())]).unwrap();
@@ -204,6 +206,7 @@ fn embedder_in(name: &str, dtype: DType, attention_impl: AttentionImpl, max_toke
         dimensions: None,
         batch_tokens: 1 << 20,
         attention_impl,
+        chunking: None,
     };
     Embedder::load(&files, &config, options, dtype, &Device::Cpu).unwrap()
 }
@@ -291,6 +294,7 @@ fn an_8192_token_text_on_the_padded_path_matches_the_packed_path() {
             dimensions: None,
             batch_tokens: 1 << 20,
             attention_impl: kernel,
+            chunking: None,
         };
         Embedder::load(&files, &config, options, DType::F32, &Device::Cpu).unwrap()
     };

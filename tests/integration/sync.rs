@@ -359,7 +359,21 @@ fn status_and_progress_count_reused_and_repeated_rows() {
 
 #[test]
 fn a_change_set_applied_to_lancedb_gives_what_a_fresh_load_gives() {
+    lancedb_round_trip(&[]);
+}
+
+/// With one row per chunk, a changed text may have fewer chunks than before: its old chunks must
+/// not stay behind in the database.
+#[test]
+fn a_chunked_change_set_applied_to_lancedb_leaves_no_stale_chunks() {
+    lancedb_round_trip(&["--chunk-tokens", "12", "--chunk-overlap", "2"]);
+}
+
+/// Day 1 loaded, day 2's change set applied: the database equals a fresh load of day 2.
+fn lancedb_round_trip(extra: &[&str]) {
     let Some(python) = python_with(&["lancedb", "pyarrow"], "lancedb", "CI_REQUIRE_LANCEDB") else { return };
+    let chunked = !extra.is_empty();
+    let ids: Vec<&str> = ["--id-column", "id"].iter().chain(extra).copied().collect();
     let script = root().join("examples/vector-db/lancedb_sync.py");
     let run = |args: &[&std::ffi::OsStr]| {
         let o = std::process::Command::new(&python).arg(&script).args(args).output().unwrap();
@@ -372,39 +386,59 @@ fn a_change_set_applied_to_lancedb_gives_what_a_fresh_load_gives() {
         (write_snapshot(&dir.path().join("a"), &a, 2), write_snapshot(&dir.path().join("b"), &b, 3));
     let p = |name: &str| dir.path().join(name);
     // Snapshot A: full embed, loaded.
-    embed_cmd(&in_a, &p("out-a"), &["--id-column", "id"]).assert().success();
+    embed_cmd(&in_a, &p("out-a"), &ids).assert().success();
     run(&["load".as_ref(), p("out-a").as_os_str(), p("db").as_os_str()]);
     // Snapshot B: only what changed is embedded; the change set goes into the database.
-    embed_cmd(&in_b, &p("out-b"), &["--id-column", "id", "--reuse", &path(&p("out-a"))]).assert().success();
-    batch_embed()
-        .arg("changes")
+    embed_cmd(&in_b, &p("out-b"), &[&ids[..], &["--reuse", &path(&p("out-a"))]].concat()).assert().success();
+    let report = batch_embed()
+        .args(["changes", "--json"])
         .arg(p("out-a"))
         .arg(p("out-b"))
         .arg("--output")
         .arg(p("changes"))
-        .assert()
-        .success()
-        .stdout(contains("changed"));
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert!(report["changed"].as_u64().unwrap() > 0);
+    if chunked {
+        // Changed ids are deleted first, then their new chunks upserted.
+        assert_eq!(report["chunk_rows"], true);
+        assert_eq!(report["deleted_changed"], report["changed"]);
+        assert_eq!(
+            change_ids(&p("changes/deleted.parquet")).len() as u64,
+            report["deleted"].as_u64().unwrap() + report["changed"].as_u64().unwrap()
+        );
+    }
     run(&["apply".as_ref(), p("changes").as_os_str(), p("db").as_os_str()]);
+    if chunked {
+        // Applying it again changes nothing (deletes, then upserts on (id, chunk)).
+        run(&["apply".as_ref(), p("changes").as_os_str(), p("db").as_os_str()]);
+    }
     // What a full embed of B loaded from scratch holds.
-    embed_cmd(&in_b, &p("full-b"), &["--id-column", "id"]).assert().success();
+    embed_cmd(&in_b, &p("full-b"), &ids).assert().success();
     run(&["load".as_ref(), p("full-b").as_os_str(), p("db-fresh").as_os_str()]);
     run(&["dump".as_ref(), p("db").as_os_str(), p("synced.parquet").as_os_str()]);
     run(&["dump".as_ref(), p("db-fresh").as_os_str(), p("fresh.parquet").as_os_str()]);
     let (synced, fresh) = (read_table_vectors(&p("synced.parquet")), read_table_vectors(&p("fresh.parquet")));
     assert_eq!(synced.len(), fresh.len());
     for ((ia, va), (ib, vb)) in synced.iter().zip(&fresh) {
-        assert_eq!(ia, ib, "the same ids");
-        assert!(max_abs_diff(va, vb) <= 1e-6, "id {ia}: vectors differ by {}", max_abs_diff(va, vb));
+        assert_eq!(ia, ib, "the same ids (and chunks)");
+        assert!(max_abs_diff(va, vb) <= 1e-6, "id {ia:?}: vectors differ by {}", max_abs_diff(va, vb));
     }
     let with_text = b.iter().filter(|r| r.1.is_some()).count();
-    assert_eq!(synced.len(), with_text, "every row with a text, once");
+    let mut distinct: Vec<i64> = synced.iter().map(|(k, _)| k.0).collect();
+    distinct.dedup();
+    assert_eq!(distinct.len(), with_text, "every row with a text, once");
+    if chunked {
+        assert!(synced.len() > with_text + 100, "rows of several chunks");
+    }
 }
 
-/// (id, vector) of a dumped LanceDB table, by id.
-fn read_table_vectors(path: &Path) -> Vec<(i64, Vec<f32>)> {
+/// ((id, chunk), vector) of a dumped LanceDB table, by id and chunk (0 without chunks).
+fn read_table_vectors(path: &Path) -> Vec<((i64, u32), Vec<f32>)> {
     use arrow::array::AsArray;
-    use arrow::datatypes::{Float32Type, Int64Type};
+    use arrow::datatypes::{Float32Type, Int64Type, UInt32Type};
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(path).unwrap(),
     )
@@ -415,12 +449,14 @@ fn read_table_vectors(path: &Path) -> Vec<(i64, Vec<f32>)> {
     for batch in reader {
         let batch = batch.unwrap();
         let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>().clone();
+        let chunks = batch.column_by_name("chunk").map(|c| c.as_primitive::<UInt32Type>().clone());
         let vectors = batch.column_by_name("vector").unwrap().as_fixed_size_list().clone();
         for i in 0..batch.num_rows() {
-            out.push((ids.value(i), vectors.value(i).as_primitive::<Float32Type>().values().to_vec()));
+            let key = (ids.value(i), chunks.as_ref().map_or(0, |c| c.value(i)));
+            out.push((key, vectors.value(i).as_primitive::<Float32Type>().values().to_vec()));
         }
     }
-    out.sort_by_key(|(id, _)| *id);
+    out.sort_by_key(|(key, _)| *key);
     out
 }
 

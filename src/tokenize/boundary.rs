@@ -1,0 +1,254 @@
+//! Where a chunk may end, and how good each place is: the cuts between a text's tokens that split
+//! no character, ranked paragraph break > sentence end > whitespace > any token boundary, and
+//! the choice of a chunk's end and of the next chunk's start (chunk.rs drives them). Pure: token
+//! offsets and the text in, token indices out.
+
+use std::ops::Range;
+
+use unicode_segmentation::UnicodeSegmentation;
+
+use super::TokenOffsets;
+
+/// How good a place to end a chunk is, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Boundary {
+    /// Between two tokens inside a word (or between characters with no space, as in CJK text).
+    Token,
+    Whitespace,
+    /// A sentence end (UAX #29), a line break among them.
+    Sentence,
+    /// A blank line.
+    Paragraph,
+}
+
+/// The places a text's tokens can be cut, and how good each is.
+pub(super) struct Cuts<'t> {
+    text: &'t str,
+    offsets: &'t TokenOffsets,
+    /// `valid[k]`: the text can be cut before token k (k in 0..=n) without splitting a character
+    /// or a token's bytes.
+    valid: Vec<bool>,
+}
+
+/// Bytes of context on each side of a cut that the sentence rules are run over.
+const SENTENCE_CONTEXT: usize = 64;
+
+impl<'t> Cuts<'t> {
+    pub(super) fn new(text: &'t str, offsets: &'t TokenOffsets) -> Self {
+        let n = offsets.len();
+        let mut valid = vec![true; n + 1];
+        let mut reach = 0u32; // furthest end of the tokens so far
+        for (k, (&at, &end)) in offsets.starts.iter().zip(&offsets.ends).enumerate() {
+            if k > 0 {
+                valid[k] = reach <= at && text.is_char_boundary(at as usize);
+            }
+            reach = reach.max(end);
+        }
+        Cuts { text, offsets, valid }
+    }
+
+    /// The bytes of tokens `a..b`: from the start of token a (of the text, for the first) to the
+    /// start of token b (the end of the text, for the last). Text that no token covers between
+    /// two tokens (whitespace or characters a normaliser drops) goes with the chunk before it, so
+    /// chunks without overlap tile the text.
+    pub(super) fn bytes(&self, a: usize, b: usize) -> Range<usize> {
+        let n = self.offsets.len();
+        let start = if a == 0 { 0 } else { self.offsets.starts[a] as usize };
+        let end = match b < n {
+            true => self.offsets.starts[b] as usize,
+            false if self.offsets.cut => self.offsets.ends[n - 1] as usize,
+            false => self.text.len(),
+        };
+        // Offsets from a tokenizer always fall on characters; guard anyway.
+        let start = floor_char(self.text, start);
+        let end = ceil_char(self.text, end.max(start));
+        start..end
+    }
+
+    /// The first valid cut after token a.
+    pub(super) fn first_after(&self, a: usize) -> usize {
+        (a + 1..self.valid.len()).find(|&k| self.valid[k]).unwrap_or(self.valid.len() - 1)
+    }
+
+    /// Where a chunk starting at token `a` with room for `window` tokens ends (exclusive token
+    /// index): the best boundary in the later part of the window (from half of it, and past the
+    /// overlap), the latest of the best kind, at the start of its whitespace; else the latest
+    /// boundary anywhere in the window; else the first one after `a`.
+    pub(super) fn best_end(&self, a: usize, window: usize, overlap: usize) -> usize {
+        let n = self.valid.len() - 1;
+        let hi = (a + window).min(n);
+        let lo = (a + (window / 2).max(overlap + 1)).min(hi);
+        let mut best: Option<(Boundary, usize, usize)> = None; // (kind, run start, k)
+        for k in lo.max(a + 1)..=hi {
+            if !self.valid[k] {
+                continue;
+            }
+            let (kind, run) = self.classify(k);
+            let better = match best {
+                None => true,
+                Some((bk, brun, _)) => kind > bk || (kind == bk && run > brun),
+            };
+            if better {
+                best = Some((kind, run, k));
+            }
+        }
+        if let Some((_, _, k)) = best {
+            return k;
+        }
+        (a + 1..=hi).rev().find(|&k| self.valid[k]).unwrap_or_else(|| self.first_after(a))
+    }
+
+    /// The start of the chunk after tokens `a..b`: `overlap` tokens before `b`, moved by up to two
+    /// tokens to a word start, always past `a`.
+    pub(super) fn next_start(&self, a: usize, b: usize, overlap: usize) -> usize {
+        if overlap == 0 {
+            return b;
+        }
+        let target = b.saturating_sub(overlap).max(a + 1);
+        let near = |k: usize| k > a && k < b && self.valid[k];
+        let mut candidates: Vec<usize> =
+            (target.saturating_sub(2)..=target + 2).filter(|&k| near(k)).collect();
+        candidates.sort_by_key(|&k| (k.abs_diff(target), std::cmp::Reverse(k)));
+        if let Some(&k) = candidates.iter().find(|&&k| self.classify(k).0 >= Boundary::Whitespace) {
+            return k;
+        }
+        if let Some(&k) = candidates.first() {
+            return k;
+        }
+        (target..b).find(|&k| near(k)).or_else(|| (a + 1..target).rev().find(|&k| near(k))).unwrap_or(b)
+    }
+
+    /// The kind of the boundary before token k, and where its whitespace run starts (the cut's
+    /// own byte when it has none): cuts in one run of whitespace are one boundary.
+    fn classify(&self, k: usize) -> (Boundary, usize) {
+        let bytes = self.text.as_bytes();
+        let (start, at, end) = self.run_around(k);
+        let run = &self.text[start..end];
+        // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
+        let breaks = run
+            .char_indices()
+            .filter(|&(i, c)| match c {
+                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
+                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
+                _ => false,
+            })
+            .count();
+        match breaks {
+            0 => {}
+            1 => return (Boundary::Sentence, start), // UAX #29 ends a sentence at a line break
+            _ => return (Boundary::Paragraph, start),
+        }
+        if self.ends_sentence(start, end) {
+            return (Boundary::Sentence, start);
+        }
+        if end > start {
+            (Boundary::Whitespace, start)
+        } else {
+            (Boundary::Token, at)
+        }
+    }
+
+    /// The cut before token k (1 ≤ k ≤ n): the run of whitespace it touches, the gap before
+    /// the token included, as (run start, the token's start, run end).
+    fn run_around(&self, k: usize) -> (usize, usize, usize) {
+        let n = self.offsets.len();
+        let at = match k < n {
+            true => self.offsets.starts[k] as usize,
+            false => self.offsets.ends[n - 1] as usize,
+        };
+        let mut start = self.offsets.ends[k - 1].min(at as u32) as usize;
+        while let Some(c) = self.text[..start].chars().next_back().filter(|c| c.is_whitespace()) {
+            start -= c.len_utf8();
+        }
+        let mut end = at;
+        while let Some(c) = self.text[end..].chars().next().filter(|c| c.is_whitespace()) {
+            end += c.len_utf8();
+        }
+        (start, at, end)
+    }
+
+    /// Whether a sentence boundary (UAX #29) falls in `start..=end` (a run of whitespace, or a
+    /// point). NOTE: UAX #29 ends a sentence (line breaks aside) only after a terminator, closing
+    /// punctuation and spaces (`SATerm Close* Sp*`): so only a cut after one of `.!?` (past any
+    /// ASCII closing quote or bracket), or after a character outside ASCII, is asked of the
+    /// segmenter, over a little context around it. Segmenting whole texts was 15% of a chunking
+    /// run's time, and asking at every punctuation mark more than that (IMDB's `<br />`).
+    fn ends_sentence(&self, start: usize, end: usize) -> bool {
+        let before = self.text[..start]
+            .chars()
+            .rev()
+            .find(|c| !matches!(c, '"' | '\'' | ')' | ']' | '}' | '(' | '[' | '{'));
+        match before {
+            None => return false,
+            Some(c) if c.is_ascii() && !matches!(c, '.' | '!' | '?') => return false,
+            Some(_) => {}
+        }
+        let from = floor_char(self.text, start.saturating_sub(SENTENCE_CONTEXT));
+        let to = ceil_char(self.text, end + SENTENCE_CONTEXT);
+        self.text[from..to]
+            .split_sentence_bound_indices()
+            .map(|(i, _)| from + i)
+            .any(|b| b > from && b >= start && b <= end)
+    }
+}
+
+fn floor_char(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_char(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tokenize::TextTokenizer;
+
+    fn tokenizer() -> TextTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2/tokenizer.json");
+        TextTokenizer::from_file(&path, crate::tokenize::UNLIMITED, None).unwrap()
+    }
+
+    #[test]
+    fn sentence_ends_found_locally_are_those_of_the_whole_text() {
+        let t = tokenizer();
+        let mut texts = crate::tokenize::chunk::tests::texts(5);
+        texts.push(
+            "He said \"Stop.\" Then (he left.) Mr. Smith stayed! Did he? Yes… 3.14 is pi. e.g. this."
+                .repeat(5),
+        );
+        texts.push("\u{6211}\u{559c}\u{6b22}\u{3002}\u{4f60}\u{5462}\u{ff1f}\u{597d}\u{ff01}".repeat(9));
+        let mut found = 0;
+        for text in &texts {
+            let offsets = t.offsets(text, usize::MAX).unwrap();
+            let cuts = Cuts::new(text, &offsets);
+            let whole: Vec<usize> =
+                text.split_sentence_bound_indices().map(|(i, _)| i).filter(|&i| i > 0).collect();
+            for k in 1..offsets.len() {
+                if !cuts.valid[k] {
+                    continue;
+                }
+                let (start, _, end) = cuts.run_around(k);
+                if end == text.len() {
+                    continue; // whitespace up to the end of the text: no sentence starts after it
+                }
+                let want = whole.iter().any(|&b| b >= start && b <= end);
+                let got = cuts.classify(k).0 >= Boundary::Sentence;
+                assert_eq!(got, want, "cut {start}..{end} of {text:?}");
+                found += want as usize;
+            }
+        }
+        assert!(found > 100, "{found}");
+    }
+}
