@@ -10,6 +10,7 @@ use crate::device::{DeviceChoice, DtypeChoice};
 use crate::model::{Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
 use crate::partition::Partition;
+use crate::storage::Location;
 
 /// Longest default text: long enough for reviews and most documents, short enough that one
 /// text's attention fits in memory on any device.
@@ -17,17 +18,18 @@ pub const DEFAULT_MAX_TOKENS_CAP: usize = 8192;
 
 #[derive(Clone, Debug)]
 pub struct EmbedConfig {
-    pub inputs: Vec<PathBuf>,
+    /// Local paths and URLs (storage/).
+    pub inputs: Vec<Location>,
     pub model: ModelFiles,
     pub model_config: ModelConfig,
-    pub output: PathBuf,
+    pub output: Location,
     pub partition: Partition,
     /// Where the worker id and count came from (flags, Kubernetes, Slurm, SkyPilot).
     pub identity_source: String,
     pub text_column: String,
     pub id_column: Option<String>,
     /// `--reuse`: earlier outputs to copy vectors from.
-    pub reuse: Vec<PathBuf>,
+    pub reuse: Vec<Location>,
     pub output_dtype: OutputDtype,
     pub restart: bool,
     pub checkpoint_every: std::time::Duration,
@@ -54,6 +56,11 @@ pub struct EmbedConfig {
 
 impl EmbedConfig {
     pub fn from_args(args: EmbedArgs) -> Result<Self> {
+        if let Some(url) = args.model.to_str().filter(|m| m.contains("://")) {
+            bail!(
+                "--model {url}: a model is read from a local folder (its weights are read in full at start-up); copy it to local disk first, e.g. `aws s3 cp --recursive {url} /tmp/model` or `gcloud storage cp -r {url} /tmp/model`, and pass --model /tmp/model"
+            );
+        }
         let model = ModelFiles::locate(&args.model)?;
         let model_config = ModelConfig::from_file(&model.config)?;
         let limit = model_config.max_tokens_limit();
@@ -82,11 +89,12 @@ impl EmbedConfig {
         if let Some(spec) = &args.debug_faults {
             crate::faults::install(spec)?;
         }
-        for previous in &args.reuse {
-            let same = |a: &std::path::Path, b: &std::path::Path| {
-                std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
-            };
-            if same(previous, &args.output) {
+        let inputs: Vec<Location> =
+            args.inputs.iter().map(|p| Location::from_arg(p)).collect::<Result<_>>()?;
+        let output = Location::from_arg(&args.output)?;
+        let reuse: Vec<Location> = args.reuse.iter().map(|p| Location::from_arg(p)).collect::<Result<_>>()?;
+        for previous in &reuse {
+            if previous.same_as(&output) {
                 bail!("--reuse {} is this run's --output; reuse an earlier run's output", previous.display());
             }
         }
@@ -105,15 +113,15 @@ impl EmbedConfig {
             DtypeArg::F16 => DtypeChoice::F16,
         };
         Ok(EmbedConfig {
-            inputs: args.inputs,
+            inputs,
             model,
             model_config,
-            output: args.output,
+            output,
             partition,
             identity_source: identity.source,
             text_column: args.text_column,
             id_column: args.id_column,
-            reuse: args.reuse,
+            reuse,
             output_dtype: match args.output_dtype {
                 OutputDtypeArg::F32 => OutputDtype::F32,
                 OutputDtypeArg::F16 => OutputDtype::F16,
@@ -139,8 +147,8 @@ impl EmbedConfig {
     }
 
     /// This worker's folder: `OUTPUT/worker-{id:05}-of-{N:05}`.
-    pub fn worker_dir(&self) -> PathBuf {
+    pub fn worker_dir(&self) -> Location {
         self.output
-            .join(crate::worker_folder::folder_name(self.partition.worker_id, self.partition.num_workers))
+            .join(&crate::worker_folder::folder_name(self.partition.worker_id, self.partition.num_workers))
     }
 }

@@ -18,20 +18,14 @@
 //! scanned column by column (key and hash columns, then only the matching vectors).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
-};
-use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use serde::{Deserialize, Serialize};
 
 use crate::heartbeat::Live;
@@ -42,6 +36,8 @@ use crate::progress::Progress;
 use crate::run_spec::RunSpec;
 use crate::shutdown::StopFlag;
 use crate::stages::WritePlan;
+use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
+use crate::storage::Location;
 use crate::worker_folder::CommitCounts;
 
 /// Rows decoded at a time from a source part.
@@ -50,7 +46,7 @@ const COPY_BATCH: usize = 8192;
 /// What the checkpoint keeps of a `--reuse` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReuseState {
-    /// The previous outputs as given (absolute paths).
+    /// The previous outputs as given (absolute paths or URLs).
     pub outputs: Vec<String>,
     /// Their committed parts when this run started: the sources, in the order they are read.
     pub sources: Vec<SourcePart>,
@@ -63,6 +59,7 @@ pub struct ReuseState {
 /// A committed part of a previous output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourcePart {
+    /// An absolute path or a URL.
     pub path: String,
     pub rows: u64,
     /// `run_spec::footer_hash` of the part: it must not change while this run uses it.
@@ -72,7 +69,7 @@ pub struct SourcePart {
 /// Lists the committed parts of the previous outputs `outputs` after checking that their
 /// vectors were made as this run's will be. `note` hears about incomplete outputs.
 pub fn find_sources(
-    outputs: &[PathBuf],
+    outputs: &[Location],
     current: &RunSpec,
     note: &mut dyn FnMut(&str),
 ) -> Result<ReuseState> {
@@ -102,7 +99,7 @@ pub fn find_sources(
             for part in &ckpt.parts {
                 let path = w.dir.join(&part.file);
                 state.sources.push(SourcePart {
-                    path: absolute(&path),
+                    path: path.canonical(),
                     rows: part.rows,
                     footer: crate::run_spec::footer_hash(&path)
                         .with_context(|| format!("--reuse {shown}"))?,
@@ -129,7 +126,7 @@ pub fn find_sources(
                 workers.len()
             ));
         }
-        state.outputs.push(absolute(output));
+        state.outputs.push(output.canonical());
     }
     Ok(state)
 }
@@ -137,7 +134,7 @@ pub fn find_sources(
 /// Fails unless every source is still as it was when the run started.
 pub fn check_sources(state: &ReuseState) -> Result<()> {
     for s in &state.sources[state.sources_done.min(state.sources.len())..] {
-        let now = crate::run_spec::footer_hash(Path::new(&s.path));
+        let now = Location::parse(&s.path).and_then(|l| crate::run_spec::footer_hash(&l));
         if now.as_deref().ok() != Some(s.footer.as_str()) {
             bail!(
                 "{} changed or vanished since this run started reusing it; run again with --restart to plan the reuse anew",
@@ -223,8 +220,8 @@ pub fn plan(
     // 2. The sources' keys: each owned row takes the first source row with its key and hash.
     let mut source_of: Vec<u64> = vec![u64::MAX; owned];
     for (si, source) in sources.iter().enumerate() {
-        let path = Path::new(&source.path);
-        for (row, key, hash) in source_keys(path, by_id)? {
+        let path = Location::parse(&source.path)?;
+        for (row, key, hash) in source_keys(&path, by_id)? {
             let start = entries.partition_point(|e| e.key < key);
             for e in entries[start..].iter().take_while(|e| e.key == key) {
                 let slot = &mut source_of[e.index as usize];
@@ -255,11 +252,10 @@ pub fn plan(
 
 /// (row in part, key, text hash) of every row of a source part, reading only its key and hash
 /// columns.
-fn source_keys(path: &Path, by_id: bool) -> Result<Vec<(u32, u128, u128)>> {
+fn source_keys(path: &Location, by_id: bool) -> Result<Vec<(u32, u128, u128)>> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).with_context(unreadable)?)
-        .with_context(unreadable)?;
-    let schema = builder.schema().clone();
+    let file = ParquetFile::open(path).with_context(unreadable)?;
+    let schema = file.schema().clone();
     let hash_col = schema.index_of(TEXT_HASH).map_err(|_| {
         anyhow::anyhow!(
             "{} has no {TEXT_HASH} column: it was made by an older batch-embed and cannot be reused",
@@ -269,9 +265,14 @@ fn source_keys(path: &Path, by_id: bool) -> Result<Vec<(u32, u128, u128)>> {
     let mut roots = vec![hash_col];
     let id_col = if by_id { Some(schema.index_of("id").with_context(unreadable)?) } else { None };
     roots.extend(id_col);
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader =
-        builder.with_projection(mask).with_batch_size(COPY_BATCH).build().with_context(unreadable)?;
+    let request = ReadRequest {
+        columns: roots,
+        row_groups: None,
+        selection: None,
+        batch_size: COPY_BATCH,
+        page_index: false,
+    };
+    let reader = file.read(request).with_context(unreadable)?;
     let mut out = Vec::new();
     let mut first = 0u32;
     for batch in reader {
@@ -335,7 +336,7 @@ pub fn copy(
             cursor = (si + 1, 0);
             continue;
         }
-        for batch in read_selected(Path::new(&source.path), wanted, id_type.is_some())? {
+        for batch in read_selected(&Location::parse(&source.path)?, wanted, id_type.is_some())? {
             let (owned_indices, hashes, ids, values) = batch?;
             if let (Some(ids), Some(want)) = (&ids, id_type) {
                 if ids.data_type() != want {
@@ -385,15 +386,10 @@ type CopiedBatch = (Vec<u32>, Vec<u128>, Option<ArrayRef>, ArrayRef);
 
 /// Reads the rows `wanted` ((row in part, owned index), by row) of a source part, batch by
 /// batch: only their pages of the text hash, id and embedding columns.
-fn read_selected(path: &Path, wanted: &[(u32, u32)], with_ids: bool) -> Result<Selected> {
+fn read_selected(path: &Location, wanted: &[(u32, u32)], with_ids: bool) -> Result<Selected> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        File::open(path).with_context(unreadable)?,
-        options,
-    )
-    .with_context(unreadable)?;
-    let schema = builder.schema().clone();
+    let file = ParquetFile::open(path).with_context(unreadable)?;
+    let schema = file.schema().clone();
     let mut roots = vec![
         schema.index_of(TEXT_HASH).with_context(unreadable)?,
         schema.index_of("embedding").with_context(unreadable)?,
@@ -401,7 +397,6 @@ fn read_selected(path: &Path, wanted: &[(u32, u32)], with_ids: bool) -> Result<S
     if with_ids {
         roots.push(schema.index_of("id").with_context(unreadable)?);
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     // Owned indices per selected source row (several owned rows may copy one source row).
     let mut targets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for &(r, i) in wanted {
@@ -419,20 +414,22 @@ fn read_selected(path: &Path, wanted: &[(u32, u32)], with_ids: bool) -> Result<S
         }
         at = r + 1;
     }
-    let reader = builder
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(COPY_BATCH)
-        .build()
+    let reader = file
+        .read(ReadRequest {
+            columns: roots,
+            row_groups: None,
+            selection: Some(RowSelection::from(selectors)),
+            batch_size: COPY_BATCH,
+            page_index: true,
+        })
         .with_context(unreadable)?;
-    Ok(Selected { reader, targets: targets.into_iter(), path: path.to_path_buf() })
+    Ok(Selected { reader, targets: targets.into_iter(), path: path.clone() })
 }
 
 struct Selected {
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    reader: Batches,
     targets: std::collections::btree_map::IntoIter<u32, Vec<u32>>,
-    path: PathBuf,
+    path: Location,
 }
 
 impl Selected {
@@ -480,8 +477,4 @@ impl Iterator for Selected {
                 .and_then(|b| self.convert(b)),
         )
     }
-}
-
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }
