@@ -134,6 +134,7 @@ impl WorkerFolder {
         note: &mut dyn FnMut(&str),
     ) -> Result<(Arc<Self>, Checkpoint)> {
         dir.create_dir_all()?;
+        bucket::probe_conditional_writes(dir, &crate::lock::new_token())?;
         let lock = WorkerLock::acquire(dir, lock, note)?;
         let folder =
             WorkerFolder { dir: dir.clone(), lock, lost: Mutex::new(None), written: Mutex::new(None) };

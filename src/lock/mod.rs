@@ -328,7 +328,7 @@ fn alive(info: &LockInfo) -> bool {
 }
 
 /// 16 random hex digits from the operating system.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let n = getrandom::u64().unwrap_or_else(|_| {
         // No OS randomness (never seen): time and pid still make two processes differ.
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

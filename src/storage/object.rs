@@ -38,8 +38,9 @@ const UPLOAD_CHUNK: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const UPLOAD_IN_FLIGHT: usize = 4;
 /// Attempts of a conditional write that failed in transport (the crate does not retry those on
-/// its own: it cannot know whether they landed).
-const CONDITIONAL_ATTEMPTS: u32 = 4;
+/// its own: it cannot know whether they landed), 0.2 s apart, doubling to 3.2 s (about 15 s in
+/// all, within which the crate itself retries server errors).
+const CONDITIONAL_ATTEMPTS: u32 = 8;
 
 /// The runtime every object store call runs on (started on first use).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -143,10 +144,26 @@ impl std::fmt::Debug for Bucket {
     }
 }
 
+/// The clients made so far, by `scheme://bucket`.
+fn clients() -> &'static Mutex<HashMap<String, Arc<Bucket>>> {
+    static BUCKETS: OnceLock<Mutex<HashMap<String, Arc<Bucket>>>> = OnceLock::new();
+    BUCKETS.get_or_init(Default::default)
+}
+
+/// A bucket of its own in memory (`mem://NAME`), for the tests of what runs on buckets: the
+/// crate's in-memory store has the conditional writes of the real ones.
+#[cfg(test)]
+pub fn memory(name: &str) -> ObjectLocation {
+    let base = format!("mem://{name}");
+    let bucket =
+        Arc::new(Bucket { base: base.clone(), store: Arc::new(object_store::memory::InMemory::new()) });
+    clients().lock().expect("bucket cache").insert(base, bucket.clone());
+    ObjectLocation { bucket, key: Key::default() }
+}
+
 /// The client for `base` (`scheme://bucket`), made once per process.
 fn bucket(base: &str) -> Result<Arc<Bucket>> {
-    static BUCKETS: OnceLock<Mutex<HashMap<String, Arc<Bucket>>>> = OnceLock::new();
-    let mut buckets = BUCKETS.get_or_init(Default::default).lock().expect("bucket cache");
+    let mut buckets = clients().lock().expect("bucket cache");
     if let Some(b) = buckets.get(base) {
         return Ok(b.clone());
     }
@@ -379,7 +396,7 @@ impl ObjectLocation {
                     return Ok(None);
                 }
                 Err(e) if attempt < CONDITIONAL_ATTEMPTS && transient(&e) => {
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                    std::thread::sleep(Duration::from_millis(100 << attempt.min(5)));
                     attempt += 1;
                 }
                 Err(e) => return Err(self.error("cannot write", e)),

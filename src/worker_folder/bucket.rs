@@ -30,6 +30,32 @@ use crate::storage::Location;
 /// Tries at taking the checkpoint over while an old owner is still committing.
 const OPEN_ATTEMPTS: usize = 5;
 
+/// Fails unless the store honours conditional writes, on which the lock and the commit fence
+/// stand (an S3-compatible server that ignored `If-None-Match`/`If-Match` would let two owners
+/// write one folder without a word): a probe object is created, created again (must be refused),
+/// replaced over its version (must work), replaced over that old version again (must be
+/// refused), and removed.
+pub(super) fn probe_conditional_writes(dir: &Location, token: &str) -> Result<()> {
+    let Location::Object(dir) = dir else { return Ok(()) };
+    let probe = dir.child(&format!(".conditional-write-probe-{token}"));
+    let outcome = (|| {
+        let v1 = probe.put_if(Bytes::from_static(b"1"), &Cond::Absent)?;
+        let again = probe.put_if(Bytes::from_static(b"2"), &Cond::Absent)?;
+        let Some(v1) = v1 else { return Ok(false) };
+        let v2 = probe.put_if(Bytes::from_static(b"3"), &Cond::Unchanged(v1.clone()))?;
+        let stale = probe.put_if(Bytes::from_static(b"4"), &Cond::Unchanged(v1))?;
+        anyhow::Ok(again.is_none() && v2.is_some() && stale.is_none())
+    })();
+    let _ = probe.delete();
+    if !outcome? {
+        bail!(
+            "{} does not honour conditional writes (If-None-Match / If-Match on PUT): a second create or a replace of an old version was accepted; batch-embed needs them to keep one writer per worker folder on a bucket. Use a store that supports them (S3, GCS, Azure, recent MinIO, R2), or write to a mounted folder instead",
+            dir.url()
+        );
+    }
+    Ok(())
+}
+
 fn object(folder: &WorkerFolder) -> &ObjectLocation {
     match folder.dir() {
         Location::Object(o) => o,
@@ -209,4 +235,105 @@ fn write_checkpoint(folder: &WorkerFolder, next: &mut Checkpoint) -> Result<()> 
 /// Saves the checkpoint as it is (the caller checked ownership).
 pub(super) fn save_checkpoint(folder: &WorkerFolder, ckpt: &mut Checkpoint) -> Result<()> {
     write_checkpoint(folder, ckpt)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::super::{owned_part_name, WorkerFolder, LOCK};
+    use super::*;
+    use crate::lock::LockOptions;
+
+    fn lock_as(host: &str, force: bool) -> LockOptions {
+        LockOptions { force, stale: Duration::from_secs(60), host: host.into() }
+    }
+
+    fn part(folder: &WorkerFolder, seq: usize) -> FinishedPart {
+        let name = owned_part_name(seq, &folder.lock().owner());
+        let mut file = folder.dir().join(&name).new_file().unwrap();
+        file.write_all(b"vectors").unwrap();
+        FinishedPart { file, name, rows: 2 }
+    }
+
+    fn names(dir: &Location) -> Vec<String> {
+        let mut n: Vec<String> = dir.list_files().unwrap().into_iter().map(|(n, _)| n).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn on_a_bucket_a_fenced_owner_commits_nothing_and_removes_what_it_uploaded() {
+        let dir =
+            Location::Object(crate::storage::object::memory("fenced").child("out/worker-00000-of-00001"));
+        let spec = crate::run_spec::tests::spec();
+        let counts = CommitCounts { rows: 2, embedded: 2, ..Default::default() };
+        let (first, mut ckpt1) =
+            WorkerFolder::open(&dir, &spec, 0, 10, false, &lock_as("a", false), &mut |_| {}).unwrap();
+        first.commit(&mut ckpt1, Some(part(&first, 0)), b"", &counts).unwrap();
+        assert_eq!(ckpt1.parts[0].file, owned_part_name(0, &first.lock().owner()));
+
+        // Another host forces the folder while the first still runs; the first's next commit
+        // finds the lock gone before uploading anything.
+        let (second, mut ckpt2) =
+            WorkerFolder::open(&dir, &spec, 0, 10, false, &lock_as("b", true), &mut |_| {}).unwrap();
+        assert_eq!(ckpt2.rows_done, 2);
+        let err = first.commit(&mut ckpt1, Some(part(&first, 1)), b"{\"row\": 5}\n", &counts).unwrap_err();
+        assert!(err.downcast_ref::<LostFolder>().is_some(), "{err:#}");
+        assert_eq!(ckpt1.rows_done, 2);
+
+        // Even past the lock check (a takeover landing between the check and the upload), its
+        // checkpoint write fails, and the part it uploaded is removed again.
+        let stale_lock = dir.join(LOCK).read().unwrap().unwrap();
+        let before = names(&dir);
+        let mut info: crate::lock::LockInfo = serde_json::from_slice(&stale_lock).unwrap();
+        info.owner = first.lock().owner();
+        dir.join(LOCK).write(&serde_json::to_vec(&info).unwrap()).unwrap();
+        *first.lost.lock().unwrap() = None;
+        let err = first.commit(&mut ckpt1, Some(part(&first, 1)), b"{\"row\": 5}\n", &counts).unwrap_err();
+        assert!(format!("{err:#}").contains("was replaced by another owner"), "{err:#}");
+        assert_eq!(names(&dir), before, "the fenced commit left nothing behind");
+        dir.join(LOCK).write(&stale_lock).unwrap();
+
+        second.commit(&mut ckpt2, Some(part(&second, 1)), b"{\"row\": 7}\n", &counts).unwrap();
+        let on_bucket = Checkpoint::load(&dir).unwrap().unwrap();
+        assert_eq!((on_bucket.rows_done, on_bucket.parts.len(), on_bucket.failure_files.len()), (4, 2, 1));
+        assert_eq!(on_bucket.owner, second.lock().owner());
+        assert!(on_bucket.parts[1].file.contains(&second.lock().owner()));
+    }
+
+    #[test]
+    fn reopening_a_bucket_folder_removes_unlisted_objects_and_keeps_what_the_checkpoint_lists() {
+        let dir =
+            Location::Object(crate::storage::object::memory("reopen").child("out/worker-00000-of-00001"));
+        let spec = crate::run_spec::tests::spec();
+        let counts = CommitCounts { rows: 2, failed: 1, embedded: 1, ..Default::default() };
+        let listed = {
+            let (folder, mut ckpt) =
+                WorkerFolder::open(&dir, &spec, 0, 10, false, &lock_as("a", false), &mut |_| {}).unwrap();
+            folder.commit(&mut ckpt, Some(part(&folder, 0)), b"{\"row\":1}\n", &counts).unwrap();
+            // A crash mid-commit: a part and a failure file uploaded but never in a checkpoint.
+            dir.join(&owned_part_name(1, "deadbeefdeadbeef")).write(b"x").unwrap();
+            dir.join(&failures_name(1, &folder.lock().owner())).write(b"{\"row\":3}\n").unwrap();
+            let mut listed: Vec<String> =
+                ckpt.parts.iter().chain(&ckpt.failure_files).map(|p| p.file.clone()).collect();
+            listed.extend([
+                "checkpoint.json".to_string(),
+                "lock.json".to_string(),
+                "progress.json".to_string(),
+            ]);
+            listed.sort();
+            std::mem::forget(folder); // killed: no release, no progress
+            listed
+        };
+        let (_folder, ckpt) =
+            WorkerFolder::open(&dir, &spec, 0, 10, false, &lock_as("b", true), &mut |_| {}).unwrap();
+        assert_eq!(ckpt.rows_done, 2);
+        let mut expected = listed;
+        expected.retain(|n| n != "progress.json");
+        assert_eq!(names(&dir), expected);
+        let entry = crate::fleet::WorkerEntry { worker_id: 0, num_workers: 1, dir: dir.clone() };
+        assert_eq!(entry.failed_rows(&ckpt).unwrap(), [1]);
+    }
 }

@@ -161,6 +161,35 @@ fn three_workers_on_a_bucket_give_the_output_of_the_same_run_on_disk() {
     assert!(again.status.success());
     assert_eq!(bucket.keys("out"), before);
 
+    // The live page serves the bucket's status.
+    let mut page = std::process::Command::new(assert_cmd::cargo::cargo_bin("batch-embed"))
+        .envs(Moto::env_for(&s3.endpoint))
+        .args(["status", "--serve", "127.0.0.1:0"])
+        .arg(bucket.url("out"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(page.stderr.take().unwrap()), &mut line)
+        .unwrap();
+    let addr =
+        line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(http(&format!("http://{addr}"), "GET", "/status.json", &[]), Some(200), "{line}");
+    page.kill().unwrap();
+    page.wait().unwrap();
+
+    // --restart on a bucket discards the worker's objects and writes them anew.
+    let old = bucket.keys("out/worker-00001-of-00003");
+    let args = three_workers_args(1);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--restart");
+    embed_s3(&s3.endpoint, &bucket.url("corpus"), &bucket.url("out"), &args).assert().success();
+    let new = bucket.keys("out/worker-00001-of-00003");
+    let parts = |keys: &[String]| keys.iter().filter(|k| k.contains("/part-")).cloned().collect::<Vec<_>>();
+    assert_eq!(parts(&old).len(), parts(&new).len());
+    assert!(parts(&new).iter().all(|p| !old.contains(p)), "new parts carry the new owner's token");
+    assert_same_output(&local, &downloaded(&bucket, "out", &dir.path().join("after-restart")));
+
     // verify names a part left on the bucket outside any checkpoint.
     bucket.put("out/worker-00001-of-00003/part-000099-stray.parquet", b"x".to_vec());
     s3_cmd(&s3.endpoint)
@@ -169,6 +198,38 @@ fn three_workers_on_a_bucket_give_the_output_of_the_same_run_on_disk() {
         .assert()
         .failure()
         .stdout(contains("part-000099-stray.parquet is not in the checkpoint"));
+}
+
+#[test]
+fn local_and_bucket_inputs_mix_with_local_paths_numbered_first() {
+    let Some(s3) = moto() else { return };
+    let bucket = s3.bucket("mixed");
+    let dir = tempdir();
+    let input = corpus(dir.path(), 300);
+    let local = dir.path().join("local");
+    embed_cmd(&input, &local, &["--id-column", "id"]).assert().success();
+    // shard-0 stays local; shards 1..3 (and the empty one) go to the bucket.
+    for f in 1..4 {
+        let name = format!("shard-{f}.parquet");
+        bucket.put(&format!("in/{name}"), std::fs::read(input.join(&name)).unwrap());
+    }
+    let first = input.join("shard-0.parquet");
+    let mut cmd = embed_s3(&s3.endpoint, &bucket.url("in"), &bucket.url("out"), &["--id-column", "id"]);
+    cmd.arg(&first).assert().success();
+    assert_same_output(&local, &downloaded(&bucket, "out", dir.path()));
+    let ckpt: serde_json::Value =
+        serde_json::from_slice(&bucket.get("out/worker-00000-of-00001/checkpoint.json").unwrap()).unwrap();
+    let paths: Vec<&str> = ckpt["spec"]["rows"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert!(paths[0].ends_with("shard-0.parquet") && paths[0].starts_with('/'), "{paths:?}");
+    assert_eq!(
+        &paths[1..],
+        ["s3://mixed/in/shard-1.parquet", "s3://mixed/in/shard-2.parquet", "s3://mixed/in/shard-3.parquet"]
+    );
 }
 
 /// The chaos test on a bucket: SIGKILL at random instants, then SIGTERM, then run to the end.
@@ -297,25 +358,27 @@ fn transient_errors_between_batch_embed_and_the_bucket_lose_nothing() {
     let input = corpus(dir.path(), 400);
     bucket.upload_dir(&input, "in");
     let clean = dir.path().join("clean");
-    let args = ["--id-column", "id", "--num-workers", "2", "--stride-block", "32", "--rows-per-part", "48"];
+    let args = ["--id-column", "id", "--num-workers", "2", "--stride-block", "32", "--rows-per-part", "24"];
     for w in ["0", "1"] {
         let mut a = args.to_vec();
         a.extend(["--worker-id", w]);
         embed_cmd(&input, &clean, &a).assert().success();
     }
-    // One request in eight fails: 503 Slow Down, or a connection reset before or after the
-    // server saw it. Small upload parts make every part a multipart upload.
-    let proxy = FaultProxy::start(&s3.endpoint, 12, 7);
+    // One request in seven fails: 503 Slow Down, or a connection reset before or after the
+    // server saw it. Small upload parts (1 KiB) make every part a multipart upload.
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let proxy = FaultProxy::start(&s3.endpoint, 15, seed);
     for w in ["0", "1"] {
         let mut a = args.to_vec();
         a.extend(["--worker-id", w]);
         let o = embed_s3(&proxy.endpoint, &bucket.url("in"), &bucket.url("out"), &a)
-            .env("BATCH_EMBED_UPLOAD_CHUNK", "4096")
+            .env("BATCH_EMBED_UPLOAD_CHUNK", "1024")
             .output()
             .unwrap();
         assert!(o.status.success(), "worker {w}: {}", String::from_utf8_lossy(&o.stderr));
     }
     let (requests, slow_down, before, after) = proxy.faults();
+    eprintln!("fault proxy: {requests} requests; {slow_down} answered 503, {before} reset before and {after} after the server saw them");
     assert!(
         slow_down > 0 && before > 0 && after > 0,
         "faults injected: {slow_down}, {before}, {after} of {requests}"
@@ -556,6 +619,17 @@ fn bad_bucket_urls_fail_with_one_clear_sentence_and_no_secret() {
         .assert()
         .failure()
         .stderr(contains("holds no worker folders"));
+
+    // A store that ignores conditional writes is refused before anything is written there.
+    let ignoring = FaultProxy::ignoring_conditions(&s3.endpoint);
+    fails(
+        &bucket.url("in"),
+        "s3://bad-input/out-unsafe",
+        &[],
+        &ignoring.endpoint,
+        "does not honour conditional writes",
+    );
+    assert!(bucket.keys("out-unsafe").is_empty(), "{:?}", bucket.keys("out-unsafe"));
 
     // Credentials the server does not accept: access denied, in one sentence, without the key.
     let Some(strict) = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else { return };

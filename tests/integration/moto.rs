@@ -252,7 +252,9 @@ pub struct ProxyCounts {
 }
 
 /// An HTTP proxy in front of `upstream` that fails `percent`% of requests (503, or a reset
-/// connection before or after the server saw the request), one request per connection.
+/// connection before or after the server saw the request), one request per connection; or that
+/// drops the conditional headers (`If-Match`, `If-None-Match`) of every request, playing a store
+/// that ignores them.
 pub struct FaultProxy {
     pub endpoint: String,
     pub counts: Arc<ProxyCounts>,
@@ -260,6 +262,15 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str, percent: u32, seed: u64) -> FaultProxy {
+        FaultProxy::start_with(upstream, percent, seed, false)
+    }
+
+    /// A proxy that forwards everything but the conditional headers.
+    pub fn ignoring_conditions(upstream: &str) -> FaultProxy {
+        FaultProxy::start_with(upstream, 0, 0, true)
+    }
+
+    fn start_with(upstream: &str, percent: u32, seed: u64, strip: bool) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let counts = Arc::new(ProxyCounts::default());
@@ -272,7 +283,7 @@ impl FaultProxy {
                     let Ok(client) = client else { continue };
                     let (counts, rng, upstream) = (counts.clone(), rng.clone(), upstream.clone());
                     std::thread::spawn(move || {
-                        let _ = serve_one(client, &upstream, percent, &rng, &counts);
+                        let _ = serve_one(client, &upstream, percent, strip, &rng, &counts);
                     });
                 }
             });
@@ -349,6 +360,7 @@ fn serve_one(
     client: TcpStream,
     upstream: &str,
     percent: u32,
+    strip: bool,
     rng: &Mutex<fastrand::Rng>,
     counts: &ProxyCounts,
 ) -> std::io::Result<()> {
@@ -386,7 +398,8 @@ fn serve_one(
     let mut up = TcpStream::connect(upstream)?;
     let mut head = String::new();
     for (i, l) in lines.iter().enumerate() {
-        if i > 0 && l.split(':').next().is_some_and(|k| k.trim().eq_ignore_ascii_case("connection")) {
+        let name = l.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if i > 0 && (name == "connection" || (strip && (name == "if-match" || name == "if-none-match"))) {
             continue;
         }
         head.push_str(l);
