@@ -125,7 +125,7 @@ impl Checkpoint {
     }
 
     /// The file's bytes, stamped with the time of writing.
-    pub(crate) fn to_bytes(&mut self) -> Result<Vec<u8>> {
+    pub(crate) fn stamped_bytes(&mut self) -> Result<Vec<u8>> {
         self.updated_at = now();
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
@@ -135,7 +135,7 @@ impl Checkpoint {
     /// Writes the checkpoint atomically and durably into a local folder (callers: the worker
     /// folder, after its ownership check).
     pub(crate) fn save(&mut self, dir: &Path) -> Result<()> {
-        let text = self.to_bytes()?;
+        let text = self.stamped_bytes()?;
         crate::atomic::write(dir, FILE_NAME, &text)
     }
 

@@ -385,7 +385,7 @@ mod tests {
         assert!(Location::parse("s3://").is_err());
         assert!(Location::parse("s3:///key").is_err());
         // Local paths sort first, as they always did; URLs by their text.
-        let mut v = vec![
+        let mut v = [
             Location::parse("s3://b/b").unwrap(),
             Location::parse("/z").unwrap(),
             Location::parse("s3://b/a").unwrap(),

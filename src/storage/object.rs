@@ -234,6 +234,9 @@ pub struct ObjectLocation {
     key: Key,
 }
 
+/// What [`ObjectLocation::list_dir`] finds: folder names, and `(name, size)` of objects.
+pub type Listing = (Vec<String>, Vec<(String, u64)>);
+
 /// A version of an object, for a conditional replace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version(UpdateVersion);
@@ -414,8 +417,8 @@ impl ObjectLocation {
         }
     }
 
-    /// What is directly under this prefix: `(folder names, (object name, size))`.
-    pub fn list_dir(&self) -> Result<(Vec<String>, Vec<(String, u64)>)> {
+    /// What is directly under this prefix: folder names, and object names with sizes.
+    pub fn list_dir(&self) -> Result<Listing> {
         count(Count::List, 1);
         let prefix = (!self.key.as_ref().is_empty()).then_some(&self.key);
         let listed =

@@ -116,7 +116,7 @@ pub(super) fn open(
             Some((_, version)) => Cond::Unchanged(version),
         };
         // From here on, a process that held the folder before us fails its checkpoint write.
-        let Some(version) = dir.child(CHECKPOINT).put_if(Bytes::from(next.to_bytes()?), &cond)? else {
+        let Some(version) = dir.child(CHECKPOINT).put_if(Bytes::from(next.stamped_bytes()?), &cond)? else {
             continue; // an old owner committed meanwhile: look again
         };
         *folder.written.lock().expect("folder state") = Some(version);
@@ -212,7 +212,7 @@ fn write_checkpoint(folder: &WorkerFolder, next: &mut Checkpoint) -> Result<()> 
     let dir = object(folder);
     let mut written = folder.written.lock().expect("folder state");
     let last = written.clone().context("internal error: a bucket checkpoint written before it was taken")?;
-    match dir.child(CHECKPOINT).put_if(Bytes::from(next.to_bytes()?), &Cond::Unchanged(last))? {
+    match dir.child(CHECKPOINT).put_if(Bytes::from(next.stamped_bytes()?), &Cond::Unchanged(last))? {
         Some(version) => {
             *written = Some(version);
             Ok(())
