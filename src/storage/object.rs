@@ -497,7 +497,17 @@ fn explain(url: &str, base: &str, doing: &str, e: object_store::Error) -> anyhow
     ]
     .iter()
     .any(|m| text.contains(m));
+    // Without credentials in the environment the crate asks the machine's metadata service.
+    let no_credentials =
+        ["169.254.169.254", "/latest/api/token", "metadata.google.internal", "Error getting credentials"]
+        .iter()
+        .any(|m| text.contains(m));
     match &e {
+        _ if no_credentials => anyhow!(
+            "{doing} {url}: no credentials: none in the environment ({}), and the machine's metadata service gave none ({})",
+            env_hint(scheme),
+            short(&text)
+        ),
         _ if no_bucket(&text) => anyhow!(
             "{doing} {url}: the bucket {base} does not exist (or is in another account or endpoint); create it, or fix the URL"
         ),

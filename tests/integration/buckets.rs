@@ -615,6 +615,17 @@ fn bad_bucket_urls_fail_with_one_clear_sentence_and_no_secret() {
         .failure()
         .stderr(contains("holds no worker folders"));
 
+    // No credentials at all: the machine's metadata service (played by a server with none to
+    // give) is asked and fails; said so, in one sentence.
+    let o = embed_s3(&s3.endpoint, &bucket.url("in"), &local_out, &[])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_METADATA_ENDPOINT", empty_metadata_service())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("no credentials: none in the environment") && stderr.trim().lines().count() == 1, "{stderr}");
+
     // A store that ignores conditional writes is refused before anything is written there.
     let ignoring = FaultProxy::ignoring_conditions(&s3.endpoint);
     fails(

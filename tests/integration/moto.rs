@@ -418,3 +418,23 @@ fn serve_one(
     client.write_all(&reply)?;
     Ok(())
 }
+
+/// An HTTP server that answers 404 to everything: a metadata service with no credentials.
+pub fn empty_metadata_service() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone()?);
+                if read_request(&mut reader)?.is_some() {
+                    let mut client = client;
+                    client.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+                }
+                std::io::Result::Ok(())
+            });
+        }
+    });
+    endpoint
+}
