@@ -20,6 +20,7 @@
 pub mod local;
 pub mod object;
 pub mod parquet;
+mod upload;
 
 use std::cmp::Ordering;
 use std::io::Write;

@@ -9,14 +9,13 @@
 //! - Conditional writes ([`ObjectLocation::put_if`]): create-if-absent (`If-None-Match: *`) and
 //!   replace-if-unchanged (`If-Match: ETag`, GCS generations). A retried conditional write whose
 //!   first try landed but whose reply was lost is recognised by reading the object back.
-//! - Large files are uploaded in parts ([`Upload`]): the object appears only when the upload
+//! - Large files are uploaded in parts (upload.rs): the object appears only when the upload
 //!   completes, so a reader never sees half of it.
 //! - Every request is counted ([`meter`]), for the closing summary and the benchmarks.
 //!
 //! Error texts pass through [`super::redact`]: nothing secret reaches a message.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,15 +27,12 @@ use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-    WriteMultipart,
 };
+
+pub use super::upload::Upload;
 
 /// Worker threads of the storage runtime: network I/O and the decoding of fetched Parquet pages.
 const RUNTIME_THREADS: usize = 2;
-/// Upload part size; files smaller than this go up in one PUT.
-const UPLOAD_CHUNK: usize = 8 << 20;
-/// Parts of one upload in flight at once.
-const UPLOAD_IN_FLIGHT: usize = 4;
 /// Attempts of a conditional write that failed in transport (the crate does not retry those on
 /// its own: it cannot know whether they landed), 0.2 s apart, doubling to 3.2 s (about 15 s in
 /// all, within which the crate itself retries server errors).
@@ -55,7 +51,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(super) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
@@ -239,7 +235,7 @@ pub type Listing = (Vec<String>, Vec<(String, u64)>);
 
 /// A version of an object, for a conditional replace.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Version(UpdateVersion);
+pub struct Version(pub(super) UpdateVersion);
 
 /// The condition of [`ObjectLocation::put_if`].
 #[derive(Clone, Debug)]
@@ -447,7 +443,19 @@ impl ObjectLocation {
 
     /// An upload to this object that appears only when finished.
     pub fn upload(&self) -> Upload {
-        Upload { location: self.clone(), buffer: Vec::new(), multipart: None, written: 0 }
+        Upload::new(self.clone())
+    }
+
+    /// Starts a multipart upload to this object.
+    pub(super) fn put_multipart(&self) -> Result<Box<dyn object_store::MultipartUpload>> {
+        count(Count::Multipart, 1);
+        block_on(self.store().put_multipart(&self.key)).map_err(|e| self.error("cannot write", e))
+    }
+
+    /// Counts a finished multipart upload: its `parts` and completion, `bytes` written.
+    pub(super) fn count_multipart(parts: u64, bytes: u64) {
+        count(Count::Multipart, parts + 1);
+        count(Count::BytesWritten, bytes);
     }
 }
 
@@ -500,8 +508,8 @@ fn explain(url: &str, base: &str, doing: &str, e: object_store::Error) -> anyhow
     // Without credentials in the environment the crate asks the machine's metadata service.
     let no_credentials =
         ["169.254.169.254", "/latest/api/token", "metadata.google.internal", "Error getting credentials"]
-        .iter()
-        .any(|m| text.contains(m));
+            .iter()
+            .any(|m| text.contains(m));
     match &e {
         _ if no_credentials => anyhow!(
             "{doing} {url}: no credentials: none in the environment ({}), and the machine's metadata service gave none ({})",
@@ -552,101 +560,6 @@ fn short(text: &str) -> String {
     match line.char_indices().nth(300) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line.to_string(),
-    }
-}
-
-/// The upload part size (`BATCH_EMBED_UPLOAD_CHUNK` overrides it, for tests of multipart
-/// uploads against a server that allows small parts).
-fn upload_chunk() -> usize {
-    static CHUNK: OnceLock<usize> = OnceLock::new();
-    *CHUNK.get_or_init(|| {
-        std::env::var("BATCH_EMBED_UPLOAD_CHUNK")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(UPLOAD_CHUNK)
-    })
-}
-
-/// A file being uploaded: buffered until it passes one part's size, then sent in parts
-/// ([`UPLOAD_IN_FLIGHT`] at a time) while it is written; [`Upload::finish`] sends the rest and
-/// completes it (or sends a small file in one PUT). Dropped unfinished, the upload is aborted.
-pub struct Upload {
-    location: ObjectLocation,
-    buffer: Vec<u8>,
-    multipart: Option<WriteMultipart>,
-    written: u64,
-}
-
-impl Upload {
-    pub fn location(&self) -> &ObjectLocation {
-        &self.location
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    fn start_multipart(&mut self) -> Result<()> {
-        count(Count::Multipart, 1);
-        let upload = block_on(self.location.store().put_multipart(&self.location.key))
-            .map_err(|e| self.location.error("cannot write", e))?;
-        let mut parts = WriteMultipart::new_with_chunk_size(upload, upload_chunk());
-        let _in_runtime = runtime().enter();
-        parts.write(&std::mem::take(&mut self.buffer));
-        self.multipart = Some(parts);
-        Ok(())
-    }
-
-    /// Makes the object appear, whole.
-    pub fn finish(mut self) -> Result<Version> {
-        match self.multipart.take() {
-            None => self.location.put(Bytes::from(std::mem::take(&mut self.buffer))),
-            Some(parts) => {
-                let chunks = self.written.div_ceil(upload_chunk() as u64);
-                count(Count::Multipart, chunks + 1);
-                count(Count::BytesWritten, self.written);
-                let r = block_on(parts.finish()).map_err(|e| self.location.error("cannot write", e))?;
-                Ok(Version(UpdateVersion { e_tag: r.e_tag, version: r.version }))
-            }
-        }
-    }
-}
-
-impl Write for Upload {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.written += buf.len() as u64;
-        match &mut self.multipart {
-            None => {
-                self.buffer.extend_from_slice(buf);
-                if self.buffer.len() >= upload_chunk() {
-                    self.start_multipart().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-                }
-            }
-            Some(parts) => {
-                block_on(parts.wait_for_capacity(UPLOAD_IN_FLIGHT)).map_err(|e| {
-                    std::io::Error::other(format!("{:#}", self.location.error("cannot write", e)))
-                })?;
-                let _in_runtime = runtime().enter();
-                parts.write(buf);
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if let Some(parts) = self.multipart.take() {
-            // Best effort: an aborted upload leaves nothing behind (a killed process leaves an
-            // incomplete upload, invisible but kept until a lifecycle rule removes it).
-            let _ = block_on(parts.abort());
-        }
     }
 }
 
