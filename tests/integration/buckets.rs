@@ -624,7 +624,10 @@ fn bad_bucket_urls_fail_with_one_clear_sentence_and_no_secret() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("no credentials: none in the environment") && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("no credentials: none in the environment") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
 
     // A store that ignores conditional writes is refused before anything is written there.
     let ignoring = FaultProxy::ignoring_conditions(&s3.endpoint);

@@ -430,7 +430,9 @@ pub fn empty_metadata_service() -> String {
                 let mut reader = BufReader::new(client.try_clone()?);
                 if read_request(&mut reader)?.is_some() {
                     let mut client = client;
-                    client.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+                    client.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )?;
                 }
                 std::io::Result::Ok(())
             });
