@@ -6,8 +6,14 @@
 //! and failure lines past `failures_bytes` are leftovers of an interrupted commit and are removed,
 //! and the first `rows_done` owned rows are skipped. So every owned row ends up exactly once.
 //! Writing it is the worker folder's business (worker_folder.rs), behind the lock's fence.
+//!
+//! On a bucket the same record names its failure files (`failure_files`, one small object per
+//! commit that had failures) instead of a length of `failures.jsonl`, since objects cannot be
+//! appended to; readers take both forms.
 
 use std::path::Path;
+
+use crate::storage::Location;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -54,6 +60,9 @@ pub struct Checkpoint {
     pub rows_failed: u64,
     /// Length of failures.jsonl that belongs to the committed rows.
     pub failures_bytes: u64,
+    /// Committed failure files (on a bucket: `failures-NNNNNN-OWNER.jsonl`, rows = lines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_files: Vec<PartRecord>,
     pub texts_truncated: u64,
     pub tokens: u64,
     /// With one output row per chunk: chunk rows in the committed parts (embedded or reused).
@@ -82,6 +91,7 @@ impl Checkpoint {
             reuse: None,
             rows_failed: 0,
             failures_bytes: 0,
+            failure_files: Vec::new(),
             texts_truncated: 0,
             tokens: 0,
             chunks: 0,
@@ -95,33 +105,41 @@ impl Checkpoint {
         self.parts.len()
     }
 
-    pub fn load(dir: &Path) -> Result<Option<Self>> {
+    pub fn load(dir: &Location) -> Result<Option<Self>> {
         let path = dir.join(FILE_NAME);
+        match path.read()? {
+            Some(bytes) => Self::parse(&bytes, &path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A checkpoint from the bytes of the file at `path` (named in errors).
+    pub fn parse(bytes: &[u8], path: &Location) -> Result<Self> {
         let unreadable = || {
             format!(
                 "{} is not a checkpoint this version can read; use --restart to start over",
                 path.display()
             )
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let ckpt: Checkpoint = serde_json::from_str(&text).with_context(unreadable)?;
-                if ckpt.version != VERSION {
-                    anyhow::bail!("{} (it is version {}, this is {VERSION})", unreadable(), ckpt.version);
-                }
-                Ok(Some(ckpt))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let ckpt: Checkpoint = serde_json::from_slice(bytes).with_context(unreadable)?;
+        if ckpt.version != VERSION {
+            anyhow::bail!("{} (it is version {}, this is {VERSION})", unreadable(), ckpt.version);
         }
+        Ok(ckpt)
     }
 
-    /// Writes the checkpoint atomically and durably (callers: the worker folder, after its
-    /// ownership check).
-    pub(crate) fn save(&mut self, dir: &Path) -> Result<()> {
+    /// The file's bytes, stamped with the time of writing.
+    pub(crate) fn stamped_bytes(&mut self) -> Result<Vec<u8>> {
         self.updated_at = now();
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
+        Ok(text)
+    }
+
+    /// Writes the checkpoint atomically and durably into a local folder (callers: the worker
+    /// folder, after its ownership check).
+    pub(crate) fn save(&mut self, dir: &Path) -> Result<()> {
+        let text = self.stamped_bytes()?;
         crate::atomic::write(dir, FILE_NAME, &text)
     }
 
@@ -155,16 +173,17 @@ mod tests {
         let mut c = Checkpoint::new(spec.clone(), 1, "abc".into(), 10);
         c.rows_done = 4;
         c.save(dir.path()).unwrap();
-        let back = Checkpoint::load(dir.path()).unwrap().unwrap();
+        let here = Location::Local(dir.path().to_path_buf());
+        let back = Checkpoint::load(&here).unwrap().unwrap();
         assert_eq!(back.rows_done, 4);
         assert_eq!(back.spec, spec);
         assert_eq!(Checkpoint::owner_on_disk(dir.path()).unwrap().as_deref(), Some("abc"));
-        assert!(Checkpoint::load(&dir.path().join("none")).unwrap().is_none());
+        assert!(Checkpoint::load(&here.join("none")).unwrap().is_none());
         let old = std::fs::read_to_string(dir.path().join(FILE_NAME))
             .unwrap()
             .replace("\"version\": 4", "\"version\": 1");
         std::fs::write(dir.path().join(FILE_NAME), old).unwrap();
-        let err = Checkpoint::load(dir.path()).unwrap_err().to_string();
+        let err = Checkpoint::load(&here).unwrap_err().to_string();
         assert!(err.contains("--restart") && err.contains("version 1"), "{err}");
     }
 }

@@ -35,7 +35,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ChangesArgs {
-    /// The --output of the earlier run (what the vector database holds now).
+    /// The --output of the earlier run (what the vector database holds now): a folder or a
+    /// bucket URL.
     #[arg(value_name = "PREVIOUS")]
     pub previous: PathBuf,
 
@@ -43,7 +44,8 @@ pub struct ChangesArgs {
     #[arg(value_name = "CURRENT")]
     pub current: PathBuf,
 
-    /// Folder for upserted.parquet, deleted.parquet (and duplicates.parquet when ids repeat).
+    /// Folder (or bucket URL) for upserted.parquet, deleted.parquet (and duplicates.parquet when
+    /// ids repeat).
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
 
@@ -58,7 +60,7 @@ pub struct ChangesArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The --output folder of the run (a bucket mount works).
+    /// The --output of the run: a folder, or a bucket URL (s3://, gs://, az://).
     #[arg(value_name = "OUTPUT")]
     pub output: PathBuf,
 
@@ -83,7 +85,7 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The --output folder of the run.
+    /// The --output of the run: a folder, or a bucket URL (s3://, gs://, az://).
     #[arg(value_name = "OUTPUT")]
     pub output: PathBuf,
 
@@ -98,8 +100,9 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
-    /// Parquet files, or folders searched recursively for *.parquet. Rows are numbered over all
-    /// files in sorted path order.
+    /// Parquet files, or folders searched recursively for *.parquet; or URLs of objects or
+    /// prefixes (s3://, gs://, az://; credentials from the usual environment). Rows are numbered
+    /// over all files in sorted order (local paths, then URLs).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -115,9 +118,10 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "REV")]
     pub revision: Option<String>,
 
-    /// Output folder; each worker writes OUTPUT/worker-ID-of-N/ (part-*.parquet,
-    /// checkpoint.json, failures.jsonl). Re-running the same command resumes.
-    #[arg(long, value_name = "DIR")]
+    /// Output folder or bucket URL (s3://, gs://, az://); each worker writes
+    /// OUTPUT/worker-ID-of-N/ (part-*.parquet, checkpoint.json, failures). Re-running the same
+    /// command resumes.
+    #[arg(long, value_name = "DIR|URL")]
     pub output: PathBuf,
 
     /// This worker's index, 0-based [default: from JOB_COMPLETION_INDEX (Kubernetes),

@@ -13,6 +13,7 @@ use crate::model::{Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
 use crate::partition::Partition;
 use crate::pool::PoolingMode;
+use crate::storage::Location;
 use crate::template::Template;
 use crate::tokenize::chunk::ChunkSettings;
 use crate::vector_options::{Requested, VectorOptions};
@@ -23,14 +24,15 @@ pub const DEFAULT_MAX_TOKENS_CAP: usize = 8192;
 
 #[derive(Clone, Debug)]
 pub struct EmbedConfig {
-    pub inputs: Vec<PathBuf>,
+    /// Local paths and URLs (storage/).
+    pub inputs: Vec<Location>,
     pub model: ModelFiles,
     pub model_config: ModelConfig,
     /// Where the model came from: the local folder, and the Hub id and commit when it is one.
     pub model_source: ModelSource,
     /// Pooling, normalisation, max tokens, prompt and dimensions, each with its source.
     pub vectors: VectorOptions,
-    pub output: PathBuf,
+    pub output: Location,
     pub partition: Partition,
     /// Where the worker id and count came from (flags, Kubernetes, Slurm, SkyPilot).
     pub identity_source: String,
@@ -40,7 +42,7 @@ pub struct EmbedConfig {
     /// `--chunk-tokens` and the options that go with it.
     pub chunking: Option<Chunking>,
     /// `--reuse`: earlier outputs to copy vectors from.
-    pub reuse: Vec<PathBuf>,
+    pub reuse: Vec<Location>,
     pub output_dtype: OutputDtype,
     pub restart: bool,
     pub checkpoint_every: std::time::Duration,
@@ -68,6 +70,11 @@ pub struct EmbedConfig {
 impl EmbedConfig {
     /// `note` reports what resolving a Hub id does (downloads).
     pub fn from_args(args: EmbedArgs, note: &mut dyn FnMut(&str)) -> Result<Self> {
+        if let Some(url) = args.model.to_str().filter(|m| m.contains("://")) {
+            bail!(
+                "--model {url}: a model is read from a local folder (its weights are read in full at start-up); copy it to local disk first, e.g. `aws s3 cp --recursive {url} /tmp/model` or `gcloud storage cp -r {url} /tmp/model`, and pass --model /tmp/model"
+            );
+        }
         let env = |k: &str| std::env::var(k).ok();
         let model_source = crate::model::source::resolve(&args.model, args.revision.as_deref(), &env, note)?;
         let model = ModelFiles::locate(&model_source.dir)?;
@@ -142,11 +149,12 @@ impl EmbedConfig {
         if let Some(spec) = &args.debug_faults {
             crate::faults::install(spec)?;
         }
-        for previous in &args.reuse {
-            let same = |a: &std::path::Path, b: &std::path::Path| {
-                std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
-            };
-            if same(previous, &args.output) {
+        let inputs: Vec<Location> =
+            args.inputs.iter().map(|p| Location::from_arg(p)).collect::<Result<_>>()?;
+        let output = Location::from_arg(&args.output)?;
+        let reuse: Vec<Location> = args.reuse.iter().map(|p| Location::from_arg(p)).collect::<Result<_>>()?;
+        for previous in &reuse {
+            if previous.same_as(&output) {
                 bail!("--reuse {} is this run's --output; reuse an earlier run's output", previous.display());
             }
         }
@@ -169,17 +177,17 @@ impl EmbedConfig {
             DtypeArg::F16 => DtypeChoice::F16,
         };
         Ok(EmbedConfig {
-            inputs: args.inputs,
+            inputs,
             model,
             model_config,
             model_source,
-            output: args.output,
+            output,
             partition,
             identity_source: identity.source,
             template,
             id_column: args.id_column,
             chunking,
-            reuse: args.reuse,
+            reuse,
             output_dtype: match args.output_dtype {
                 OutputDtypeArg::F32 => OutputDtype::F32,
                 OutputDtypeArg::F16 => OutputDtype::F16,
@@ -206,8 +214,8 @@ impl EmbedConfig {
     }
 
     /// This worker's folder: `OUTPUT/worker-{id:05}-of-{N:05}`.
-    pub fn worker_dir(&self) -> PathBuf {
+    pub fn worker_dir(&self) -> Location {
         self.output
-            .join(crate::worker_folder::folder_name(self.partition.worker_id, self.partition.num_workers))
+            .join(&crate::worker_folder::folder_name(self.partition.worker_id, self.partition.num_workers))
     }
 }

@@ -3,33 +3,27 @@
 //! and pages it does not own — in chunks tagged with global row numbers, each row's text built
 //! from its columns (template.rs).
 //!
-//! Rows are numbered over all input files taken in sorted path order; that number is the `row`
-//! column of the output.
+//! Rows are numbered over all input files taken in sorted path order (local paths, then URLs);
+//! that number is the `row` column of the output. Files may be local or in a bucket (see
+//! storage/): the reading itself is storage/parquet.rs.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelectionPolicy, RowSelector,
-};
-use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
-use parquet::file::reader::{ChunkReader, Length};
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
+use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
+use crate::storage::Location;
 use crate::template::Template;
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
 pub struct InputFile {
-    pub path: PathBuf,
+    pub path: Location,
     pub bytes: u64,
     pub rows: u64,
     /// The content identity of the file: a hash of its Parquet footer (`run_spec::footer_hash`).
@@ -52,16 +46,32 @@ impl InputFile {
 }
 
 /// Expands files and folders (searched recursively for `*.parquet`) into a sorted, de-duplicated
-/// list of files.
-pub fn discover(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// list of files. On a bucket, a URL naming an object is that file, and any other URL is a
+/// prefix listed recursively.
+pub fn discover(inputs: &[Location]) -> Result<Vec<Location>> {
     let mut files = Vec::new();
     for input in inputs {
-        if input.is_dir() {
-            walk(input, &mut files).with_context(|| format!("cannot list {}", input.display()))?;
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            bail!("input {} does not exist", input.display());
+        match input {
+            Location::Local(input) if input.is_dir() => {
+                let mut found = Vec::new();
+                walk(input, &mut found).with_context(|| format!("cannot list {}", input.display()))?;
+                files.extend(found.into_iter().map(Location::Local));
+            }
+            Location::Local(input) if input.is_file() => files.push(Location::Local(input.clone())),
+            Location::Local(input) => bail!("input {} does not exist", input.display()),
+            Location::Object(o) => {
+                if !o.is_root() && o.size()?.is_some() {
+                    files.push(input.clone());
+                } else {
+                    let found = o.list_all()?;
+                    files.extend(
+                        found
+                            .into_iter()
+                            .filter(|(f, _)| f.name().ends_with(".parquet"))
+                            .map(|(f, _)| Location::Object(f)),
+                    );
+                }
+            }
         }
     }
     files.sort();
@@ -73,7 +83,7 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
@@ -108,14 +118,13 @@ impl Inputs {
 
 /// Reads every file's footer and checks that it has a string column for each of `template`'s
 /// columns (and a column `id_column` of one type across files). Nothing but footers is read.
-pub fn open_all(paths: &[PathBuf], template: &Template, id_column: Option<&str>) -> Result<Inputs> {
+pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>) -> Result<Inputs> {
     let template = Arc::new(template.clone());
     let mut files = Vec::with_capacity(paths.len());
     let mut first_row = 0;
-    let mut id_type: Option<(DataType, PathBuf)> = None;
-    for path in paths {
-        let builder = builder(path)?;
-        let schema = builder.schema();
+    let mut id_type: Option<(DataType, Location)> = None;
+    for (path, parquet) in paths.iter().zip(ParquetFile::open_all(paths)?) {
+        let schema = parquet.schema();
         let names = || {
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             names.join(", ")
@@ -163,15 +172,14 @@ pub fn open_all(paths: &[PathBuf], template: &Template, id_column: Option<&str>)
                 Some(i)
             }
         };
-        let meta = builder.metadata();
+        let meta = parquet.metadata();
         let rows = meta.file_metadata().num_rows() as u64;
         let row_groups = meta.row_groups().iter().map(|g| g.num_rows() as u64).collect();
-        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         files.push(InputFile {
             path: path.clone(),
-            bytes,
+            bytes: parquet.size,
             rows,
-            footer_hash: crate::run_spec::footer_hash(path)?,
+            footer_hash: parquet.footer_hash.clone(),
             first_row,
             row_groups,
             text_indices,
@@ -181,63 +189,6 @@ pub fn open_all(paths: &[PathBuf], template: &Template, id_column: Option<&str>)
         first_row += rows;
     }
     Ok(Inputs { files, id_type: id_type.map(|(t, _)| t) })
-}
-
-fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{} is not a readable Parquet file", path.display()))
-}
-
-/// A Parquet file that counts the bytes read from it: what `read_rows` fetches is what a
-/// worker pays for on a network file system or bucket, and the tests check that pages a worker
-/// does not own are not among it. `--reuse` reads earlier outputs through it too.
-pub struct CountingFile {
-    file: File,
-    bytes: Arc<AtomicU64>,
-}
-
-impl CountingFile {
-    /// Opens `path`, adding every byte read from it to `bytes`.
-    pub fn open(path: &Path, bytes: Arc<AtomicU64>) -> std::io::Result<Self> {
-        Ok(CountingFile { file: File::open(path)?, bytes })
-    }
-}
-
-/// A reader of a [`CountingFile`] from some offset.
-pub struct CountingRead {
-    file: File,
-    bytes: Arc<AtomicU64>,
-}
-
-impl Read for CountingRead {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-impl Length for CountingFile {
-    fn len(&self) -> u64 {
-        self.file.len()
-    }
-}
-
-impl ChunkReader for CountingFile {
-    type T = std::io::BufReader<CountingRead>;
-
-    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        let mut file = self.file.try_clone()?;
-        file.seek(SeekFrom::Start(start))?;
-        Ok(std::io::BufReader::new(CountingRead { file, bytes: self.bytes.clone() }))
-    }
-
-    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
-        let data = self.file.get_bytes(start, length)?;
-        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
-    }
 }
 
 /// Consecutive owned rows of one file.
@@ -256,16 +207,9 @@ pub struct Chunk {
 /// others, unowned rows are skipped by a row selection (pages are skipped where the file has a
 /// page index).
 pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> Result<Chunks> {
-    let handle = CountingFile::open(&file.path, Arc::new(AtomicU64::new(0)))
-        .with_context(|| format!("cannot open {}", file.path.display()))?;
-    let bytes_read = handle.bytes.clone();
-    // The page index (when the file has one) lets the row selection skip whole pages.
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options)
-        .with_context(|| format!("{} is not a readable Parquet file", file.path.display()))?;
+    let parquet = ParquetFile::open(&file.path)?;
     let mut roots = file.text_indices.clone();
     roots.extend(file.id_index);
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
 
     // Local (in-file) owned ranges, and the row groups they touch.
     let local: Vec<Range<u64>> =
@@ -297,17 +241,14 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
             selectors.push(RowSelector::skip((group.end - at) as usize));
         }
     }
-    // NOTE: selectors, never a mask: parquet's automatic choice reads every page and filters
-    // rows afterwards when the selected runs are short (under 32 rows), and fetching pages of
-    // rows another worker owns is what this reader exists to avoid.
-    let reader = builder
-        .with_projection(mask)
-        .with_row_groups(groups)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(chunk_rows)
-        .build()
-        .with_context(|| format!("cannot read {}", file.path.display()))?;
+    // The page index (when the file has one) lets the row selection skip whole pages.
+    let reader = parquet.read(ReadRequest {
+        columns: roots.clone(),
+        row_groups: Some(groups),
+        selection: Some(RowSelection::from(selectors)),
+        batch_size: chunk_rows,
+        page_index: true,
+    })?;
     let rows: Vec<u64> = owned.iter().flat_map(|r| r.clone()).collect();
     // Projected columns come in file order: the batch's position of each column wanted.
     let mut projected = roots.clone();
@@ -316,7 +257,6 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     let at = |root: usize| projected.iter().position(|&r| r == root).expect("projected");
     Ok(Chunks {
         reader,
-        bytes_read,
         rows,
         next: 0,
         path: file.path.clone(),
@@ -327,11 +267,10 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
 }
 
 pub struct Chunks {
-    reader: ParquetRecordBatchReader,
-    bytes_read: Arc<AtomicU64>,
+    reader: Batches,
     rows: Vec<u64>,
     next: usize,
-    path: PathBuf,
+    path: Location,
     /// Where the template's columns and the id column are in a batch read.
     text_columns: Vec<usize>,
     id_column: Option<usize>,
@@ -341,7 +280,7 @@ pub struct Chunks {
 impl Chunks {
     /// Bytes read from the file so far (footer, page index and the pages fetched).
     pub fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+        self.reader.bytes_read()
     }
 
     fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Chunk> {
@@ -412,9 +351,13 @@ mod tests {
     use super::*;
     use crate::partition::Partition;
     use arrow::array::RecordBatch;
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
     use parquet::arrow::ArrowWriter;
     use parquet::basic::Compression;
+    use parquet::file::metadata::PageIndexPolicy;
     use parquet::file::properties::WriterProperties;
+    use std::fs::File;
+    use std::sync::Arc;
 
     /// 4 row groups of 64 rows, pages of 8 rows, ~300 bytes of text per row, with a page index.
     fn pages_file(path: &Path) {
@@ -459,8 +402,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages.parquet");
         pages_file(&path);
-        let file =
-            open_all(std::slice::from_ref(&path), &Template::column("text"), None).unwrap().files.remove(0);
+        let file = open_all(&[Location::Local(path.clone())], &Template::column("text"), None)
+            .unwrap()
+            .files
+            .remove(0);
         let (all_rows, all_bytes) = read_owned(&file, &Partition::new(0, 1, 4096).unwrap());
         assert_eq!(all_rows, (0..256).collect::<Vec<u64>>());
 

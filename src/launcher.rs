@@ -41,18 +41,10 @@ pub fn run(devices: &[DeviceChoice], machine: &Identity, quiet: bool) -> Result<
     let children: Arc<Mutex<Vec<(u64, Child)>>> = Arc::new(Mutex::new(Vec::new()));
 
     // Pass signals on: each child stops gracefully on the first and at once on the second.
+    // NOTE: read in the wait loop below, not on a thread of their own: a child's parent-death
+    // signal comes again each time it is handed to another live thread of a dying launcher, and
+    // a second SIGTERM means "exit at once"; a launcher with one thread sends exactly one.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
-    {
-        let children = children.clone();
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                for (_, child) in children.lock().expect("children").iter() {
-                    // SAFETY: signalling our own child process.
-                    unsafe { libc::kill(child.id() as libc::pid_t, SIGTERM) };
-                }
-            }
-        });
-    }
     for (i, device) in devices.iter().enumerate() {
         let worker = machine.worker_id * g + i as u64;
         let mut cmd = Command::new(&exe);
@@ -93,11 +85,17 @@ pub fn run(devices: &[DeviceChoice], machine: &Identity, quiet: bool) -> Result<
         }
         children.lock().expect("children").push((worker, child));
     }
-    // Wait for every child (polling, so the signal thread can reach them meanwhile).
+    // Wait for every child, polling, and pass signals on meanwhile.
     let mut codes: Vec<(u64, Option<i32>)> = Vec::new();
     loop {
         {
             let mut list = children.lock().expect("children");
+            for _ in signals.pending() {
+                for (_, child) in list.iter() {
+                    // SAFETY: signalling our own child process.
+                    unsafe { libc::kill(child.id() as libc::pid_t, SIGTERM) };
+                }
+            }
             let mut i = 0;
             while i < list.len() {
                 if let Some(status) = list[i].1.try_wait()? {

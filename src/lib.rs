@@ -3,7 +3,8 @@
 //!
 //! The modules follow the data flow of a run (see ARCHITECTURE.md):
 //! `input` → `tokenize` → `batch` → `model` → `pool` → `output`, run as the `stages` and wired
-//! by `pipeline`; `worker_folder` commits them, `run_spec` describes the run.
+//! by `pipeline`; `worker_folder` commits them, `run_spec` describes the run; `storage` is where
+//! their bytes live (a disk or a bucket).
 
 pub mod atomic;
 pub mod batch;
@@ -31,6 +32,7 @@ pub mod shutdown;
 pub mod stages;
 pub mod status;
 pub mod status_page;
+pub mod storage;
 pub mod summary;
 pub mod sync;
 pub mod template;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use batch_embed::cli::{Cli, Command};
 use batch_embed::config::EmbedConfig;
 use batch_embed::shutdown;
+use batch_embed::storage::Location;
 use clap::Parser;
 
 // NOTE: every tensor op allocates its output; glibc hands large blocks back to the kernel on free,
@@ -61,7 +62,7 @@ fn embed(mut args: batch_embed::cli::EmbedArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(args: batch_embed::cli::VerifyArgs) -> anyhow::Result<ExitCode> {
-    let report = batch_embed::verify::verify(&args.output, args.deep)?;
+    let report = batch_embed::verify::verify(&Location::from_arg(&args.output)?, args.deep)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -73,12 +74,13 @@ fn verify(args: batch_embed::cli::VerifyArgs) -> anyhow::Result<ExitCode> {
 fn status(args: batch_embed::cli::StatusArgs) -> anyhow::Result<ExitCode> {
     use batch_embed::status::{collect, render};
     let stale = std::time::Duration::from_secs(args.stale_after);
+    let output = Location::from_arg(&args.output)?;
     if let Some(addr) = &args.serve {
-        batch_embed::status_page::serve(&args.output, addr, stale)?;
+        batch_embed::status_page::serve(&output, addr, stale)?;
         return Ok(ExitCode::SUCCESS);
     }
     loop {
-        let status = collect(&args.output, stale)?;
+        let status = collect(&output, stale)?;
         let text = if args.json { serde_json::to_string_pretty(&status)? + "\n" } else { render(&status) };
         if args.watch.is_some() {
             // Clear the screen and home the cursor, then redraw.
@@ -97,7 +99,9 @@ fn status(args: batch_embed::cli::StatusArgs) -> anyhow::Result<ExitCode> {
 
 fn changes(args: batch_embed::cli::ChangesArgs) -> anyhow::Result<ExitCode> {
     use batch_embed::sync::changes;
-    let report = changes::changes(&args.previous, &args.current, &args.output, args.allow_incomplete)?;
+    let (previous, current) = (Location::from_arg(&args.previous)?, Location::from_arg(&args.current)?);
+    let report =
+        changes::changes(&previous, &current, &Location::from_arg(&args.output)?, args.allow_incomplete)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,12 +1,11 @@
 //! Vector shards: Parquet files with `row` (UInt64), optionally `id` (the input's id column, its
 //! own type), with chunk rows `chunk`, `chunk_start` and `chunk_end` (UInt32: the chunk's number in
 //! its row and its byte range in the row's text), `text_hash` (FixedSizeBinary(16), see
-//! `sync::text_hash`) and `embedding` (FixedSizeList of Float32 or Float16). This module encodes them into
-//! a temporary file; the worker folder renames a finished one into place when it commits, so a
-//! reader never sees half a file.
+//! `sync::text_hash`) and `embedding` (FixedSizeList of Float32 or Float16). This module encodes
+//! them into a temporary file (on a bucket: an upload in progress); the worker folder puts a
+//! finished one into place when it commits, so a reader never sees half a file.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -20,9 +19,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use tempfile::NamedTempFile;
 
-use crate::worker_folder::part_name;
+use crate::storage::{Location, NewFile};
+use crate::worker_folder::{owned_part_name, part_name};
 
 /// Element type of the `embedding` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +83,9 @@ const ROW_GROUP_ROWS: usize = 4096;
 /// Streams vectors into part files: the open part is a temporary file in the worker folder until
 /// [`ShardWriter::finish_part`] closes it and hands it to the commit.
 pub struct ShardWriter {
-    dir: PathBuf,
+    dir: Location,
+    /// Put after the part number in part names (a bucket writer's lock token).
+    tag: Option<String>,
     dim: usize,
     dtype: OutputDtype,
     next_part: usize,
@@ -95,20 +96,23 @@ pub struct ShardWriter {
 }
 
 struct OpenPart {
-    writer: ArrowWriter<NamedTempFile>,
+    writer: ArrowWriter<NewFile>,
+    name: String,
     rows: u64,
 }
 
-/// A closed part file, not yet in place: the commit names and renames it.
+/// A closed part file, not yet in place: the commit puts it there.
 pub struct FinishedPart {
-    pub file: NamedTempFile,
+    pub file: NewFile,
+    /// Its file name in the worker folder.
+    pub name: String,
     pub rows: u64,
 }
 
 impl ShardWriter {
     /// `id_type` adds an `id` column; `metadata` becomes every part's schema metadata.
     pub fn new(
-        dir: &Path,
+        dir: &Location,
         dim: usize,
         dtype: OutputDtype,
         id_type: Option<DataType>,
@@ -123,7 +127,8 @@ impl ShardWriter {
         let item = Field::new_list_field(dtype.arrow(), false);
         fields.push(Field::new("embedding", DataType::FixedSizeList(Arc::new(item), dim as i32), false));
         ShardWriter {
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
+            tag: None,
             dim,
             dtype,
             next_part,
@@ -149,6 +154,12 @@ impl ShardWriter {
     /// Whether the parts have the chunk columns.
     pub fn chunked(&self) -> bool {
         self.chunked
+    }
+
+    /// Names parts `part-NNNNNN-TAG.parquet` (a bucket folder's owner token, see worker_folder).
+    pub fn with_tag(mut self, tag: Option<String>) -> Self {
+        self.tag = tag;
+        self
     }
 
     /// The output's element array for row-major `[rows, dim]` f32 values (taken over without a
@@ -215,14 +226,20 @@ impl ShardWriter {
             self.open = Some(self.start_part()?);
         }
         let open = self.open.as_mut().expect("opened above");
-        let path = open.writer.inner().path().to_path_buf();
-        open.writer.write(&batch).with_context(|| format!("cannot write {}", path.display()))?;
+        let dir = &self.dir;
+        open.writer
+            .write(&batch)
+            .with_context(|| format!("cannot write {}", dir.join(&open.name).display()))?;
         open.rows += rows.len() as u64;
         Ok(())
     }
 
     fn start_part(&self) -> Result<OpenPart> {
-        let file = crate::atomic::temp_for(&self.dir, &part_name(self.next_part))?;
+        let name = match &self.tag {
+            Some(tag) => owned_part_name(self.next_part, tag),
+            None => part_name(self.next_part),
+        };
+        let file = self.dir.join(&name).new_file()?;
         // NOTE: dictionary encoding and min/max statistics cost a hash or compare per float and
         // buy nothing for embedding values (profiled: ~15% of a no-model run); they stay on for
         // `row` and `id`, where readers use them to prune.
@@ -251,7 +268,7 @@ impl ShardWriter {
             .set_write_batch_size(256);
         let props = props.build();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
-        Ok(OpenPart { writer, rows: 0 })
+        Ok(OpenPart { writer, name, rows: 0 })
     }
 
     /// Rows in the open part.
@@ -267,7 +284,7 @@ impl ShardWriter {
         };
         let file = open.writer.into_inner().context("cannot finish a part file")?;
         self.next_part += 1;
-        Ok(Some(FinishedPart { file, rows: open.rows }))
+        Ok(Some(FinishedPart { file, name: open.name, rows: open.rows }))
     }
 }
 
@@ -275,6 +292,7 @@ impl ShardWriter {
 mod tests {
     use super::*;
     use std::fs::File;
+    use std::path::{Path, PathBuf};
 
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Float32Type;
@@ -283,15 +301,17 @@ mod tests {
 
     /// Writes `rows` vectors of `dim` and returns the finished part's path (kept in `dir`).
     fn write_part(dir: &Path, dim: usize, dtype: OutputDtype, rows: usize) -> PathBuf {
-        let mut w = ShardWriter::new(dir, dim, dtype, None, 0, HashMap::new());
+        let dir = dir.join(format!("p-{dim}-{}", dtype.as_str()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = ShardWriter::new(&Location::Local(dir.clone()), dim, dtype, None, 0, HashMap::new());
         let values: Vec<f32> = (0..rows * dim).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let row_numbers: Vec<u64> = (0..rows as u64).collect();
         let hashes: Vec<u128> = (0..rows as u128).collect();
         let array = w.values(values);
         w.push(&row_numbers, &hashes, None, array).unwrap();
         let part = w.finish_part().unwrap().unwrap();
-        let path = dir.join(format!("p-{dim}-{}.parquet", dtype.as_str()));
-        part.file.persist(&path).unwrap();
+        let path = dir.join(&part.name);
+        part.file.finish().unwrap();
         path
     }
 

@@ -138,7 +138,8 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
                 inputs.id_type.clone(),
                 ckpt.next_part(),
                 metadata.clone(),
-            );
+            )
+            .with_tag(folder.part_tag());
             if chunk_rows {
                 writer.with_chunk_columns()
             } else {
@@ -269,7 +270,7 @@ fn plan_reuse(
     note: &mut dyn FnMut(&str),
 ) -> Result<Option<reuse::ReusePlan>> {
     let dir = folder.dir().display();
-    let given: Vec<String> = cfg.reuse.iter().map(|p| canonical(p)).collect();
+    let given: Vec<String> = cfg.reuse.iter().map(|p| p.canonical()).collect();
     match &ckpt.reuse {
         None if given.is_empty() => return Ok(None),
         Some(state) if given.is_empty() => bail!(
@@ -315,7 +316,7 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
         .files
         .iter()
         .map(|f| InputSpec {
-            path: canonical(&f.path),
+            path: f.path.canonical(),
             bytes: f.bytes,
             rows: f.rows,
             footer: f.footer_hash.clone(),
@@ -513,9 +514,4 @@ fn stream(
         write?;
         Ok(ModelStats { input_bytes, ..stats })
     })
-}
-
-/// An absolute path for the run description, so `data/x.parquet` and `/work/data/x.parquet` agree.
-fn canonical(path: &std::path::Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }

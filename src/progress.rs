@@ -139,8 +139,8 @@ pub struct WorkerProgress {
 
 impl WorkerProgress {
     /// The `progress.json` of a worker folder, if there is a readable one.
-    pub fn load(dir: &std::path::Path) -> Option<Self> {
-        let text = std::fs::read_to_string(dir.join(crate::worker_folder::PROGRESS)).ok()?;
-        serde_json::from_str(&text).ok()
+    pub fn load(dir: &crate::storage::Location) -> Option<Self> {
+        let bytes = dir.join(crate::worker_folder::PROGRESS).read().ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 }

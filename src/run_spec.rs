@@ -15,9 +15,6 @@
 //! (say after a column was renamed) is still that text's vector.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -273,26 +270,8 @@ fn describe_input_change(then: &[InputSpec], now: &[InputSpec]) -> String {
 
 /// The content identity of a Parquet file: a hash of its footer (schema, row groups, column
 /// chunk offsets and statistics), read from the end of the file.
-pub fn footer_hash(path: &Path) -> Result<String> {
-    let read = || -> std::io::Result<Vec<u8>> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        if len < 12 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "too short for Parquet"));
-        }
-        f.seek(SeekFrom::End(-8))?;
-        let mut tail = [0u8; 8];
-        f.read_exact(&mut tail)?;
-        let footer_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
-        if &tail[4..] != b"PAR1" || footer_len + 8 > len {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no Parquet footer"));
-        }
-        f.seek(SeekFrom::End(-8 - footer_len as i64))?;
-        let mut footer = vec![0u8; footer_len as usize];
-        f.read_exact(&mut footer)?;
-        Ok(footer)
-    };
-    let footer = read().with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+pub fn footer_hash(loc: &crate::storage::Location) -> Result<String> {
+    let (footer, _) = crate::storage::parquet::read_footer(loc)?;
     Ok(hex16(&Sha256::digest(&footer)))
 }
 
@@ -416,19 +395,22 @@ pub(crate) mod tests {
             let path = dir.path().join(name);
             let col: ArrayRef = std::sync::Arc::new(StringArray::from(texts.to_vec()));
             let batch = RecordBatch::try_from_iter([("text", col)]).unwrap();
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None)
-                    .unwrap();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&path).unwrap(),
+                batch.schema(),
+                None,
+            )
+            .unwrap();
             w.write(&batch).unwrap();
             w.close().unwrap();
             path
         };
-        let a = write("a.parquet", ["one", "two"]);
-        let b = write("b.parquet", ["one", "tWo"]);
-        assert_eq!(std::fs::metadata(&a).unwrap().len(), std::fs::metadata(&b).unwrap().len());
+        let a = crate::storage::Location::Local(write("a.parquet", ["one", "two"]));
+        let b = crate::storage::Location::Local(write("b.parquet", ["one", "tWo"]));
+        assert_eq!(a.size().unwrap(), b.size().unwrap());
         assert_ne!(footer_hash(&a).unwrap(), footer_hash(&b).unwrap());
         assert_eq!(footer_hash(&a).unwrap(), footer_hash(&a).unwrap());
         std::fs::write(dir.path().join("c.parquet"), b"not parquet").unwrap();
-        assert!(footer_hash(&dir.path().join("c.parquet")).is_err());
+        assert!(footer_hash(&crate::storage::Location::Local(dir.path().join("c.parquet"))).is_err());
     }
 }

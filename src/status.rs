@@ -3,7 +3,6 @@
 //! totals, as a table or JSON. The live page (`--serve`) is status_page.rs, drawn from the same
 //! [`FleetStatus`].
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -71,11 +70,15 @@ pub struct WorkerStatus {
 
 /// Reads the output folder. Workers whose progress is older than `stale` while "running" are
 /// reported stale (killed or preempted without a chance to say so).
-pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
+pub fn collect(output: &crate::storage::Location, stale: Duration) -> Result<FleetStatus> {
     let entries = crate::fleet::workers_required(output, " yet")?;
     let now = unix_now();
+    // Every worker's checkpoint and progress, read once (many at a time on a bucket).
+    let loaded = crate::storage::par_map(&entries, output.is_remote(), |e| {
+        (e.checkpoint().ok().flatten(), e.progress())
+    });
     // The fleet's shape from the first checkpoint (all workers of a run share it).
-    let reference = entries.iter().find_map(|e| e.checkpoint().ok().flatten()).map(|c| c.spec.rows);
+    let reference = loaded.iter().find_map(|(c, _)| c.clone()).map(|c| c.spec.rows);
     let n = reference
         .as_ref()
         .map(|f| f.num_workers)
@@ -88,9 +91,9 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
     for id in 0..n {
         let owned_by_rule =
             total_rows.and_then(|rows| Some(Partition::new(id, n, block).ok()?.owned_count(0..rows)));
-        let entry = entries.iter().find(|e| e.worker_id == id && e.num_workers == n);
-        let ckpt = entry.and_then(|e| e.checkpoint().ok().flatten());
-        let progress = entry.and_then(|e| e.progress());
+        let entry = entries.iter().position(|e| e.worker_id == id && e.num_workers == n);
+        let ckpt = entry.and_then(|i| loaded[i].0.clone());
+        let progress = entry.and_then(|i| loaded[i].1.clone());
         let Some(ckpt) = ckpt else {
             workers.push(WorkerStatus {
                 worker_id: id,
@@ -162,9 +165,9 @@ pub fn collect(output: &Path, stale: Duration) -> Result<FleetStatus> {
     let rows_owned: u64 = workers.iter().map(|w| w.rows_owned).sum();
     let rows_done: u64 = workers.iter().map(|w| w.rows_done).sum();
     let rows_per_s: f64 = workers.iter().fold(0.0, |a, w| a + w.rows_per_s);
-    let tokens_per_s = entries
+    let tokens_per_s = loaded
         .iter()
-        .filter_map(|e| e.progress())
+        .filter_map(|(_, p)| p.as_ref())
         .filter(|p| p.state == "running" && now.saturating_sub(p.updated_at) <= stale.as_secs())
         .fold(0.0, |a, p| a + p.tokens_per_s);
     let left = rows_owned.saturating_sub(rows_done) as f64;

@@ -4,18 +4,18 @@
 //! data as JSON at `/status.json`.
 
 use std::fmt::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use tiny_http::{Header, Response, Server};
 
 use crate::status::{collect, human_duration, FleetStatus};
+use crate::storage::Location;
 
 /// Seconds between the page's refreshes.
 const REFRESH_S: u64 = 5;
 
-pub fn serve(output: &Path, addr: &str, stale: Duration) -> Result<()> {
+pub fn serve(output: &Location, addr: &str, stale: Duration) -> Result<()> {
     let server = Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_else(|| addr.to_string());
     eprintln!("batch-embed status: serving http://{bound}/ (JSON at /status.json); Ctrl-C to stop");

@@ -48,6 +48,8 @@ pub struct Summary {
     pub chunking: Option<&'static str>,
     pub chunks: u64,
     pub chunks_this_run: u64,
+    /// Object store requests and bytes of this process (none when everything is local).
+    pub buckets: Option<crate::storage::object::Meter>,
 }
 
 impl Summary {
@@ -69,6 +71,7 @@ impl Summary {
             chunks: ckpt.chunks,
             parts: ckpt.parts.len(),
             device,
+            buckets: crate::storage::object::meter_if_used(),
             ..Summary::default()
         }
     }
@@ -159,7 +162,27 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(f, "tokens:     {} this run (attention padding {:.1}%)", self.tokens, padding * 100.0)?;
         writeln!(f, "parts:      {}", self.parts)?;
-        writeln!(f, "input:      {:.1} MiB read", self.input_bytes as f64 / (1u64 << 20) as f64)?;
+        writeln!(
+            f,
+            "input:      {:.1} MiB read ({} bytes)",
+            self.input_bytes as f64 / (1u64 << 20) as f64,
+            self.input_bytes
+        )?;
+        if let Some(m) = &self.buckets {
+            writeln!(
+                f,
+                "buckets:    {} requests ({} GET, {} HEAD, {} PUT, {} multipart, {} LIST, {} DELETE); {:.1} MiB read, {:.1} MiB written",
+                m.requests(),
+                m.gets,
+                m.heads,
+                m.puts,
+                m.multipart_requests,
+                m.lists,
+                m.deletes,
+                m.bytes_read as f64 / (1u64 << 20) as f64,
+                m.bytes_written as f64 / (1u64 << 20) as f64
+            )?;
+        }
         if self.oom_splits > 0 || self.oom_retries > 0 {
             writeln!(
                 f,

@@ -9,22 +9,19 @@
 //! per worker (one bit a row) finds duplicates and gaps.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float16Type, Float32Type, UInt32Type, UInt64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
 use crate::fleet::WorkerEntry;
 use crate::partition::Partition;
 use crate::run_spec::PartSpec;
-use crate::worker_folder::{part_seq, CHECKPOINT};
+use crate::storage::parquet::{ParquetFile, ReadRequest};
+use crate::storage::Location;
+use crate::worker_folder::{is_failures_file, part_seq, CHECKPOINT};
 /// With `--deep`: how far a normalised vector's norm may be from 1 (f16 output keeps ~3 digits).
 const NORM_TOLERANCE: f64 = 1e-2;
 /// Missing ranges listed per worker (the count is always given).
@@ -69,12 +66,13 @@ pub struct WorkerReport {
     pub bad_norm_vectors: u64,
 }
 
-pub fn verify(output: &Path, deep: bool) -> Result<Report> {
+pub fn verify(output: &Location, deep: bool) -> Result<Report> {
     let entries = crate::fleet::workers_required(output, "; is it the --output of a run?")?;
     let mut report = Report { output: output.display().to_string(), deep, ..Report::default() };
     let mut checkpoints: BTreeMap<(u64, u64), (WorkerEntry, Checkpoint)> = BTreeMap::new();
-    for entry in &entries {
-        match entry.checkpoint() {
+    let loaded = crate::storage::par_map(&entries, output.is_remote(), |e| e.checkpoint());
+    for (entry, loaded) in entries.iter().zip(loaded) {
+        match loaded {
             Ok(Some(c)) => {
                 checkpoints.insert((entry.worker_id, entry.num_workers), (entry.clone(), c));
             }
@@ -155,7 +153,7 @@ fn check_worker(
     deep: bool,
     problems: &mut Vec<String>,
 ) -> Result<WorkerReport> {
-    let (id, dir) = (entry.worker_id, entry.dir.as_path());
+    let (id, dir) = (entry.worker_id, &entry.dir);
     let mut w =
         WorkerReport { worker_id: id, rows_owned: owned, parts: ckpt.parts.len(), ..Default::default() };
     if ckpt.rows_owned != owned {
@@ -163,9 +161,10 @@ fn check_worker(
     }
     // Part files on disk that the checkpoint does not list: a reader globbing part-*.parquet
     // would take their rows twice. (A resumed run removes them.)
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let name = e?.file_name().to_string_lossy().to_string();
-        if part_seq(&name).is_some() && !ckpt.parts.iter().any(|p| p.file == name) {
+    for (name, _) in dir.list_files()? {
+        let unlisted_part = part_seq(&name).is_some() && !ckpt.parts.iter().any(|p| p.file == name);
+        let unlisted_failures = is_failures_file(&name) && !ckpt.failure_files.iter().any(|p| p.file == name);
+        if unlisted_part || unlisted_failures {
             problems.push(format!(
                 "{} is not in the checkpoint (left by an interrupted run; running the worker again removes it)",
                 dir.join(&name).display()
@@ -178,8 +177,9 @@ fn check_worker(
     }
     let normalized = ckpt.spec.vectors.normalized;
     let chunked = ckpt.spec.vectors.chunk_rows();
-    let shards: Vec<Result<Shard>> =
-        ckpt.parts.par_iter().map(|p| read_shard(&dir.join(&p.file), deep, normalized, chunked)).collect();
+    let shards: Vec<Result<Shard>> = crate::storage::par_map(&ckpt.parts, dir.is_remote(), |p| {
+        read_shard(&dir.join(&p.file), deep, normalized, chunked)
+    });
     let mut out_of_order = 0u64;
     let mut seen = vec![false; owned as usize];
     let mut foreign = 0u64;
@@ -263,7 +263,7 @@ fn check_worker(
             ckpt.chunks, w.chunks
         ));
     }
-    match entry.failed_rows(ckpt.failures_bytes) {
+    match entry.failed_rows(ckpt) {
         Ok(rows) => {
             w.rows_failed = rows.len() as u64;
             for row in rows {
@@ -322,13 +322,12 @@ struct Shard {
 
 /// Reads a shard's metadata and `row` column (with `chunked`, its `chunk` column; deep, its
 /// vectors).
-fn read_shard(path: &Path, deep: bool, normalized: bool, chunked: bool) -> Result<Shard> {
+fn read_shard(path: &Location, deep: bool, normalized: bool, chunked: bool) -> Result<Shard> {
     let unreadable = || format!("{} does not open as a vector shard", path.display());
-    let file = File::open(path).with_context(unreadable)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
+    let file = ParquetFile::open(path).with_context(unreadable)?;
     let meta: HashMap<String, String> =
-        builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let schema = builder.schema().clone();
+        file.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let schema = file.schema().clone();
     let (Some((row_i, _)), Some((emb_i, _))) =
         (schema.column_with_name("row"), schema.column_with_name("embedding"))
     else {
@@ -344,8 +343,15 @@ fn read_shard(path: &Path, deep: bool, normalized: bool, chunked: bool) -> Resul
         };
         roots.push(chunk_i);
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder.with_projection(mask).with_batch_size(8192).build().with_context(unreadable)?;
+    let reader = file
+        .read(ReadRequest {
+            columns: roots,
+            row_groups: None,
+            selection: None,
+            batch_size: 8192,
+            page_index: false,
+        })
+        .with_context(unreadable)?;
     let mut shard =
         Shard { rows: Vec::new(), chunks: chunked.then(Vec::new), meta, non_finite: 0, bad_norm: 0 };
     for batch in reader {

@@ -14,10 +14,14 @@
 //! checkpoint, that `lock.json` still holds this process's token and that `checkpoint.json` names
 //! it as owner (a new owner writes its token there when it opens the folder). A process that lost
 //! the folder stops with [`LostFolder`] and commits nothing more.
+//!
+//! The folder may be on a bucket (worker_folder/bucket.rs): the same files and rules, with
+//! conditional writes where a disk has renames, and part and failure files named after their
+//! writer so that two owners can never write the same object.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +32,10 @@ use crate::lock::{Beat, LockOptions, WorkerLock};
 use crate::output::FinishedPart;
 use crate::progress::WorkerProgress;
 use crate::run_spec::RunSpec;
+use crate::storage::object::Version;
+use crate::storage::Location;
+
+mod bucket;
 
 pub const CHECKPOINT: &str = checkpoint::FILE_NAME;
 pub const FAILURES: &str = "failures.jsonl";
@@ -39,9 +47,26 @@ pub fn part_name(seq: usize) -> String {
     format!("part-{seq:06}.parquet")
 }
 
-/// The sequence number of a part file name, if it is one.
+/// `part-NNNNNN-OWNER.parquet`: a part on a bucket, named after the lock token of its writer.
+pub fn owned_part_name(seq: usize, owner: &str) -> String {
+    format!("part-{seq:06}-{owner}.parquet")
+}
+
+/// The sequence number of a part file name (either form), if it is one.
 pub fn part_seq(name: &str) -> Option<usize> {
-    name.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+    let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let seq = stem.split_once('-').map_or(stem, |(seq, _)| seq);
+    seq.parse().ok()
+}
+
+/// `failures-NNNNNN-OWNER.jsonl`: one commit's failure lines on a bucket.
+pub fn failures_name(seq: usize, owner: &str) -> String {
+    format!("failures-{seq:06}-{owner}.jsonl")
+}
+
+/// Whether a name is a failure file of the bucket form.
+pub fn is_failures_file(name: &str) -> bool {
+    name.starts_with("failures-") && name.ends_with(".jsonl")
 }
 
 /// `worker-00003-of-00008`
@@ -88,10 +113,13 @@ pub struct CommitCounts {
 
 /// A worker folder held by this process.
 pub struct WorkerFolder {
-    dir: PathBuf,
+    dir: Location,
     lock: WorkerLock,
     /// Set once the folder is known to be lost (by a heartbeat or a commit).
     lost: Mutex<Option<String>>,
+    /// On a bucket: the version of `checkpoint.json` this process last wrote; the next
+    /// checkpoint replaces only that version.
+    written: Mutex<Option<Version>>,
 }
 
 impl WorkerFolder {
@@ -99,7 +127,7 @@ impl WorkerFolder {
     /// returns the checkpoint to continue from. `spec` must equal the checkpoint's unless
     /// nothing was committed yet; `restart` discards everything first.
     pub fn open(
-        dir: &Path,
+        dir: &Location,
         spec: &RunSpec,
         worker_id: u64,
         rows_owned: u64,
@@ -107,22 +135,36 @@ impl WorkerFolder {
         lock: &LockOptions,
         note: &mut dyn FnMut(&str),
     ) -> Result<(Arc<Self>, Checkpoint)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        dir.create_dir_all()?;
+        bucket::probe_conditional_writes(dir, &crate::lock::new_token())?;
         let lock = WorkerLock::acquire(dir, lock, note)?;
-        let folder = WorkerFolder { dir: dir.to_path_buf(), lock, lost: Mutex::new(None) };
-        let mut ckpt = folder.recover(spec, worker_id, rows_owned, restart)?;
-        // From here on, a process that held the folder before us fails its ownership check.
-        ckpt.owner = folder.lock.owner();
-        ckpt.save(dir)?;
+        let folder =
+            WorkerFolder { dir: dir.clone(), lock, lost: Mutex::new(None), written: Mutex::new(None) };
+        let ckpt = match dir {
+            Location::Local(path) => {
+                let mut ckpt = folder.recover(path, spec, worker_id, rows_owned, restart)?;
+                // From here on, a process that held the folder before us fails its ownership check.
+                ckpt.owner = folder.lock.owner();
+                ckpt.save(path)?;
+                ckpt
+            }
+            Location::Object(_) => bucket::open(&folder, spec, worker_id, rows_owned, restart)?,
+        };
         Ok((Arc::new(folder), ckpt))
     }
 
-    fn recover(&self, spec: &RunSpec, worker_id: u64, rows_owned: u64, restart: bool) -> Result<Checkpoint> {
-        let dir = &self.dir;
+    fn recover(
+        &self,
+        dir: &Path,
+        spec: &RunSpec,
+        worker_id: u64,
+        rows_owned: u64,
+        restart: bool,
+    ) -> Result<Checkpoint> {
         let fresh = || Checkpoint::new(spec.clone(), worker_id, self.lock.owner(), rows_owned);
+        let here = &self.dir;
         if restart {
-            self.remove_files(|name| {
+            remove_files(dir, |name| {
                 part_seq(name).is_some()
                     || name.ends_with(TMP_SUFFIX)
                     || [CHECKPOINT, FAILURES, PROGRESS].contains(&name)
@@ -130,18 +172,18 @@ impl WorkerFolder {
         }
         let start_over =
             "pass --restart to discard this worker's output and start over, or choose another --output";
-        let Some(ckpt) = Checkpoint::load(dir)? else {
-            if self.names()?.iter().any(|n| part_seq(n).is_some()) {
+        let Some(ckpt) = Checkpoint::load(here)? else {
+            if names(dir)?.iter().any(|n| part_seq(n).is_some()) {
                 bail!("{} holds part files but no {CHECKPOINT}; {start_over}", dir.display());
             }
-            self.remove_files(|name| name == FAILURES || name.ends_with(TMP_SUFFIX))?;
+            remove_files(dir, |name| name == FAILURES || name.ends_with(TMP_SUFFIX))?;
             return Ok(fresh());
         };
         let differences = spec.differences(&ckpt.spec);
         if !differences.is_empty() {
             if ckpt.rows_done == 0 && ckpt.parts.is_empty() {
                 // Nothing was committed (say, the model failed to load): nothing to protect.
-                self.remove_files(|name| name == FAILURES || name.ends_with(TMP_SUFFIX))?;
+                remove_files(dir, |name| name == FAILURES || name.ends_with(TMP_SUFFIX))?;
                 return Ok(fresh());
             }
             bail!(
@@ -159,14 +201,14 @@ impl WorkerFolder {
         }
         // Leftovers of an interrupted commit: parts past the checkpoint, temporary files.
         let next = ckpt.next_part();
-        self.remove_files(|name| {
+        remove_files(dir, |name| {
             part_seq(name).is_some_and(|seq| seq >= next) || name.ends_with(TMP_SUFFIX)
         })?;
         for part in &ckpt.parts {
             if !dir.join(&part.file).is_file() {
                 bail!(
                     "{} lists {}, which is missing; {start_over}",
-                    dir.join(CHECKPOINT).display(),
+                    here.join(CHECKPOINT).display(),
                     part.file
                 );
             }
@@ -190,8 +232,14 @@ impl WorkerFolder {
         Ok(ckpt)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Location {
         &self.dir
+    }
+
+    /// What part file names carry after their number: on a bucket, this owner's lock token
+    /// (parts of two owners never share a name); on a disk, nothing.
+    pub fn part_tag(&self) -> Option<String> {
+        self.dir.is_remote().then(|| self.lock.owner())
     }
 
     pub fn lock(&self) -> &WorkerLock {
@@ -216,7 +264,10 @@ impl WorkerFolder {
         }
         let why = match self.lock.check()? {
             Beat::Lost(why) => Some(why),
-            Beat::Alive => match Checkpoint::owner_on_disk(&self.dir)? {
+            // On a bucket the checkpoint is replaced only over this owner's own last version,
+            // which fences it better than reading it here.
+            Beat::Alive if self.dir.is_remote() => None,
+            Beat::Alive => match Checkpoint::owner_on_disk(self.dir.local().expect("a local folder"))? {
                 Some(owner) if owner != self.lock.owner() => Some(format!(
                     "{} now names another owner (lock token {owner}); stopping so that two processes never write one worker folder",
                     self.dir.join(CHECKPOINT).display()
@@ -262,15 +313,20 @@ impl WorkerFolder {
     ) -> Result<()> {
         crate::faults::commit()
             .with_context(|| format!("cannot write a part file in {}", self.dir.display()))?;
+        let dir = match &self.dir {
+            Location::Local(dir) => dir,
+            Location::Object(_) => return bucket::commit(self, ckpt, part, failure_lines, counts),
+        };
         let mut next = ckpt.clone();
         if let Some(part) = part {
             let name = part_name(next.next_part());
+            debug_assert_eq!(part.name, name);
             self.ensure_owner()?;
-            crate::atomic::persist(part.file, &self.dir, &name)?;
+            part.file.finish()?;
             next.parts.push(PartRecord { file: name, rows: part.rows });
         }
         if !failure_lines.is_empty() {
-            let path = self.dir.join(FAILURES);
+            let path = dir.join(FAILURES);
             self.ensure_owner()?;
             // NOTE: opened and closed at each commit: bucket mounts (gcsfuse, SkyPilot's
             // MOUNT_CACHED) upload a file when it is closed, and the checkpoint must not name
@@ -283,28 +339,15 @@ impl WorkerFolder {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             next.failures_bytes += failure_lines.len() as u64;
         }
-        next.rows_done += counts.rows + counts.reused;
-        next.embed_done += counts.rows;
-        next.rows_embedded += counts.embedded;
-        next.rows_reused += counts.reused;
-        next.rows_deduplicated += counts.deduplicated;
-        if let (Some(state), Some((source, rows))) = (next.reuse.as_mut(), counts.reuse_cursor) {
-            state.sources_done = source;
-            state.source_rows_done = rows;
-        }
-        next.rows_failed += counts.failed;
-        next.texts_truncated += counts.truncated;
-        next.tokens += counts.tokens;
-        next.chunks += counts.chunks;
-        next.complete = next.rows_done == next.rows_owned;
+        counts.apply(&mut next);
         self.ensure_owner()?;
-        next.save(&self.dir)?;
+        next.save(dir)?;
         *ckpt = next;
         if ckpt.complete {
             // Nothing can be pending any more: part files no checkpoint lists (a process that
             // lost the folder may have left one) would be read twice by a glob.
             let parts = ckpt.next_part();
-            self.remove_files(|name| part_seq(name).is_some_and(|seq| seq >= parts))?;
+            remove_files(dir, |name| part_seq(name).is_some_and(|seq| seq >= parts))?;
         }
         Ok(())
     }
@@ -313,7 +356,10 @@ impl WorkerFolder {
     /// still ours.
     pub fn save_checkpoint(&self, ckpt: &mut Checkpoint) -> Result<()> {
         self.ensure_owner()?;
-        ckpt.save(&self.dir)
+        match &self.dir {
+            Location::Local(dir) => ckpt.save(dir),
+            Location::Object(_) => bucket::save_checkpoint(self, ckpt),
+        }
     }
 
     /// Replaces `progress.json` (skipped once the folder is lost: it is the new owner's now).
@@ -321,37 +367,58 @@ impl WorkerFolder {
         if self.lost().is_some() {
             return Ok(());
         }
-        crate::atomic::write(&self.dir, PROGRESS, &serde_json::to_vec_pretty(progress)?)
+        self.dir.join(PROGRESS).write(&serde_json::to_vec_pretty(progress)?)
     }
+}
 
-    fn names(&self) -> Result<Vec<String>> {
-        let entries =
-            std::fs::read_dir(&self.dir).with_context(|| format!("cannot list {}", self.dir.display()))?;
-        let mut names = Vec::new();
-        for e in entries {
-            names.push(
-                e.with_context(|| format!("cannot list {}", self.dir.display()))?
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+impl CommitCounts {
+    /// Adds these counts (and the reuse cursor) to the checkpoint to be written.
+    fn apply(&self, next: &mut Checkpoint) {
+        next.rows_done += self.rows + self.reused;
+        next.embed_done += self.rows;
+        next.rows_embedded += self.embedded;
+        next.rows_reused += self.reused;
+        next.rows_deduplicated += self.deduplicated;
+        if let (Some(state), Some((source, rows))) = (next.reuse.as_mut(), self.reuse_cursor) {
+            state.sources_done = source;
+            state.source_rows_done = rows;
         }
-        Ok(names)
+        next.rows_failed += self.failed;
+        next.texts_truncated += self.truncated;
+        next.tokens += self.tokens;
+        next.chunks += self.chunks;
+        next.complete = next.rows_done == next.rows_owned;
     }
+}
 
-    fn remove_files(&self, which: impl Fn(&str) -> bool) -> Result<()> {
-        for name in self.names()? {
-            if which(&name) {
-                let path = self.dir.join(&name);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
-                }
+/// The names in a local folder.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut names = Vec::new();
+    for e in entries {
+        names.push(
+            e.with_context(|| format!("cannot list {}", dir.display()))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    Ok(names)
+}
+
+/// Removes the files of a local folder that `which` picks.
+fn remove_files(dir: &Path, which: impl Fn(&str) -> bool) -> Result<()> {
+    for name in names(dir)? {
+        if which(&name) {
+            let path = dir.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,9 +431,13 @@ mod tests {
     }
 
     fn part(folder: &WorkerFolder, seq: usize) -> FinishedPart {
-        let mut file = crate::atomic::temp_for(folder.dir(), &part_name(seq)).unwrap();
+        let mut file = folder.dir().join(&part_name(seq)).new_file().unwrap();
         file.write_all(b"vectors").unwrap();
-        FinishedPart { file, rows: 2 }
+        FinishedPart { file, name: part_name(seq), rows: 2 }
+    }
+
+    fn here(dir: &Path) -> Location {
+        Location::Local(dir.to_path_buf())
     }
 
     #[test]
@@ -374,6 +445,9 @@ mod tests {
         assert_eq!(part_name(7), "part-000007.parquet");
         assert_eq!(part_seq("part-000007.parquet"), Some(7));
         assert_eq!(part_seq(".part-000007.parquet.x1.tmp"), None);
+        assert_eq!(part_seq(&owned_part_name(7, "0123456789abcdef")), Some(7));
+        assert_eq!(owned_part_name(7, "ab"), "part-000007-ab.parquet");
+        assert!(is_failures_file(&failures_name(3, "ab")) && !is_failures_file(FAILURES));
         assert_eq!(part_seq("checkpoint.json"), None);
         assert_eq!(parse_folder_name(&folder_name(3, 8)), Some((3, 8)));
         assert_eq!(parse_folder_name("worker-x-of-2"), None);
@@ -385,13 +459,15 @@ mod tests {
         let spec = crate::run_spec::tests::spec();
         let counts = CommitCounts { rows: 2, embedded: 2, ..Default::default() };
         let (first, mut ckpt1) =
-            WorkerFolder::open(dir.path(), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {}).unwrap();
+            WorkerFolder::open(&here(dir.path()), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {})
+                .unwrap();
         first.commit(&mut ckpt1, Some(part(&first, 0)), b"", &counts).unwrap();
         let pending = part(&first, 1);
 
         // Another host forces the lock and opens the folder: it continues from the first commit.
         let (second, mut ckpt2) =
-            WorkerFolder::open(dir.path(), &spec, 0, 10, false, &lock_as("b", true), &mut |_| {}).unwrap();
+            WorkerFolder::open(&here(dir.path()), &spec, 0, 10, false, &lock_as("b", true), &mut |_| {})
+                .unwrap();
         assert_eq!(ckpt2.rows_done, 2);
         let err = first.commit(&mut ckpt1, Some(pending), b"{\"row\": 5}\n", &counts).unwrap_err();
         assert!(err.downcast_ref::<LostFolder>().is_some(), "{err:#}");
@@ -401,7 +477,7 @@ mod tests {
         assert!(!dir.path().join(FAILURES).exists(), "the loser appended failures");
 
         second.commit(&mut ckpt2, Some(part(&second, 1)), b"", &counts).unwrap();
-        let on_disk = Checkpoint::load(dir.path()).unwrap().unwrap();
+        let on_disk = Checkpoint::load(&here(dir.path())).unwrap().unwrap();
         assert_eq!((on_disk.rows_done, on_disk.parts.len()), (4, 2));
         assert_eq!(on_disk.owner, second.lock().owner());
         // The loser's progress writes are dropped too.
@@ -414,7 +490,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = crate::run_spec::tests::spec();
         let (folder, mut ckpt) =
-            WorkerFolder::open(dir.path(), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {}).unwrap();
+            WorkerFolder::open(&here(dir.path()), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {})
+                .unwrap();
         let mut other = ckpt.clone();
         other.owner = "someone-else".into();
         other.save(dir.path()).unwrap();
@@ -431,7 +508,7 @@ mod tests {
         let counts = CommitCounts { rows: 2, failed: 1, embedded: 1, ..Default::default() };
         {
             let (folder, mut ckpt) =
-                WorkerFolder::open(dir.path(), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {})
+                WorkerFolder::open(&here(dir.path()), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {})
                     .unwrap();
             folder.commit(&mut ckpt, Some(part(&folder, 0)), b"{\"row\":1}\n", &counts).unwrap();
             // A crash mid-commit: a part renamed but not in the checkpoint, failure lines
@@ -443,10 +520,11 @@ mod tests {
                 .unwrap()
                 .write_all(b"{\"row\":3}\n")
                 .unwrap();
-            std::mem::forget(part(&folder, 2).file.into_temp_path());
+            std::fs::write(dir.path().join(".part-000002.parquet.x1y2.tmp"), b"half").unwrap();
         }
         let (_folder, ckpt) =
-            WorkerFolder::open(dir.path(), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {}).unwrap();
+            WorkerFolder::open(&here(dir.path()), &spec, 0, 10, false, &lock_as("a", false), &mut |_| {})
+                .unwrap();
         assert_eq!(ckpt.rows_done, 2);
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()

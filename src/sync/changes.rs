@@ -20,24 +20,21 @@
 //! only the rows to upsert are read in full (their pages of the embedding column).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Schema, UInt32Type};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
-};
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use crate::output::{CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
 use crate::run_spec::RunSpec;
+use crate::storage::parquet::{ParquetFile, ReadRequest};
+use crate::storage::{Location, NewFile};
 
 pub const UPSERTED: &str = "upserted.parquet";
 pub const DELETED: &str = "deleted.parquet";
@@ -78,9 +75,9 @@ enum Change {
 
 /// A run's output as `changes` reads it.
 struct Snapshot {
-    output: PathBuf,
+    output: Location,
     spec: RunSpec,
-    parts: Vec<PathBuf>,
+    parts: Vec<Location>,
     /// Rows committed (vectors and failures) and rows the run owns.
     done: u64,
     owned: u64,
@@ -88,7 +85,7 @@ struct Snapshot {
     chunk_rows: bool,
 }
 
-fn snapshot(output: &Path, role: &str) -> Result<Snapshot> {
+fn snapshot(output: &Location, role: &str) -> Result<Snapshot> {
     let shown = output.display();
     let workers = crate::fleet::workers_required(output, &format!("; {role} must be the --output of a run"))?;
     let mut spec: Option<RunSpec> = None;
@@ -122,11 +119,16 @@ fn snapshot(output: &Path, role: &str) -> Result<Snapshot> {
         owned = total;
     }
     let chunk_rows = spec.vectors.chunk_rows();
-    Ok(Snapshot { output: output.to_path_buf(), spec, parts, done, owned, chunk_rows })
+    Ok(Snapshot { output: output.clone(), spec, parts, done, owned, chunk_rows })
 }
 
 /// Computes the change set from `previous` to `current` into `dir`.
-pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bool) -> Result<ChangeReport> {
+pub fn changes(
+    previous: &Location,
+    current: &Location,
+    dir: &Location,
+    allow_incomplete: bool,
+) -> Result<ChangeReport> {
     let prev = snapshot(previous, "PREVIOUS")?;
     let cur = snapshot(current, "CURRENT")?;
     let mut report = ChangeReport {
@@ -161,7 +163,7 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
             bail!("the ids are {a} in PREVIOUS and {b} in CURRENT; they cannot be matched");
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    dir.create_dir_all()?;
 
     // PREVIOUS's (id key, text hash), sorted; duplicate keys marked.
     let mut keys: Vec<(u128, u128)> = Vec::new();
@@ -291,7 +293,7 @@ pub fn changes(previous: &Path, current: &Path, dir: &Path, allow_incomplete: bo
     report.files = vec![dir.join(UPSERTED).display().to_string(), dir.join(DELETED).display().to_string()];
     let dup_path = dir.join(DUPLICATES);
     if duplicates.is_empty() {
-        let _ = std::fs::remove_file(&dup_path);
+        let _ = dup_path.delete();
     } else {
         write_duplicates(dir, &duplicates)?;
         report.files.push(dup_path.display().to_string());
@@ -306,19 +308,16 @@ fn part_id_type(s: &Snapshot) -> Result<Option<DataType>> {
     Ok(builder.schema().field_with_name("id").ok().map(|f| f.data_type().clone()))
 }
 
-fn reader(part: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let unreadable = || format!("cannot read {}", part.display());
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    ParquetRecordBatchReaderBuilder::try_new_with_options(File::open(part).with_context(unreadable)?, options)
-        .with_context(unreadable)
+fn reader(part: &Location) -> Result<ParquetFile> {
+    ParquetFile::open(part).with_context(|| format!("cannot read {}", part.display()))
 }
 
 /// Calls `f(row in part, id key, text hash)` for every row of a part with a non-null id
 /// (with `chunked`, for each row's first chunk row only), reading only the id and text hash
 /// columns (and the chunk column).
-fn scan(part: &Path, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
-    let builder = reader(part)?;
-    let schema = builder.schema().clone();
+fn scan(part: &Location, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> Result<()> {
+    let file = reader(part)?;
+    let schema = file.schema().clone();
     let missing = |c: &str| format!("{} has no {c} column (made by an older batch-embed?)", part.display());
     let mut roots = vec![
         schema.index_of("id").with_context(|| missing("id"))?,
@@ -327,9 +326,15 @@ fn scan(part: &Path, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> Resul
     if chunked {
         roots.push(schema.index_of(CHUNK).with_context(|| missing(CHUNK))?);
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let mut first = 0u32;
-    for batch in builder.with_projection(mask).with_batch_size(8192).build()? {
+    let request = ReadRequest {
+        columns: roots,
+        row_groups: None,
+        selection: None,
+        batch_size: 8192,
+        page_index: false,
+    };
+    for batch in file.read(request)? {
         let batch = batch.with_context(|| format!("cannot read {}", part.display()))?;
         let keys = super::id_keys(batch.column_by_name("id").expect("projected"))?;
         let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
@@ -349,19 +354,23 @@ fn scan(part: &Path, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> Resul
 
 /// The rows of a chunk-row part that hold the chunks of the rows whose first chunk row is in
 /// `firsts` (increasing): each first row and the rows after it up to the next chunk 0.
-fn chunk_rows_of(part: &Path, firsts: &[u32]) -> Result<Vec<u32>> {
+fn chunk_rows_of(part: &Location, firsts: &[u32]) -> Result<Vec<u32>> {
     if firsts.is_empty() {
         return Ok(Vec::new());
     }
-    let builder = reader(part)?;
-    let index = builder
-        .schema()
-        .index_of(CHUNK)
-        .with_context(|| format!("{} has no {CHUNK} column", part.display()))?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let file = reader(part)?;
+    let index =
+        file.schema().index_of(CHUNK).with_context(|| format!("{} has no {CHUNK} column", part.display()))?;
     let mut out = Vec::new();
     let (mut next, mut taking, mut row) = (0usize, false, 0u32);
-    for batch in builder.with_projection(mask).with_batch_size(8192).build()? {
+    let request = ReadRequest {
+        columns: vec![index],
+        row_groups: None,
+        selection: None,
+        batch_size: 8192,
+        page_index: false,
+    };
+    for batch in file.read(request)? {
         let batch = batch.with_context(|| format!("cannot read {}", part.display()))?;
         for &chunk in batch.column(0).as_primitive::<UInt32Type>().values() {
             if chunk == 0 {
@@ -380,7 +389,11 @@ fn chunk_rows_of(part: &Path, firsts: &[u32]) -> Result<Vec<u32>> {
 }
 
 /// The values of the ids of a part whose key `dup` says is duplicated, with their counts.
-fn duplicate_values(part: &Path, chunked: bool, dup: impl Fn(&u128) -> bool) -> Result<Vec<(String, u64)>> {
+fn duplicate_values(
+    part: &Location,
+    chunked: bool,
+    dup: impl Fn(&u128) -> bool,
+) -> Result<Vec<(String, u64)>> {
     let mut rows = Vec::new();
     scan(part, chunked, |row, key, _| {
         if dup(&key) {
@@ -402,14 +415,13 @@ fn duplicate_values(part: &Path, chunked: bool, dup: impl Fn(&u128) -> bool) -> 
 }
 
 /// Reads rows `rows` (increasing) of a part, columns `columns` only, skipping other pages.
-fn read_rows(part: &Path, rows: &[u32], columns: &[&str]) -> Result<Vec<RecordBatch>> {
-    let builder = reader(part)?;
-    let schema = builder.schema().clone();
+fn read_rows(part: &Location, rows: &[u32], columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let file = reader(part)?;
+    let schema = file.schema().clone();
     let roots: Vec<usize> = columns
         .iter()
         .map(|c| schema.index_of(c).with_context(|| format!("{} has no {c} column", part.display())))
         .collect::<Result<_>>()?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let mut selectors: Vec<RowSelector> = Vec::new();
     let mut at = 0u32;
     for &r in rows {
@@ -422,12 +434,13 @@ fn read_rows(part: &Path, rows: &[u32], columns: &[&str]) -> Result<Vec<RecordBa
         }
         at = r + 1;
     }
-    let reader = builder
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(8192)
-        .build()?;
+    let reader = file.read(ReadRequest {
+        columns: roots,
+        row_groups: None,
+        selection: Some(RowSelection::from(selectors)),
+        batch_size: 8192,
+        page_index: true,
+    })?;
     reader.map(|b| b.with_context(|| format!("cannot read {}", part.display()))).collect()
 }
 
@@ -451,25 +464,25 @@ fn change_schema(s: &Snapshot, columns: &[&str]) -> Result<Option<Arc<Schema>>> 
 /// One Parquet file of the change set, written to a temporary file and renamed when finished
 /// (an empty change gives a file with no rows).
 struct Output {
-    dir: PathBuf,
+    dir: Location,
     name: &'static str,
-    writer: Option<(ArrowWriter<tempfile::NamedTempFile>, Arc<Schema>)>,
+    writer: Option<(ArrowWriter<NewFile>, Arc<Schema>)>,
     rows: u64,
 }
 
 impl Output {
-    fn new(dir: &Path, name: &'static str, schema: Option<Arc<Schema>>) -> Result<Self> {
+    fn new(dir: &Location, name: &'static str, schema: Option<Arc<Schema>>) -> Result<Self> {
         let writer = match schema {
             Some(schema) => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .build();
-                let tmp = crate::atomic::temp_for(dir, name)?;
-                Some((ArrowWriter::try_new(tmp, schema.clone(), Some(props))?, schema))
+                let file = dir.join(name).new_file()?;
+                Some((ArrowWriter::try_new(file, schema.clone(), Some(props))?, schema))
             }
             None => None,
         };
-        Ok(Output { dir: dir.to_path_buf(), name, writer, rows: 0 })
+        Ok(Output { dir: dir.clone(), name, writer, rows: 0 })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -483,7 +496,7 @@ impl Output {
     }
 
     /// Copies rows `rows` of a part: the columns `columns`, in that order.
-    fn copy_rows(&mut self, part: &Path, rows: &[u32], columns: &[&str]) -> Result<()> {
+    fn copy_rows(&mut self, part: &Location, rows: &[u32], columns: &[&str]) -> Result<()> {
         for batch in read_rows(part, rows, columns)? {
             let out = RecordBatch::try_from_iter(
                 columns.iter().map(|&c| (c, batch.column_by_name(c).expect("projected").clone())),
@@ -494,7 +507,7 @@ impl Output {
     }
 
     /// Copies the ids of rows `rows` of a part.
-    fn copy_ids(&mut self, part: &Path, rows: &[u32]) -> Result<()> {
+    fn copy_ids(&mut self, part: &Location, rows: &[u32]) -> Result<()> {
         for batch in read_rows(part, rows, &["id"])? {
             let out =
                 RecordBatch::try_from_iter([("id", batch.column_by_name("id").expect("projected").clone())])?;
@@ -506,20 +519,14 @@ impl Output {
     /// Renames the file into place (no file, and an older one removed, when there was no
     /// schema: a run without any part).
     fn finish(self) -> Result<()> {
-        let path = self.dir.join(self.name);
         match self.writer {
-            Some((w, _)) => crate::atomic::persist(w.into_inner()?, &self.dir, self.name),
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("cannot remove {}", path.display()))
-                }
-                _ => Ok(()),
-            },
+            Some((w, _)) => w.into_inner()?.finish(),
+            None => self.dir.join(self.name).delete(),
         }
     }
 }
 
-fn write_duplicates(dir: &Path, duplicates: &BTreeMap<(&str, String), u64>) -> Result<()> {
+fn write_duplicates(dir: &Location, duplicates: &BTreeMap<(&str, String), u64>) -> Result<()> {
     let ids: ArrayRef = Arc::new(StringArray::from_iter_values(duplicates.keys().map(|(_, id)| id.as_str())));
     let snapshot: ArrayRef = Arc::new(StringArray::from_iter_values(duplicates.keys().map(|(s, _)| *s)));
     let rows: ArrayRef = Arc::new(UInt64Array::from_iter_values(duplicates.values().copied()));

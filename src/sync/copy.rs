@@ -5,7 +5,6 @@
 //! committed together, in one part.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,20 +13,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, UInt32Type};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
-};
-use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use super::reuse::{ReusePlan, ReuseState, COPY_BATCH};
 use crate::heartbeat::Live;
-use crate::input::CountingFile;
 use crate::output::{ChunkColumns, CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
 use crate::partition::Partition;
 use crate::progress::Progress;
 use crate::shutdown::StopFlag;
 use crate::stages::WritePlan;
+use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
+use crate::storage::Location;
 use crate::worker_folder::CommitCounts;
 
 /// What the copy phase did.
@@ -170,8 +166,9 @@ fn read_sources(
         let skip = if si == state.sources_done { state.source_rows_done as usize } else { 0 };
         let wanted = &plan.copies[si][skip.min(plan.copies[si].len())..];
         if !wanted.is_empty() {
-            let path = Path::new(&state.sources[si].path);
-            let batches = match read_selected(path, wanted, with_ids, chunked, bytes) {
+            let batches = match Location::parse(&state.sources[si].path)
+                .and_then(|path| read_selected(&path, wanted, with_ids, chunked, bytes))
+            {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -205,18 +202,15 @@ struct CopiedRows {
 /// of a source part, batch by batch: only their pages of the text hash, id, chunk and embedding
 /// columns.
 fn read_selected(
-    path: &Path,
+    path: &Location,
     wanted: &[(u32, u32)],
     with_ids: bool,
     chunked: bool,
     bytes: &Arc<AtomicU64>,
 ) -> Result<Selected> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).with_context(unreadable)?;
-    let schema = builder.schema().clone();
+    let file = ParquetFile::open(path).with_context(unreadable)?;
+    let schema = file.schema().clone();
     let mut roots = vec![
         schema.index_of(TEXT_HASH).with_context(unreadable)?,
         schema.index_of("embedding").with_context(unreadable)?,
@@ -229,7 +223,6 @@ fn read_selected(
             roots.push(schema.index_of(c).with_context(unreadable)?);
         }
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     // Owned indices per selected source row (several owned rows may copy one source row).
     let mut targets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for &(r, i) in wanted {
@@ -247,24 +240,42 @@ fn read_selected(
         }
         at = r + 1;
     }
-    let reader = builder
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors)
-        .with_batch_size(COPY_BATCH)
-        .build()
+    // The offset index lets the selection fetch only the pages holding the wanted rows.
+    let reader = file
+        .read(ReadRequest {
+            columns: roots,
+            row_groups: None,
+            selection: Some(RowSelection::from(selectors)),
+            batch_size: COPY_BATCH,
+            page_index: true,
+        })
         .with_context(unreadable)?;
-    Ok(Selected { reader, targets: targets.into_iter(), path: path.to_path_buf(), chunked, carry: None })
+    Ok(Selected {
+        reader,
+        targets: targets.into_iter(),
+        path: path.clone(),
+        chunked,
+        carry: None,
+        bytes: bytes.clone(),
+    })
 }
 
 struct Selected {
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    reader: Batches,
     targets: std::collections::btree_map::IntoIter<u32, Vec<u32>>,
-    path: PathBuf,
+    path: Location,
     /// Rows are chunk rows: a source row is its run of chunk rows, all copied together.
     chunked: bool,
     /// The chunk rows of a source row that a batch boundary cut, for the next batch.
     carry: Option<arrow::array::RecordBatch>,
+    /// Where the bytes read are added up, when the reader is done with.
+    bytes: Arc<AtomicU64>,
+}
+
+impl Drop for Selected {
+    fn drop(&mut self) {
+        self.bytes.fetch_add(self.reader.bytes_read(), Relaxed);
+    }
 }
 
 impl Selected {
@@ -394,24 +405,33 @@ mod tests {
     }
 
     /// A part of `rows` 896-dim vectors, as a finished file in `dir`.
-    fn part(dir: &Path, rows: usize) -> PathBuf {
+    fn part(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
         let dim = 896;
-        let mut w = ShardWriter::new(dir, dim, OutputDtype::F32, None, 0, Default::default());
+        let mut w = ShardWriter::new(
+            &Location::Local(dir.to_path_buf()),
+            dim,
+            OutputDtype::F32,
+            None,
+            0,
+            Default::default(),
+        );
         let values: Vec<f32> = (0..rows * dim).map(|k| value(k / dim, k % dim)).collect();
         let numbers: Vec<u64> = (0..rows as u64).collect();
         let hashes: Vec<u128> = (0..rows as u128).collect();
         let values = w.values(values);
         w.push(&numbers, &hashes, None, values).unwrap();
-        let path = dir.join("part.parquet");
-        w.finish_part().unwrap().unwrap().file.persist(&path).unwrap();
+        let part = w.finish_part().unwrap().unwrap();
+        let path = dir.join(&part.name);
+        part.file.finish().unwrap();
         path
     }
 
     /// Copies `wanted` from `path`; returns (owned index, hash, element 5) per row and the bytes read.
-    fn copy_rows(path: &Path, wanted: &[(u32, u32)]) -> (Vec<(u32, u128, f32)>, u64) {
+    fn copy_rows(path: &std::path::Path, wanted: &[(u32, u32)]) -> (Vec<(u32, u128, f32)>, u64) {
         let bytes = Arc::new(AtomicU64::new(0));
         let mut got = Vec::new();
-        for batch in read_selected(path, wanted, false, false, &bytes).unwrap() {
+        let path = Location::Local(path.to_path_buf());
+        for batch in read_selected(&path, wanted, false, false, &bytes).unwrap() {
             let CopiedRows { owned, hashes, values, .. } = batch.unwrap();
             let values = values.as_primitive::<arrow::datatypes::Float32Type>();
             for (k, (&i, &h)) in owned.iter().zip(&hashes).enumerate() {

@@ -23,21 +23,19 @@
 //! rows: they are copied together, in chunk order, into one part.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt32Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
-use crate::input::{CountingFile, InputFile};
+use crate::input::InputFile;
 use crate::output::{CHUNK, TEXT_HASH};
 use crate::run_spec::RunSpec;
+use crate::storage::parquet::{ParquetFile, ReadRequest};
+use crate::storage::Location;
 
 /// Rows decoded at a time from a source part.
 pub(super) const COPY_BATCH: usize = 2048;
@@ -45,7 +43,7 @@ pub(super) const COPY_BATCH: usize = 2048;
 /// What the checkpoint keeps of a `--reuse` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReuseState {
-    /// The previous outputs as given (absolute paths).
+    /// The previous outputs as given (absolute paths or URLs).
     pub outputs: Vec<String>,
     /// Their committed parts when this run started: the sources, in the order they are read.
     pub sources: Vec<SourcePart>,
@@ -58,6 +56,7 @@ pub struct ReuseState {
 /// A committed part of a previous output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourcePart {
+    /// An absolute path or a URL.
     pub path: String,
     pub rows: u64,
     /// `run_spec::footer_hash` of the part: it must not change while this run uses it.
@@ -67,7 +66,7 @@ pub struct SourcePart {
 /// Lists the committed parts of the previous outputs `outputs` after checking that their
 /// vectors were made as this run's will be. `note` hears about incomplete outputs.
 pub fn find_sources(
-    outputs: &[PathBuf],
+    outputs: &[Location],
     current: &RunSpec,
     note: &mut dyn FnMut(&str),
 ) -> Result<ReuseState> {
@@ -97,7 +96,7 @@ pub fn find_sources(
             for part in &ckpt.parts {
                 let path = w.dir.join(&part.file);
                 state.sources.push(SourcePart {
-                    path: absolute(&path),
+                    path: path.canonical(),
                     rows: part.rows,
                     footer: crate::run_spec::footer_hash(&path)
                         .with_context(|| format!("--reuse {shown}"))?,
@@ -124,7 +123,7 @@ pub fn find_sources(
                 workers.len()
             ));
         }
-        state.outputs.push(absolute(output));
+        state.outputs.push(output.canonical());
     }
     Ok(state)
 }
@@ -132,7 +131,7 @@ pub fn find_sources(
 /// Fails unless every source is still as it was when the run started.
 pub fn check_sources(state: &ReuseState) -> Result<()> {
     for s in &state.sources[state.sources_done.min(state.sources.len())..] {
-        let now = crate::run_spec::footer_hash(Path::new(&s.path));
+        let now = Location::parse(&s.path).and_then(|l| crate::run_spec::footer_hash(&l));
         if now.as_deref().ok() != Some(s.footer.as_str()) {
             bail!(
                 "{} changed or vanished since this run started reusing it; run again with --restart to plan the reuse anew",
@@ -228,10 +227,10 @@ pub fn plan(
     // 2. The sources' keys: each owned row takes the first source row with its key and hash.
     let mut source_of: Vec<u64> = vec![u64::MAX; owned];
     let mut rows_of: Vec<u32> = vec![1; if chunk_rows { owned } else { 0 }];
-    let source_bytes = Arc::new(AtomicU64::new(0));
+    let source_bytes = AtomicU64::new(0);
     for (si, source) in sources.iter().enumerate() {
-        let path = Path::new(&source.path);
-        for (row, rows, key, hash) in source_keys(path, by_id, chunk_rows, &source_bytes)? {
+        let path = Location::parse(&source.path)?;
+        for (row, rows, key, hash) in source_keys(&path, by_id, chunk_rows, &source_bytes)? {
             let start = entries.partition_point(|e| e.key < key);
             for e in entries[start..].iter().take_while(|e| e.key == key) {
                 let slot = &mut source_of[e.index as usize];
@@ -274,15 +273,14 @@ pub fn plan(
 /// hash columns (and with `chunk_rows` its chunk column: a row is then its chunk 0's row and the
 /// number of its chunk rows; otherwise rows is 1).
 fn source_keys(
-    path: &Path,
+    path: &Location,
     by_id: bool,
     chunk_rows: bool,
-    bytes: &Arc<AtomicU64>,
+    bytes: &AtomicU64,
 ) -> Result<Vec<(u32, u32, u128, u128)>> {
     let unreadable = || format!("cannot read {} (a --reuse source)", path.display());
-    let file = CountingFile::open(path, bytes.clone()).with_context(unreadable)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(unreadable)?;
-    let schema = builder.schema().clone();
+    let file = ParquetFile::open(path).with_context(unreadable)?;
+    let schema = file.schema().clone();
     let hash_col = schema.index_of(TEXT_HASH).map_err(|_| {
         anyhow::anyhow!(
             "{} has no {TEXT_HASH} column: it was made by an older batch-embed and cannot be reused",
@@ -297,14 +295,19 @@ fn source_keys(
             anyhow::anyhow!("{} has no {CHUNK} column: it does not hold one row per chunk", path.display())
         })?);
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader =
-        builder.with_projection(mask).with_batch_size(COPY_BATCH).build().with_context(unreadable)?;
+    let request = ReadRequest {
+        columns: roots,
+        row_groups: None,
+        selection: None,
+        batch_size: COPY_BATCH,
+        page_index: false,
+    };
+    let mut reader = file.read(request).with_context(unreadable)?;
     let mut out: Vec<(u32, u32, u128, u128)> = Vec::new();
     let mut first = 0u32;
     // Whether the row whose chunks are being read was kept (a null id is not).
     let mut kept = false;
-    for batch in reader {
+    for batch in reader.by_ref() {
         let batch = batch.with_context(unreadable)?;
         let hashes = batch.column_by_name(TEXT_HASH).expect("projected").as_fixed_size_binary();
         let keys = match by_id {
@@ -336,9 +339,6 @@ fn source_keys(
         }
         first += batch.num_rows() as u32;
     }
+    bytes.fetch_add(reader.bytes_read(), Relaxed);
     Ok(out)
-}
-
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }

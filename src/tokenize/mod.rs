@@ -598,7 +598,9 @@ mod tests {
         let t = TextTokenizer::from_file(Path::new(&var("BATCH_EMBED_CHECK_TOKENIZER")), max_tokens, None)
             .unwrap();
         assert!(t.has_fast_road(), "this tokenizer does not take a fast road");
-        let files = crate::input::discover(&[var("BATCH_EMBED_CHECK_TEXTS").into()]).unwrap();
+        let files =
+            crate::input::discover(&[crate::storage::Location::Local(var("BATCH_EMBED_CHECK_TEXTS").into())])
+                .unwrap();
         let inputs =
             crate::input::open_all(&files, &crate::template::Template::column("text"), None).unwrap();
         let (mut texts, mut fast_texts) = (0, 0);

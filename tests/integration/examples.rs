@@ -1,8 +1,9 @@
 //! The fleet launch files in examples/ (SkyPilot, Kubernetes, Slurm): parsed, and checked for
 //! what decides whether a many-worker run comes out right: every worker gets its own identity
 //! but the same `--output`, a preempted or interrupted worker (exit 75) is restarted without
-//! counting as a failure, and nothing passes `--restart`. The two shell scripts are also run
-//! against stub `sky`, `scontrol` and `batch-embed` commands.
+//! counting as a failure, and nothing passes `--restart`. SkyPilot and Kubernetes come in two
+//! variants each: buckets read and written directly, and buckets or claims mounted. The two shell
+//! scripts are also run against stub `sky`, `scontrol` and `batch-embed` commands.
 
 #![cfg(unix)]
 
@@ -316,10 +317,13 @@ fn check_embed_args(args: &EmbedArgs) -> Result<(), String> {
     let [output] = outputs.as_slice() else {
         return Err(format!("needs --output exactly once, has {outputs:?}"));
     };
-    // One literal path for every worker: a variable left in it (a worker id, a node rank, ...)
-    // would scatter the workers over different folders.
-    if !output.starts_with('/') || output.contains(['$', '%', '{', '`']) {
-        return Err(format!("--output {output:?} is not one fixed absolute path shared by all workers"));
+    // One literal path or bucket URL for every worker: a variable left in it (a worker id, a
+    // node rank, ...) would scatter the workers over different folders.
+    let fixed = output.starts_with('/') || is_bucket_url(output);
+    if !fixed || output.contains(['$', '%', '{', '`']) {
+        return Err(format!(
+            "--output {output:?} is not one fixed absolute path or bucket URL shared by all workers"
+        ));
     }
     if args.values("--model").len() != 1 {
         return Err("needs --model exactly once".into());
@@ -328,6 +332,11 @@ fn check_embed_args(args: &EmbedArgs) -> Result<(), String> {
         return Err("names no input".into());
     }
     Ok(())
+}
+
+/// A URL batch-embed reads and writes itself.
+fn is_bucket_url(s: &str) -> bool {
+    ["s3://", "gs://", "az://"].iter().any(|p| s.strip_prefix(p).is_some_and(|rest| rest.len() > 1))
 }
 
 fn assert_embed_args(args: &EmbedArgs, what: &str) {
@@ -357,6 +366,12 @@ fn shell_reader_finds_the_embed_command_and_the_checks_can_fail() {
     }
     let good = EmbedArgs(vec!["--model=/m".into(), "--output=/data/out".into(), "/in".into()]);
     assert_eq!(check_embed_args(&good), Ok(()));
+    let bucket = EmbedArgs(vec!["--model=/m".into(), "--output=s3://b/out".into(), "s3://b/in".into()]);
+    assert_eq!(check_embed_args(&bucket), Ok(()));
+    for bad_output in ["s3://b/out-$WORKER_ID", "s3://", "http://b/out"] {
+        let args = EmbedArgs(vec!["--model=/m".into(), format!("--output={bad_output}"), "/in".into()]);
+        assert!(check_embed_args(&args).is_err(), "{bad_output} should be refused");
+    }
 }
 
 fn bash_syntax_ok(rel: &str) {
@@ -367,9 +382,26 @@ fn bash_syntax_ok(rel: &str) {
 // ---------------------------------------------------------------------------------------------
 // Kubernetes
 
+/// The two Kubernetes variants: buckets read and written directly, and claims mounted.
+const KUBERNETES_JOBS: [&str; 2] = ["kubernetes/embed-job.yaml", "kubernetes/embed-job-pvc.yaml"];
+
+/// The Job of a file that may hold other documents too (a ServiceAccount).
+fn job_doc(rel: &str) -> Yaml {
+    let mut jobs: Vec<Yaml> =
+        yaml_docs(rel).into_iter().filter(|d| d["kind"].as_str() == Some("Job")).collect();
+    assert_eq!(jobs.len(), 1, "{rel} should hold one Job");
+    jobs.remove(0)
+}
+
 #[test]
 fn kubernetes_job_is_indexed_with_one_worker_count() {
-    let job = yaml_doc("kubernetes/embed-job.yaml");
+    for rel in KUBERNETES_JOBS {
+        kubernetes_job_is_indexed(rel);
+    }
+}
+
+fn kubernetes_job_is_indexed(rel: &str) {
+    let job = job_doc(rel);
     assert_eq!(str_at(&job, &["apiVersion"]), "batch/v1");
     assert_eq!(str_at(&job, &["kind"]), "Job");
     let spec = at(&job, &["spec"]);
@@ -397,7 +429,8 @@ fn kubernetes_job_is_indexed_with_one_worker_count() {
         None,
         "a fixed worker id would give every pod the same rows"
     );
-    let args = kubernetes_embed_args(c);
+    let args = kubernetes_embed_args(c, rel);
+    assert_embed_args(&args, rel);
     assert!(
         !args.has("--worker-id") && !args.has("--num-workers"),
         "identity comes from the Job: {:?}",
@@ -408,19 +441,25 @@ fn kubernetes_job_is_indexed_with_one_worker_count() {
     assert!(gpus.parse::<u32>().unwrap() >= 1, "each pod needs a GPU");
 }
 
-fn kubernetes_embed_args(container: &Yaml) -> EmbedArgs {
+fn kubernetes_embed_args(container: &Yaml, rel: &str) -> EmbedArgs {
     let words: Vec<String> = ["command", "args"]
         .iter()
         .filter_map(|k| container[*k].as_vec())
         .flatten()
         .map(|w| scalar_text(w).expect("command and args are scalars"))
         .collect();
-    EmbedArgs::find(&[words], "kubernetes/embed-job.yaml")
+    EmbedArgs::find(&[words], rel)
 }
 
 #[test]
 fn kubernetes_preempted_or_interrupted_pods_restart_without_counting_as_failures() {
-    let job = yaml_doc("kubernetes/embed-job.yaml");
+    for rel in KUBERNETES_JOBS {
+        kubernetes_pods_restart_after_preemption(rel);
+    }
+}
+
+fn kubernetes_pods_restart_after_preemption(rel: &str) {
+    let job = job_doc(rel);
     let spec = at(&job, &["spec"]);
     assert!(int_at(spec, &["backoffLimitPerIndex"]) >= 1, "genuine failures deserve a retry");
     let max_failed = int_at(spec, &["maxFailedIndexes"]);
@@ -452,12 +491,48 @@ fn kubernetes_preempted_or_interrupted_pods_restart_without_counting_as_failures
 }
 
 #[test]
-fn kubernetes_output_is_one_shared_writable_claim_and_inputs_are_read_only() {
-    let job = yaml_doc("kubernetes/embed-job.yaml");
+fn kubernetes_direct_variant_reads_and_writes_buckets_with_the_pods_service_account() {
+    let rel = "kubernetes/embed-job.yaml";
+    let job = job_doc(rel);
     let pod = at(&job, &["spec", "template", "spec"]);
     let c = at(pod, &["containers", "0"]);
-    let args = kubernetes_embed_args(c);
-    assert_embed_args(&args, "kubernetes/embed-job.yaml");
+    let args = kubernetes_embed_args(c, rel);
+    assert!(is_bucket_url(args.value("--output")), "{rel}: the output should be a bucket URL");
+    assert!(args.inputs().iter().all(|i| is_bucket_url(i)), "{rel}: inputs should be bucket URLs");
+    // Credentials from the pod's service account, which the file defines.
+    let account = str_at(pod, &["serviceAccountName"]);
+    let defined = yaml_docs(rel).iter().any(|d| {
+        d["kind"].as_str() == Some("ServiceAccount") && d["metadata"]["name"].as_str() == Some(account)
+    });
+    assert!(defined, "{rel}: no ServiceAccount {account}");
+    // No claim at all; the model (read whole at start-up) is copied to the pod's disk first.
+    let volumes = vec_at(pod, &["volumes"]);
+    assert!(volumes.iter().all(|v| v["persistentVolumeClaim"].is_badvalue()), "{rel}: no claims");
+    let model = args.value("--model");
+    let mount = vec_at(c, &["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(model))
+        .unwrap_or_else(|| panic!("{rel}: nothing is mounted at {model}"));
+    let volume = str_at(mount, &["name"]);
+    assert!(
+        volumes.iter().any(|v| v["name"].as_str() == Some(volume) && !v["emptyDir"].is_badvalue()),
+        "{rel}: the model lives on an emptyDir"
+    );
+    let fills = vec_at(pod, &["initContainers"]).iter().any(|i| {
+        i["volumeMounts"].as_vec().is_some_and(|ms| ms.iter().any(|m| m["name"].as_str() == Some(volume)))
+            && i["args"].as_vec().is_some_and(|a| a.iter().any(|w| w.as_str().is_some_and(is_bucket_url)))
+    });
+    assert!(fills, "{rel}: an init container copies the model from its bucket");
+}
+
+#[test]
+fn kubernetes_output_is_one_shared_writable_claim_and_inputs_are_read_only() {
+    let rel = "kubernetes/embed-job-pvc.yaml";
+    let job = job_doc(rel);
+    let pod = at(&job, &["spec", "template", "spec"]);
+    let c = at(pod, &["containers", "0"]);
+    let args = kubernetes_embed_args(c, rel);
+    assert_embed_args(&args, rel);
 
     let mounts = vec_at(c, &["volumeMounts"]);
     let mount_of = |path: &str| {
@@ -496,52 +571,98 @@ fn kubernetes_output_is_one_shared_writable_claim_and_inputs_are_read_only() {
 // ---------------------------------------------------------------------------------------------
 // SkyPilot
 
-fn skypilot_task() -> Yaml {
-    yaml_doc("skypilot/embed.yaml")
+/// The two SkyPilot variants: buckets read and written directly, and buckets mounted.
+const SKYPILOT_TASKS: [&str; 2] = ["skypilot/embed.yaml", "skypilot/embed-mount.yaml"];
+
+/// The embed command of a task's `run`, with the task's own `envs` expanded (all but the
+/// worker's identity, which launch.sh sets per job).
+fn skypilot_embed_args(task: &Yaml, rel: &str) -> EmbedArgs {
+    let mut vars = HashMap::new();
+    if let Some(envs) = task["envs"].as_hash() {
+        for (k, v) in envs {
+            if let (Some(k), Some(v)) = (k.as_str(), scalar_text(v)) {
+                vars.insert(k.to_string(), v);
+            }
+        }
+    }
+    let args = EmbedArgs::from_script(str_at(task, &["run"]), rel);
+    EmbedArgs(args.0.iter().map(|w| expand(w, &vars)).collect())
 }
 
 #[test]
 fn skypilot_task_is_one_spot_worker_on_any_of_several_gpus() {
-    let task = skypilot_task();
-    let res = at(&task, &["resources"]);
-    assert_eq!(at(res, &["use_spot"]).as_bool(), Some(true));
-    let mut gpus: Vec<&str> = vec_at(res, &["any_of"])
-        .iter()
-        .map(|r| str_at(r, &["accelerators"]))
-        .map(|a| a.split(':').next().unwrap())
-        .collect();
-    gpus.sort_unstable();
-    gpus.dedup();
-    assert!(gpus.len() >= 2, "several GPU types widen the spot pool: {gpus:?}");
-    assert!(task["num_nodes"].is_badvalue() || int_at(&task, &["num_nodes"]) == 1, "one node per worker");
+    for rel in SKYPILOT_TASKS {
+        let task = yaml_doc(rel);
+        let res = at(&task, &["resources"]);
+        assert_eq!(at(res, &["use_spot"]).as_bool(), Some(true));
+        let mut gpus: Vec<&str> = vec_at(res, &["any_of"])
+            .iter()
+            .map(|r| str_at(r, &["accelerators"]))
+            .map(|a| a.split(':').next().unwrap())
+            .collect();
+        gpus.sort_unstable();
+        gpus.dedup();
+        assert!(gpus.len() >= 2, "{rel}: several GPU types widen the spot pool: {gpus:?}");
+        assert!(task["num_nodes"].is_badvalue() || int_at(&task, &["num_nodes"]) == 1, "one node per worker");
 
-    let recovery = at(res, &["job_recovery"]);
-    assert!(["FAILOVER", "EAGER_NEXT_REGION"].contains(&str_at(recovery, &["strategy"])));
-    assert!(int_at(recovery, &["max_restarts_on_errors"]) >= 1);
-    let codes = at(recovery, &["recover_on_exit_codes"]);
-    let recovers_75 =
-        codes.as_i64() == Some(75) || codes.as_vec().is_some_and(|v| v.contains(&Yaml::Integer(75)));
-    assert!(recovers_75, "exit 75 (interrupted after saving) should always be recovered");
+        let recovery = at(res, &["job_recovery"]);
+        assert!(["FAILOVER", "EAGER_NEXT_REGION"].contains(&str_at(recovery, &["strategy"])));
+        assert!(int_at(recovery, &["max_restarts_on_errors"]) >= 1);
+        let codes = at(recovery, &["recover_on_exit_codes"]);
+        let recovers_75 =
+            codes.as_i64() == Some(75) || codes.as_vec().is_some_and(|v| v.contains(&Yaml::Integer(75)));
+        assert!(recovers_75, "{rel}: exit 75 (interrupted after saving) should always be recovered");
+    }
 }
 
 #[test]
 fn skypilot_worker_identity_comes_from_the_launcher() {
-    let task = skypilot_task();
-    let envs = at(&task, &["envs"]);
-    for name in ["WORKER_ID", "NUM_WORKERS"] {
-        // Declared without a value: `sky jobs launch` then refuses to start unless --env sets it.
-        assert!(at(envs, &[name]).is_null(), "envs.{name} should be declared empty, set by launch.sh");
+    for rel in SKYPILOT_TASKS {
+        let task = yaml_doc(rel);
+        let envs = at(&task, &["envs"]);
+        for name in ["WORKER_ID", "NUM_WORKERS"] {
+            // Declared without a value: `sky jobs launch` then refuses to start unless --env sets it.
+            assert!(
+                at(envs, &[name]).is_null(),
+                "{rel}: envs.{name} should be declared empty, set by launch.sh"
+            );
+        }
+        let args = skypilot_embed_args(&task, rel);
+        assert!(["$WORKER_ID", "${WORKER_ID}"].contains(&args.value("--worker-id")));
+        assert!(["$NUM_WORKERS", "${NUM_WORKERS}"].contains(&args.value("--num-workers")));
     }
-    let args = EmbedArgs::from_script(str_at(&task, &["run"]), "skypilot run");
-    assert!(["$WORKER_ID", "${WORKER_ID}"].contains(&args.value("--worker-id")));
-    assert!(["$NUM_WORKERS", "${NUM_WORKERS}"].contains(&args.value("--num-workers")));
+}
+
+fn uploads_binary(task: &Yaml) -> bool {
+    let mounts = at(task, &["file_mounts"]);
+    mounts.as_hash().unwrap().values().any(|v| v.as_str() == Some("target/cuda/batch-embed"))
 }
 
 #[test]
-fn skypilot_output_is_a_writable_shared_bucket_mount() {
-    let task = skypilot_task();
-    let args = EmbedArgs::from_script(str_at(&task, &["run"]), "skypilot run");
-    assert_embed_args(&args, "skypilot/embed.yaml");
+fn skypilot_direct_variant_reads_and_writes_buckets_without_mounts() {
+    let rel = "skypilot/embed.yaml";
+    let task = yaml_doc(rel);
+    let args = skypilot_embed_args(&task, rel);
+    assert_embed_args(&args, rel);
+    assert!(is_bucket_url(args.value("--output")), "{rel}: the output should be a bucket URL");
+    assert!(args.inputs().iter().all(|i| is_bucket_url(i)), "{rel}: inputs should be bucket URLs");
+    let mounts = at(&task, &["file_mounts"]);
+    let mounted: Vec<&str> = mounts.as_hash().unwrap().keys().filter_map(|k| k.as_str()).collect();
+    for path in args.inputs().into_iter().chain([args.value("--output")]) {
+        assert!(!mounted.contains(&path), "{rel}: {path} is read directly, not mounted");
+    }
+    // The model is read whole at start-up: copied to local disk.
+    let model = at(mounts, &[args.value("--model")]);
+    assert_eq!(str_at(model, &["mode"]), "COPY", "{rel}: the model should be copied to local disk");
+    assert!(uploads_binary(&task), "the task should upload the CUDA build from target/cuda/batch-embed");
+}
+
+#[test]
+fn skypilot_mount_variant_output_is_a_writable_shared_bucket_mount() {
+    let rel = "skypilot/embed-mount.yaml";
+    let task = yaml_doc(rel);
+    let args = skypilot_embed_args(&task, rel);
+    assert_embed_args(&args, rel);
     let mounts = at(&task, &["file_mounts"]);
     let mount = |path: &str| at(mounts, &[path]);
 
@@ -556,9 +677,7 @@ fn skypilot_output_is_a_writable_shared_bucket_mount() {
     for input in args.inputs() {
         mount(input);
     }
-    let uploads_binary =
-        mounts.as_hash().unwrap().values().any(|v| v.as_str() == Some("target/cuda/batch-embed"));
-    assert!(uploads_binary, "the task should upload the CUDA build from target/cuda/batch-embed");
+    assert!(uploads_binary(&task), "the task should upload the CUDA build from target/cuda/batch-embed");
 }
 
 #[test]
@@ -587,7 +706,7 @@ impl SkyStub {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("examples/skypilot")).unwrap();
-        for f in ["launch.sh", "embed.yaml"] {
+        for f in ["launch.sh", "embed.yaml", "embed-mount.yaml"] {
             std::fs::copy(examples().join("skypilot").join(f), root.join("examples/skypilot").join(f))
                 .unwrap();
         }
@@ -641,6 +760,14 @@ fn skypilot_launch_starts_one_managed_job_per_worker() {
         .collect();
     assert_eq!(calls, expected, "workers 0..N-1, each told N");
     assert!(String::from_utf8_lossy(&out.stdout).contains("sky jobs queue"), "it says how to watch");
+
+    // The mount variant, named as the second argument.
+    let stub = SkyStub::new(true);
+    let mount = stub.dir.path().join("examples/skypilot/embed-mount.yaml");
+    let (out, calls) = stub.launch(&["2", &mount.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.ends_with(&mount.display().to_string())), "{calls:?}");
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! End-to-end tests: the model against transformers' golden vectors, and the binary as a user
 //! runs it. One test binary, so the crate is linked once.
 
+mod buckets;
 mod chunking;
 mod cli;
 mod encoders;
 mod examples;
 mod fleet;
 mod hub;
+mod moto;
 mod pipeline;
 mod preemption;
 mod reference;

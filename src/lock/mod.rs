@@ -10,27 +10,24 @@
 //!   The owner's own clock is never compared with ours, so clock skew between hosts cannot make
 //!   a live lock look stale. `--force-unlock` takes the lock at once.
 //!
-//! The file system offers no compare-and-swap, so each step is built to never destroy a lock it
-//! did not judge:
-//! - create: `O_CREAT | O_EXCL`, so of two creators exactly one succeeds;
-//! - take over: the judged lock is *renamed aside* (atomic: of two contenders one gets it), then
-//!   its content is compared with what was judged; if it is a newer lock (a third process took
-//!   over in between) it is put back where no newer lock exists, and the contender starts again;
-//! - refresh: the owner opens the lock, checks through that handle that it is still its own and
-//!   rewrites it in place through the same handle, so a lock that was replaced meanwhile is never
-//!   overwritten (the write lands in the owner's old file, not the new owner's).
-//!
-//! The lock is a plain file, so it also works on shared and bucket-mounted folders, where flock
-//! is unreliable. Committing is fenced by [`WorkerLock::check`] (see worker_folder.rs).
+//! These rules are the same wherever the folder is; how each step is made safe against a
+//! racing contender depends on the medium: a file system has no compare-and-swap (file.rs:
+//! create-exclusive, takeover by renaming aside), a bucket has conditional writes (object.rs:
+//! create-if-absent, replace-if-unchanged). Committing is fenced by [`WorkerLock::check`] (see
+//! worker_folder.rs).
 
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::storage::object::{ObjectLocation, Version};
+use crate::storage::Location;
+
+mod file;
+mod object;
 
 pub const FILE_NAME: &str = "lock.json";
 /// How often the owner refreshes its heartbeat.
@@ -55,6 +52,9 @@ pub struct LockInfo {
     pub heartbeat_at: u64,
     /// Bumped by every heartbeat: a watcher sees the lock change.
     pub beat: u64,
+    /// On a bucket, a lock is released by marking it so (never deleted): it is free to take.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl LockInfo {
@@ -68,6 +68,7 @@ impl LockInfo {
             started_at: now,
             heartbeat_at: now,
             beat: 0,
+            released: false,
         }
     }
 
@@ -84,7 +85,7 @@ pub struct LockOptions {
     pub force: bool,
     /// Another host's lock unchanged this long is taken over (`--lock-stale`).
     pub stale: Duration,
-    /// The host name written into the lock (`host_name()` unless a test plays another host).
+    /// The host name written into locks (`host_name()` unless a test plays another host).
     pub host: String,
 }
 
@@ -94,9 +95,16 @@ impl LockOptions {
     }
 }
 
-/// A held lock. Dropping it removes the file if it is still ours.
+/// Where the lock lives.
+enum Medium {
+    File(PathBuf),
+    /// The lock object and the version this process last wrote.
+    Object(ObjectLocation, Mutex<Version>),
+}
+
+/// A held lock. Dropping it releases it if it is still ours.
 pub struct WorkerLock {
-    path: PathBuf,
+    medium: Medium,
     info: Mutex<LockInfo>,
     /// Heartbeats in a row that found the lock file missing or unreadable.
     misses: Mutex<u32>,
@@ -110,33 +118,66 @@ pub enum Beat {
     Lost(String),
 }
 
-/// The lock file as read: its bytes, and its content when they parse.
+/// The lock as read: its bytes, its content when they parse, and (on a bucket) its version.
 struct Seen {
     bytes: Vec<u8>,
     info: Option<LockInfo>,
+    version: Option<Version>,
 }
 
 impl WorkerLock {
     /// Takes the lock of worker folder `dir` (which must exist), following the rules above.
     /// `note` receives one line when a lock is waited for or taken over.
-    pub fn acquire(dir: &Path, opts: &LockOptions, note: &mut dyn FnMut(&str)) -> Result<Self> {
-        let path = dir.join(FILE_NAME);
+    pub fn acquire(dir: &Location, opts: &LockOptions, note: &mut dyn FnMut(&str)) -> Result<Self> {
+        let lock = dir.join(FILE_NAME);
+        let shown = dir.display().to_string();
         let mine = LockInfo::mine(&opts.host);
+        let held = |medium| WorkerLock { medium, info: Mutex::new(mine.clone()), misses: Mutex::new(0) };
         let mut force = opts.force;
         // The content being watched and since when (by our clock).
         let mut watching: Option<(Vec<u8>, Instant)> = None;
         loop {
-            if create_new(&path, &mine)? {
-                crate::atomic::sync_dir(dir);
-                return Ok(WorkerLock { path, info: Mutex::new(mine), misses: Mutex::new(0) });
-            }
-            let Some(seen) = read_seen(&path)? else {
+            let seen = match &lock {
+                Location::Local(path) => {
+                    if file::create_new(path, &mine)? {
+                        return Ok(held(Medium::File(path.clone())));
+                    }
+                    file::read_seen(path)?
+                }
+                Location::Object(o) => {
+                    if let Some(v) = object::create_new(o, &mine)? {
+                        return Ok(held(Medium::Object(o.clone(), Mutex::new(v))));
+                    }
+                    object::read_seen(o)?
+                }
+            };
+            let Some(seen) = seen else {
                 continue; // vanished between our create and read: try again
             };
+            // Takes over the judged lock: on a bucket that makes it ours (or fails because it
+            // changed); on a disk it only removes it, and the next round creates ours.
+            let take_over = |seen: &Seen| -> Result<Option<WorkerLock>> {
+                match &lock {
+                    Location::Local(path) => {
+                        file::take_over(path, &seen.bytes, &mine.owner)?;
+                        Ok(None)
+                    }
+                    Location::Object(o) => Ok(object::take_over(o, seen, &mine)?
+                        .map(|v| held(Medium::Object(o.clone(), Mutex::new(v))))),
+                }
+            };
+            if seen.info.as_ref().is_some_and(|i| i.released) {
+                if let Some(held) = take_over(&seen)? {
+                    return Ok(held);
+                }
+                continue;
+            }
             if force {
                 let owner = seen.info.as_ref().map_or("an unreadable lock".into(), LockInfo::describe);
                 note(&format!("--force-unlock: taking over the lock of {owner}"));
-                take_over(&path, &seen.bytes, &mine.owner)?;
+                if let Some(held) = take_over(&seen)? {
+                    return Ok(held);
+                }
                 force = false;
                 watching = None;
                 continue;
@@ -146,17 +187,19 @@ impl WorkerLock {
                 Some((bytes, since)) if *bytes == seen.bytes => Some(since.elapsed()),
                 _ => None,
             };
-            let Some(held) = &seen.info else {
+            let Some(held_by) = &seen.info else {
                 // Being written right now, or left half-written by a crash: wait for it to
                 // stay unchanged for `stale`.
                 match unchanged_for {
                     Some(d) if d >= opts.stale => {
                         note(&format!(
                             "taking over {}: unreadable and unchanged for {}s",
-                            path.display(),
+                            lock.display(),
                             opts.stale.as_secs()
                         ));
-                        take_over(&path, &seen.bytes, &mine.owner)?;
+                        if let Some(held) = take_over(&seen)? {
+                            return Ok(held);
+                        }
                         watching = None;
                     }
                     Some(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -164,39 +207,40 @@ impl WorkerLock {
                 }
                 continue;
             };
-            let owner = held.describe();
-            if held.host == mine.host {
-                if alive(held) {
+            let owner = held_by.describe();
+            if held_by.host == mine.host {
+                if alive(held_by) {
                     bail!(
-                        "another batch-embed process ({owner}) is writing {}; stop it first, or use another --worker-id or --output",
-                        dir.display()
+                        "another batch-embed process ({owner}) is writing {shown}; stop it first, or use another --worker-id or --output"
                     );
                 }
                 note(&format!("taking over the lock of {owner}, which is no longer running"));
-                take_over(&path, &seen.bytes, &mine.owner)?;
+                if let Some(held) = take_over(&seen)? {
+                    return Ok(held);
+                }
                 watching = None;
                 continue;
             }
             // Another host: watch its lock by our own clock.
             match (&watching, unchanged_for) {
                 (Some(_), None) => bail!(
-                    "{} is locked by {owner}, which is still running (its heartbeat moved while we watched); stop it first, or use another --worker-id or --output. If that process is gone, pass --force-unlock",
-                    dir.display()
+                    "{shown} is locked by {owner}, which is still running (its heartbeat moved while we watched); stop it first, or use another --worker-id or --output. If that process is gone, pass --force-unlock"
                 ),
                 (Some(_), Some(d)) if d >= opts.stale => {
                     note(&format!(
                         "taking over the lock of {owner}: unchanged for {}s (a preempted machine?)",
                         d.as_secs()
                     ));
-                    take_over(&path, &seen.bytes, &mine.owner)?;
+                    if let Some(held) = take_over(&seen)? {
+                        return Ok(held);
+                    }
                     watching = None;
                 }
                 (Some(_), Some(_)) => std::thread::sleep(Duration::from_millis(250)),
                 (None, _) => {
                     if !opts.stale.is_zero() {
                         note(&format!(
-                            "{} is locked by {owner}; waiting up to {}s for its heartbeat to stop, or pass --force-unlock",
-                            dir.display(),
+                            "{shown} is locked by {owner}; waiting up to {}s for its heartbeat to stop, or pass --force-unlock",
                             opts.stale.as_secs()
                         ));
                     }
@@ -207,67 +251,28 @@ impl WorkerLock {
     }
 
     /// Refreshes the heartbeat (called every [`HEARTBEAT`] while the run goes on). An error is
-    /// a passing I/O problem (a flaky mount): the caller warns and tries again at the next beat.
-    /// [`Beat::Lost`] means another process owns the folder now, or the lock stayed missing for
-    /// three beats: the run must stop. Never writes a lock that is not this process's own.
+    /// a passing I/O problem (a flaky mount or network): the caller warns and tries again at the
+    /// next beat. [`Beat::Lost`] means another process owns the folder now, or the lock stayed
+    /// missing for three beats: the run must stop. Never writes a lock that is not this
+    /// process's own.
     pub fn refresh(&self) -> Result<Beat> {
         let mut misses = self.misses.lock().expect("lock state");
         let mut info = self.info.lock().expect("lock state");
-        let opened = OpenOptions::new().read(true).write(true).open(&self.path);
-        let mut file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                *misses += 1;
-                if *misses >= 3 {
-                    return Ok(Beat::Lost(format!(
-                        "the lock {} disappeared; stopping so that two processes never write one worker folder",
-                        self.path.display()
-                    )));
-                }
-                bail!("{} is missing", self.path.display());
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
-        };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", self.path.display()))?;
-        match serde_json::from_slice::<LockInfo>(&bytes) {
-            Ok(on_disk) if on_disk.owner == info.owner => *misses = 0,
-            Ok(other) => return Ok(Beat::Lost(lost_to(&self.path, &other))),
-            Err(_) => {
-                *misses += 1;
-                bail!("{} is unreadable", self.path.display());
+        match &self.medium {
+            Medium::File(path) => file::refresh(path, &mut info, &mut misses),
+            Medium::Object(o, version) => {
+                object::refresh(o, &mut info, &mut version.lock().expect("lock state"), &mut misses)
             }
         }
-        // NOTE: written through the handle that showed our own content: if a contender renamed
-        // the file aside meanwhile, this lands in our old file, never in a new owner's.
-        info.beat += 1;
-        info.heartbeat_at = unix_now();
-        let text = serde_json::to_vec_pretty(&*info)?;
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&text))
-            .and_then(|_| file.set_len(text.len() as u64))
-            .with_context(|| format!("cannot refresh {}", self.path.display()))?;
-        Ok(Beat::Alive)
     }
 
-    /// Whether this process still holds the lock, read from the file now (a missing lock is
-    /// waited for briefly: a contender may be putting it back). Commits call this right before
-    /// each rename and checkpoint save.
+    /// Whether this process still holds the lock, read from its file or object now. Commits
+    /// call this right before each part is put in place.
     pub fn check(&self) -> Result<Beat> {
-        let owner = self.info.lock().expect("lock state").owner.clone();
-        let deadline = Instant::now() + CHECK_PATIENCE;
-        loop {
-            match read_seen(&self.path)? {
-                Some(Seen { info: Some(on_disk), .. }) if on_disk.owner == owner => return Ok(Beat::Alive),
-                Some(Seen { info: Some(other), .. }) => return Ok(Beat::Lost(lost_to(&self.path, &other))),
-                _ if Instant::now() >= deadline => {
-                    return Ok(Beat::Lost(format!(
-                        "the lock {} is gone; stopping so that two processes never write one worker folder",
-                        self.path.display()
-                    )))
-                }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
+        let owner = self.owner();
+        match &self.medium {
+            Medium::File(path) => file::check(path, &owner),
+            Medium::Object(o, _) => object::check(o, &owner),
         }
     }
 
@@ -283,96 +288,28 @@ impl WorkerLock {
 
 impl Drop for WorkerLock {
     fn drop(&mut self) {
-        let owner = self.owner();
-        if let Ok(Some(Seen { bytes, info: Some(on_disk) })) = read_seen(&self.path) {
-            if on_disk.owner == owner {
-                // Through the same rename-aside step as a takeover: never removes a newer lock.
-                let _ = take_over(&self.path, &bytes, &owner);
-            }
+        let info = self.info();
+        match &self.medium {
+            Medium::File(path) => file::release(path, &info.owner),
+            Medium::Object(o, version) => object::release(o, &info, &version.lock().expect("lock state")),
         }
     }
 }
 
-fn lost_to(path: &Path, other: &LockInfo) -> String {
+fn lost_to(lock: &str, other: &LockInfo) -> String {
     format!(
-        "lost the lock {}: it now belongs to {}; stopping so that two processes never write one worker folder",
-        path.display(),
+        "lost the lock {lock}: it now belongs to {}; stopping so that two processes never write one worker folder",
         other.describe()
     )
 }
 
-/// Creates the lock file with `info` if none exists; false when one does.
-fn create_new(path: &Path, info: &LockInfo) -> Result<bool> {
-    match OpenOptions::new().write(true).create_new(true).open(path) {
-        Ok(mut f) => {
-            let text = serde_json::to_vec_pretty(info)?;
-            f.write_all(&text)
-                .and_then(|_| f.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
-    }
-}
-
-fn read_seen(path: &Path) -> Result<Option<Seen>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let info = serde_json::from_slice(&bytes).ok();
-            Ok(Some(Seen { bytes, info }))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 /// The lock's content, or `None` when it is missing or not (yet) complete JSON.
-pub fn read(path: &Path) -> Result<Option<LockInfo>> {
-    Ok(read_seen(path)?.and_then(|s| s.info))
-}
-
-/// Removes the lock at `path` if and only if it still holds `judged` (the bytes the caller
-/// decided to take over). The file is renamed aside first, which only one process can do; if
-/// what was moved is not what was judged (a newer owner's lock), it is put back, unless an even
-/// newer lock exists by then. `token` makes the aside name ours alone.
-fn take_over(path: &Path, judged: &[u8], token: &str) -> Result<()> {
-    let aside = path.with_file_name(format!("{FILE_NAME}.{token}.aside"));
-    match std::fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // someone else moved it
-        Err(e) => return Err(e).with_context(|| format!("cannot move {} aside", path.display())),
-    }
-    let moved = std::fs::read(&aside).unwrap_or_default();
-    if moved != judged {
-        put_back(&aside, path);
-    }
-    let _ = std::fs::remove_file(&aside);
-    Ok(())
-}
-
-/// Moves `aside` back to `path` unless a file exists there (then `aside` is left to be removed).
-fn put_back(aside: &Path, path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(from), Ok(to)) = (
-        std::ffi::CString::new(aside.as_os_str().as_bytes()),
-        std::ffi::CString::new(path.as_os_str().as_bytes()),
-    ) else {
-        return;
+pub fn read(lock: &Location) -> Result<Option<LockInfo>> {
+    let seen = match lock {
+        Location::Local(path) => file::read_seen(path)?,
+        Location::Object(o) => object::read_seen(o)?,
     };
-    // SAFETY: two NUL-terminated paths; renameat2 with RENAME_NOREPLACE fails if `path` exists.
-    let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
-    };
-    if rc == 0 {
-        return;
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EEXIST) {
-        return;
-    }
-    // A file system without RENAME_NOREPLACE: a hard link also fails when `path` exists.
-    let _ = std::fs::hard_link(aside, path);
+    Ok(seen.and_then(|s| s.info))
 }
 
 /// Whether the lock's owner (on this host) is still running.
@@ -391,7 +328,7 @@ fn alive(info: &LockInfo) -> bool {
 }
 
 /// 16 random hex digits from the operating system.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let n = getrandom::u64().unwrap_or_else(|_| {
         // No OS randomness (never seen): time and pid still make two processes differ.
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -432,7 +369,13 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
     use std::sync::{Arc, Barrier};
+
+    fn here(dir: &std::path::Path) -> Location {
+        Location::Local(dir.to_path_buf())
+    }
 
     fn opts(host: &str, stale_ms: u64) -> LockOptions {
         LockOptions { force: false, stale: Duration::from_millis(stale_ms), host: host.into() }
@@ -447,6 +390,7 @@ mod tests {
             started_at: heartbeat_at,
             heartbeat_at,
             beat: 0,
+            released: false,
         }
     }
 
@@ -454,11 +398,13 @@ mod tests {
     fn a_held_lock_refuses_a_second_owner_on_this_host_and_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let lock =
-            WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {}).unwrap();
+            WorkerLock::acquire(&here(dir.path()), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {})
+                .unwrap();
         // A second acquisition on this host while the first is alive (this very process).
-        let err = WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {})
-            .err()
-            .unwrap();
+        let err =
+            WorkerLock::acquire(&here(dir.path()), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {})
+                .err()
+                .unwrap();
         assert!(err.to_string().contains("another batch-embed process (pid"), "{err}");
         // Pretend another live process of this host holds it: pid 1, say.
         let mut other = lock.info();
@@ -469,17 +415,18 @@ mod tests {
         assert!(matches!(lock.check().unwrap(), Beat::Lost(m) if m.contains("pid 1 on host")));
         // Our lock is no longer ours: dropping it must leave the other owner's file alone.
         drop(lock);
-        assert_eq!(read(&dir.path().join(FILE_NAME)).unwrap().unwrap().owner, "ffff");
+        assert_eq!(read(&here(&dir.path().join(FILE_NAME))).unwrap().unwrap().owner, "ffff");
     }
 
     #[test]
     fn a_heartbeat_notices_a_new_owner_and_tolerates_a_passing_miss() {
         let dir = tempfile::tempdir().unwrap();
         let lock =
-            WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {}).unwrap();
+            WorkerLock::acquire(&here(dir.path()), &LockOptions::new(false, DEFAULT_STALE), &mut |_| {})
+                .unwrap();
         assert_eq!(lock.refresh().unwrap(), Beat::Alive);
         let path = dir.path().join(FILE_NAME);
-        assert_eq!(read(&path).unwrap().unwrap().beat, 1, "the beat counter moves");
+        assert_eq!(read(&here(&path)).unwrap().unwrap().beat, 1, "the beat counter moves");
         let saved = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(lock.refresh().is_err(), "one miss is a passing problem");
@@ -491,7 +438,7 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
         assert!(matches!(lock.refresh().unwrap(), Beat::Lost(m) if m.contains("host elsewhere")));
         // Refresh did not touch the new owner's lock.
-        assert_eq!(read(&path).unwrap().unwrap(), other);
+        assert_eq!(read(&here(&path)).unwrap().unwrap(), other);
     }
 
     #[test]
@@ -500,14 +447,14 @@ mod tests {
         // owner's write must land in its old file.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let lock = WorkerLock::acquire(dir.path(), &opts("a", 60_000), &mut |_| {}).unwrap();
+        let lock = WorkerLock::acquire(&here(dir.path()), &opts("a", 60_000), &mut |_| {}).unwrap();
         let mut handle = OpenOptions::new().read(true).write(true).open(&path).unwrap();
         std::fs::rename(&path, dir.path().join("aside")).unwrap();
-        let newer = WorkerLock::acquire(dir.path(), &opts("b", 60_000), &mut |_| {}).unwrap();
+        let newer = WorkerLock::acquire(&here(dir.path()), &opts("b", 60_000), &mut |_| {}).unwrap();
         handle.write_all(b"{}").unwrap();
-        assert_eq!(read(&path).unwrap().unwrap().owner, newer.owner());
+        assert_eq!(read(&here(&path)).unwrap().unwrap().owner, newer.owner());
         assert!(matches!(lock.refresh().unwrap(), Beat::Lost(_)));
-        assert_eq!(read(&path).unwrap().unwrap().owner, newer.owner());
+        assert_eq!(read(&here(&path)).unwrap().unwrap().owner, newer.owner());
     }
 
     #[test]
@@ -520,10 +467,11 @@ mod tests {
         dead.host = host_name();
         std::fs::write(dir.path().join(FILE_NAME), serde_json::to_string(&dead).unwrap()).unwrap();
         let mut notes = Vec::new();
-        let lock = WorkerLock::acquire(dir.path(), &LockOptions::new(false, DEFAULT_STALE), &mut |n| {
-            notes.push(n.to_string())
-        })
-        .unwrap();
+        let lock =
+            WorkerLock::acquire(&here(dir.path()), &LockOptions::new(false, DEFAULT_STALE), &mut |n| {
+                notes.push(n.to_string())
+            })
+            .unwrap();
         assert_eq!(lock.info().pid, std::process::id());
         assert!(notes[0].contains("no longer running"), "{notes:?}");
         assert!(
@@ -546,7 +494,8 @@ mod tests {
         let started = Instant::now();
         let mut notes = Vec::new();
         let lock =
-            WorkerLock::acquire(dir.path(), &opts("here", 1000), &mut |n| notes.push(n.to_string())).unwrap();
+            WorkerLock::acquire(&here(dir.path()), &opts("here", 1000), &mut |n| notes.push(n.to_string()))
+                .unwrap();
         assert!(started.elapsed() >= Duration::from_secs(1), "took over before the stale time");
         assert_eq!(lock.info().host, "here");
         assert!(notes.iter().any(|n| n.contains("unchanged for")), "{notes:?}");
@@ -570,12 +519,12 @@ mod tests {
                 }
             })
         };
-        let err = WorkerLock::acquire(dir.path(), &opts("here", 30_000), &mut |_| {}).err().unwrap();
+        let err = WorkerLock::acquire(&here(dir.path()), &opts("here", 30_000), &mut |_| {}).err().unwrap();
         beating.join().unwrap();
         let msg = err.to_string();
         assert!(msg.contains("pid 4242 on host elsewhere") && msg.contains("--force-unlock"), "{msg}");
         let forced = LockOptions { force: true, ..opts("here", 30_000) };
-        let lock = WorkerLock::acquire(dir.path(), &forced, &mut |_| {}).unwrap();
+        let lock = WorkerLock::acquire(&here(dir.path()), &forced, &mut |_| {}).unwrap();
         assert_eq!(lock.info().host, "here");
     }
 
@@ -606,7 +555,8 @@ mod tests {
                         let host = format!("h{i}");
                         s.spawn(move || {
                             barrier.wait();
-                            let lock = Arc::new(WorkerLock::acquire(dir, &opts(&host, 200), &mut |_| {})?);
+                            let lock =
+                                Arc::new(WorkerLock::acquire(&here(dir), &opts(&host, 200), &mut |_| {})?);
                             // A winner beats like a live worker until every contender is done.
                             let beating = lock.clone();
                             s.spawn(move || {
@@ -629,7 +579,7 @@ mod tests {
                 .filter(|l| l.check().unwrap() == Beat::Alive)
                 .collect();
             assert_eq!(holders.len(), 1, "round {round}: {} holders", holders.len());
-            assert_eq!(read(&path).unwrap().unwrap().owner, holders[0].owner(), "round {round}");
+            assert_eq!(read(&here(&path)).unwrap().unwrap().owner, holders[0].owner(), "round {round}");
             for r in &results {
                 if let Err(e) = r {
                     let msg = e.to_string();
