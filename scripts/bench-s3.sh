@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Buckets, measured against a local S3 server (moto, on 127.0.0.1) with the pipeline alone (no
-# model: zero vectors), on the 579,644 IMDB review sentences:
+# model: made-up vectors), on the 579,644 IMDB review sentences:
 #   1. the same files read from local disk and from the S3 server, in one run;
 #   2. bytes and requests each worker fetches at N = 1, 4 and 16 workers (stride blocks of 4096
 #      rows), for the files as shipped and rewritten with a page index;

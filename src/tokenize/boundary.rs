@@ -30,6 +30,16 @@ pub(super) struct Cuts<'t> {
     valid: Vec<bool>,
 }
 
+/// The whitespace a cut touches: it runs from `start` to `end` (empty when there is none), the
+/// next token starts at `at`, and it holds `breaks` line breaks.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    start: usize,
+    at: usize,
+    end: usize,
+    breaks: usize,
+}
+
 /// Bytes of context on each side of a cut that the sentence rules are run over.
 const SENTENCE_CONTEXT: usize = 64;
 
@@ -78,24 +88,23 @@ impl<'t> Cuts<'t> {
         let n = self.valid.len() - 1;
         let hi = (a + window).min(n);
         let lo = (a + (window / 2).max(overlap + 1)).min(hi);
-        let mut best: Option<(Boundary, usize, usize)> = None; // (kind, run start, k)
-        for k in lo.max(a + 1)..=hi {
-            if !self.valid[k] {
-                continue;
-            }
-            let (kind, run) = self.classify(k);
-            let better = match best {
-                None => true,
-                Some((bk, brun, _)) => kind > bk || (kind == bk && run > brun),
-            };
-            if better {
-                best = Some((kind, run, k));
-            }
-        }
-        if let Some((_, _, k)) = best {
-            return k;
-        }
-        (a + 1..=hi).rev().find(|&k| self.valid[k]).unwrap_or_else(|| self.first_after(a))
+        // The candidates, latest first, each with the whitespace run it touches.
+        let candidates: Vec<(usize, Run)> =
+            (lo.max(a + 1)..=hi).rev().filter(|&k| self.valid[k]).map(|k| (k, self.run_around(k))).collect();
+        // The best kind present wins; of that kind, the latest run, and of that run its first cut
+        // (the kind is the run's, so cuts in one run are one boundary). NOTE: kind by kind, latest
+        // first, so that the costly sentence test runs only until it first says yes.
+        let pick = |is: &dyn Fn(&Run) -> bool| -> Option<usize> {
+            let first = candidates.iter().position(|(_, r)| is(r))?;
+            let run = candidates[first].1.start;
+            candidates[first..].iter().take_while(|(_, r)| r.start == run).last().map(|&(k, _)| k)
+        };
+        pick(&|r| r.breaks >= 2)
+            .or_else(|| pick(&|r| r.breaks == 1 || self.ends_sentence(r.start, r.end)))
+            .or_else(|| pick(&|r| r.end > r.start))
+            .or_else(|| candidates.first().map(|&(k, _)| k))
+            .or_else(|| (a + 1..=hi).rev().find(|&k| self.valid[k]))
+            .unwrap_or_else(|| self.first_after(a))
     }
 
     /// The start of the chunk after tokens `a..b`: `overlap` tokens before `b`, moved by up to two
@@ -121,18 +130,7 @@ impl<'t> Cuts<'t> {
     /// The kind of the boundary before token k, and where its whitespace run starts (the cut's
     /// own byte when it has none): cuts in one run of whitespace are one boundary.
     fn classify(&self, k: usize) -> (Boundary, usize) {
-        let bytes = self.text.as_bytes();
-        let (start, at, end) = self.run_around(k);
-        let run = &self.text[start..end];
-        // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
-        let breaks = run
-            .char_indices()
-            .filter(|&(i, c)| match c {
-                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
-                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
-                _ => false,
-            })
-            .count();
+        let Run { start, at, end, breaks } = self.run_around(k);
         match breaks {
             0 => {}
             1 => return (Boundary::Sentence, start), // UAX #29 ends a sentence at a line break
@@ -149,8 +147,8 @@ impl<'t> Cuts<'t> {
     }
 
     /// The cut before token k (1 ≤ k ≤ n): the run of whitespace it touches, the gap before
-    /// the token included, as (run start, the token's start, run end).
-    fn run_around(&self, k: usize) -> (usize, usize, usize) {
+    /// the token included.
+    fn run_around(&self, k: usize) -> Run {
         let n = self.offsets.len();
         let at = match k < n {
             true => self.offsets.starts[k] as usize,
@@ -164,7 +162,17 @@ impl<'t> Cuts<'t> {
         while let Some(c) = self.text[end..].chars().next().filter(|c| c.is_whitespace()) {
             end += c.len_utf8();
         }
-        (start, at, end)
+        // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
+        let bytes = self.text.as_bytes();
+        let breaks = self.text[start..end]
+            .char_indices()
+            .filter(|&(i, c)| match c {
+                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
+                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
+                _ => false,
+            })
+            .count();
+        Run { start, at, end, breaks }
     }
 
     /// Whether a sentence boundary (UAX #29) falls in `start..=end` (a run of whitespace, or a
@@ -239,7 +247,7 @@ mod tests {
                 if !cuts.valid[k] {
                     continue;
                 }
-                let (start, _, end) = cuts.run_around(k);
+                let Run { start, end, .. } = cuts.run_around(k);
                 if end == text.len() {
                     continue; // whitespace up to the end of the text: no sentence starts after it
                 }
