@@ -242,6 +242,14 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// Why there is no ETA: no worker running, or none has a rate yet.
+pub fn eta_unknown(s: &FleetStatus) -> &'static str {
+    match s.running {
+        0 => "unknown (nothing running)",
+        _ => "unknown (no rate yet)",
+    }
+}
+
 pub fn render(s: &FleetStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -263,7 +271,7 @@ pub fn render(s: &FleetStatus) -> String {
         if s.chunks > 0 { format!(", {} chunk rows committed", s.chunks) } else { String::new() },
         s.rows_per_s,
         s.tokens_per_s,
-        s.eta_s.map_or("unknown (nothing running)".to_string(), human_duration)
+        s.eta_s.map_or(eta_unknown(s).to_string(), human_duration)
     );
     let _ = writeln!(
         out,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tiny_http::{Header, Response, Server};
 
-use crate::status::{collect, human_duration, FleetStatus};
+use crate::status::{collect, eta_unknown, human_duration, FleetStatus};
 use crate::storage::Location;
 
 /// Seconds between the page's refreshes.
@@ -43,7 +43,7 @@ fn escape(s: &str) -> String {
 /// The whole page for one status.
 pub fn page(s: &FleetStatus) -> String {
     let pct = if s.rows_owned > 0 { 100.0 * s.rows_done as f64 / s.rows_owned as f64 } else { 100.0 };
-    let eta = s.eta_s.map_or("unknown (nothing running)".to_string(), human_duration);
+    let eta = s.eta_s.map_or(eta_unknown(s).to_string(), human_duration);
     let mut html = String::new();
     let _ = write!(
         html,
