@@ -21,6 +21,7 @@ pub mod identity;
 pub mod input;
 pub mod launcher;
 pub mod lock;
+pub mod memory;
 pub mod model;
 pub mod output;
 pub mod partition;

@@ -398,7 +398,7 @@ fn load_embedder(
     };
     crate::faults::hog(device)?;
     if let (None, Some((free, _))) = (cfg.batch_tokens, crate::device::memory_info(device)) {
-        embedder.set_budget(crate::embed::auto_budget(free, &cfg.model_config, dtype.size_in_bytes()));
+        embedder.set_budget(crate::memory::auto_budget(free, &cfg.model_config, dtype.size_in_bytes()));
     }
     if dtype == candle_core::DType::F16 && !cfg.debug_noop_model {
         check_f16(&embedder)?;
