@@ -59,6 +59,21 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Whether the CPU runs AVX-512 (F, BW and VL; asked once, cached by the standard library).
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Defines `$name($args) -> $ret` that runs `$body` compiled for AVX2 where the CPU has it, and
 /// as built otherwise. `$body` should be plain loops (and calls to `#[inline(always)]` helpers).
 macro_rules! multiversion {
@@ -69,9 +84,17 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
+                }
+                if $crate::model::fast_math::has_avx512() {
+                    // SAFETY: the CPU has just been seen to support these AVX-512 subsets.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if $crate::model::fast_math::has_avx2() {
                     // SAFETY: the CPU has just been seen to support AVX2.

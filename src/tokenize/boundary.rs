@@ -183,20 +183,25 @@ impl<'t> Cuts<'t> {
     /// run's time, and asking at every punctuation mark more than that (IMDB's `<br />`).
     fn ends_sentence(&self, start: usize, end: usize) -> bool {
         let before = self.text[..start]
-            .chars()
+            .char_indices()
             .rev()
-            .find(|c| !matches!(c, '"' | '\'' | ')' | ']' | '}' | '(' | '[' | '{'));
-        match before {
+            .find(|(_, c)| !matches!(c, '"' | '\'' | ')' | ']' | '}' | '(' | '[' | '{'));
+        let terminator = match before {
             None => return false,
-            Some(c) if c.is_ascii() && !matches!(c, '.' | '!' | '?') => return false,
-            Some(_) => {}
-        }
-        let from = floor_char(self.text, start.saturating_sub(SENTENCE_CONTEXT));
+            Some((_, c)) if c.is_ascii() && !matches!(c, '.' | '!' | '?') => return false,
+            Some((at, _)) => at,
+        };
+        // The rules look back from a terminator only over its own sentence's last characters
+        // (a capital before a period, say), and ahead over spaces, closing marks and what
+        // follows them, so the context starts a little before the terminator; the first
+        // boundary at or past `start` decides.
+        let from = floor_char(self.text, terminator.saturating_sub(SENTENCE_CONTEXT / 4).min(start));
         let to = ceil_char(self.text, end + SENTENCE_CONTEXT);
         self.text[from..to]
             .split_sentence_bound_indices()
             .map(|(i, _)| from + i)
-            .any(|b| b > from && b >= start && b <= end)
+            .find(|&b| b > from && b >= start)
+            .is_some_and(|b| b <= end)
     }
 }
 

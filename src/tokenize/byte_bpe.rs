@@ -140,8 +140,14 @@ impl ByteLevelBpe {
                 cache.pieces.clear();
                 cache.owner = self.id;
             }
-            let mut out =
-                FastOffsets { ids: Vec::new(), ends: Vec::new(), piece_starts: Vec::new(), unnormalized };
+            // About a token per 4 bytes of English: room for most texts without growing.
+            let room = text.len().min(limit.saturating_mul(8)) / 3 + 1;
+            let mut out = FastOffsets {
+                ids: Vec::with_capacity(room),
+                ends: Vec::with_capacity(room),
+                piece_starts: Vec::with_capacity(room),
+                unnormalized,
+            };
             let found = classify(text, &mut cache.chars).then(|| {
                 let offsets = Some((&mut out.ends, &mut out.piece_starts));
                 self.lookup_into(tokenizer.get_model(), text, limit, cache, &mut out.ids, offsets)
@@ -243,7 +249,7 @@ impl ByteLevelBpe {
                     return Ok(false);
                 }
                 piece_starts.push(true);
-                piece_starts.resize(ids.len(), false);
+                piece_starts.extend(std::iter::repeat_n(false, ids.len() - start - 1));
             }
         }
         Ok(true)
