@@ -70,6 +70,9 @@ pub struct TextTokenizer {
     prompt: Option<String>,
     /// The truncation limit, special tokens included.
     max_tokens: usize,
+    /// What the post-processor puts before and after a text's ids, when that is all it does
+    /// (see [`affixes`]): the fast roads then skip building an `Encoding`.
+    affixes: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 impl TextTokenizer {
@@ -130,7 +133,8 @@ impl TextTokenizer {
                 Some(t)
             })
             .flatten();
-        Ok(TextTokenizer { inner, ascii, fast, wordpiece, prompt, max_tokens })
+        let affixes = affixes(&inner);
+        Ok(TextTokenizer { inner, ascii, fast, wordpiece, prompt, max_tokens, affixes })
     }
 
     /// How many tokens the prompt takes at the start of every text, as sentence-transformers
@@ -191,6 +195,9 @@ impl TextTokenizer {
         if let Some((ids, piece_starts)) = &offsets.whole_pieces {
             let starts_piece = |k: usize| k == ids.len() || piece_starts[k];
             if starts_piece(tokens.start) && starts_piece(tokens.end) {
+                if self.affixes.is_some() {
+                    return Ok(self.finish_ids(ids[tokens].to_vec()).ids);
+                }
                 let part = ids[tokens].iter().map(|&id| Token::new(id, String::new(), (0, 0))).collect();
                 return Ok(self.finish(Encoding::from_tokens(part, 0))?.ids);
             }
@@ -209,6 +216,7 @@ impl TextTokenizer {
             (None, None) => None,
         };
         let encoding = match fast {
+            Some(ids) if self.affixes.is_some() => return Ok(self.finish_ids(ids?)),
             Some(ids) => {
                 let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
                 Encoding::from_tokens(tokens, 0)
@@ -238,6 +246,20 @@ impl TextTokenizer {
         Ok(Tokenized { ids: encoding.get_ids().to_vec(), truncated })
     }
 
+    /// [`TextTokenizer::finish`] for plain ids, with the post-processor's [`affixes`]: the same
+    /// cut and the same ids, without an `Encoding`.
+    fn finish_ids(&self, mut ids: Vec<u32>) -> Tokenized {
+        let (before, after) = self.affixes.as_ref().expect("affixes known");
+        let keep = self.max_tokens.saturating_sub(before.len() + after.len());
+        let truncated = ids.len() > keep;
+        ids.truncate(keep);
+        if !before.is_empty() {
+            ids.splice(0..0, before.iter().copied());
+        }
+        ids.extend_from_slice(after);
+        Tokenized { ids, truncated }
+    }
+
     /// The `tokenizers` road for `text`.
     fn general(&self, text: &str) -> &Tokenizer {
         match &self.ascii {
@@ -245,6 +267,36 @@ impl TextTokenizer {
             _ => &self.inner,
         }
     }
+}
+
+/// What `tokenizer`'s post-processor does to one text's ids when all it does is put the same
+/// ids before and after them (none, `[CLS] … [SEP]`, `<s> … </s>`, an appended end-of-text),
+/// found by running it on made-up ids of three lengths and on none; `None` when it does anything else.
+fn affixes(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+    let run = |ids: &[u32]| -> Option<Vec<u32>> {
+        let tokens = ids.iter().map(|&id| Token::new(id, String::new(), (0, 0))).collect();
+        let out = tokenizer.post_process(Encoding::from_tokens(tokens, 0), None, true).ok()?;
+        Some(out.get_ids().to_vec())
+    };
+    let mut found: Option<(Vec<u32>, Vec<u32>)> = None;
+    for n in [1usize, 5, 2] {
+        // Ids no vocabulary has, so they cannot be confused with the ones added.
+        let probe: Vec<u32> = (0..n as u32).map(|i| u32::MAX - 7 + i).collect();
+        let out = run(&probe)?;
+        if out.len() != n + added {
+            return None;
+        }
+        let at = (0..=out.len() - n).find(|&i| out[i..i + n] == probe[..])?;
+        let pair = (out[..at].to_vec(), out[at + n..].to_vec());
+        if found.as_ref().is_some_and(|f| *f != pair) {
+            return None;
+        }
+        found = Some(pair);
+    }
+    // An empty text gets the affixes alone.
+    let (before, after) = found?;
+    (run(&[])? == [before.as_slice(), after.as_slice()].concat()).then_some((before, after))
 }
 
 /// `tokenizer.json` with a Lowercase normaliser put first, as sentence-transformers does for

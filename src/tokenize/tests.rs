@@ -352,3 +352,26 @@ fn the_fast_road_gives_the_tokenizers_ids_on_a_corpus() {
     eprintln!("texts/s, {threads} threads: ours {:.0}, tokenizers alone {:.0}", rate(ours), rate(theirs));
     assert!(fast_texts > 0);
 }
+
+#[test]
+fn post_processor_affixes_are_what_it_adds_around_a_text() {
+    for (rel, want_before, want_after) in [
+        ("tests/fixtures/st-bert-mean/tokenizer.json", 1, 1),
+        ("tests/fixtures/st-xlmr-prompts/tokenizer.json", 1, 1),
+        ("models/tiny-qwen2/tokenizer.json", 0, 1), // appends <|endoftext|> as gte-Qwen2 does
+    ] {
+        let t = TextTokenizer::from_file(&fixture(rel), 64, None).unwrap();
+        let (before, after) = t.affixes.clone().unwrap_or_else(|| panic!("{rel}: no affixes found"));
+        assert_eq!((before.len(), after.len()), (want_before, want_after), "{rel}");
+        for text in ["", "a", "hello world, again and again"] {
+            let plain = t.inner.encode_fast(text, false).unwrap().get_ids().to_vec();
+            let full = t.inner.encode_fast(text, true).unwrap().get_ids().to_vec();
+            assert_eq!([before.as_slice(), &plain, after.as_slice()].concat(), full, "{rel}: {text:?}");
+            assert_eq!(t.finish_ids(plain.clone()).ids, full, "{rel}: {text:?}");
+        }
+        // The cut leaves room for the affixes, as `finish` does.
+        let long = t.finish_ids((0..100).collect());
+        assert!(long.truncated && long.ids.len() == 64, "{rel}");
+        assert_eq!(&long.ids[long.ids.len() - after.len()..], after.as_slice(), "{rel}");
+    }
+}
