@@ -195,7 +195,7 @@ impl<'t> Cuts<'t> {
         // (a capital before a period, say), and ahead over spaces, closing marks and what
         // follows them, so the context starts a little before the terminator; the first
         // boundary at or past `start` decides.
-        let from = floor_char(self.text, terminator.saturating_sub(SENTENCE_CONTEXT / 4).min(start));
+        let from = floor_char(self.text, terminator.saturating_sub(SENTENCE_CONTEXT / 4));
         let to = ceil_char(self.text, end + SENTENCE_CONTEXT);
         self.text[from..to]
             .split_sentence_bound_indices()

@@ -195,11 +195,7 @@ impl TextTokenizer {
         if let Some((ids, piece_starts)) = &offsets.whole_pieces {
             let starts_piece = |k: usize| k == ids.len() || piece_starts[k];
             if starts_piece(tokens.start) && starts_piece(tokens.end) {
-                if self.affixes.is_some() {
-                    return Ok(self.finish_ids(ids[tokens].to_vec()).ids);
-                }
-                let part = ids[tokens].iter().map(|&id| Token::new(id, String::new(), (0, 0))).collect();
-                return Ok(self.finish(Encoding::from_tokens(part, 0))?.ids);
+                return Ok(self.finish_ids(ids[tokens].to_vec())?.ids);
             }
         }
         Ok(self.encode(&text[bytes])?.ids)
@@ -215,18 +211,14 @@ impl TextTokenizer {
             (None, Some(w)) => w.ids(&self.inner, &text, self.max_tokens),
             (None, None) => None,
         };
-        let encoding = match fast {
-            Some(ids) if self.affixes.is_some() => return Ok(self.finish_ids(ids?)),
-            Some(ids) => {
-                let tokens = ids?.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
-                Encoding::from_tokens(tokens, 0)
-            }
-            None => self
-                .general(&text)
-                .encode_fast(text.as_ref(), false)
-                .map_err(|e| anyhow!("tokenization failed: {e}"))?,
-        };
-        self.finish(encoding)
+        match fast {
+            Some(ids) => self.finish_ids(ids?),
+            None => self.finish(
+                self.general(&text)
+                    .encode_fast(text.as_ref(), false)
+                    .map_err(|e| anyhow!("tokenization failed: {e}"))?,
+            ),
+        }
     }
 
     /// Cuts the text's tokens (no special tokens yet, at most one past the limit) so that with
@@ -246,18 +238,25 @@ impl TextTokenizer {
         Ok(Tokenized { ids: encoding.get_ids().to_vec(), truncated })
     }
 
-    /// [`TextTokenizer::finish`] for plain ids, with the post-processor's [`affixes`]: the same
-    /// cut and the same ids, without an `Encoding`.
-    fn finish_ids(&self, mut ids: Vec<u32>) -> Tokenized {
-        let (before, after) = self.affixes.as_ref().expect("affixes known");
+    /// [`TextTokenizer::finish`] for the plain ids of a fast road: with the post-processor's
+    /// [`affixes`] where they are known (the same cut and ids, without an `Encoding`), else
+    /// through an `Encoding` made of the ids.
+    fn finish_ids(&self, mut ids: Vec<u32>) -> Result<Tokenized> {
+        let Some((before, after)) = &self.affixes else {
+            let tokens = ids.into_iter().map(|id| Token::new(id, String::new(), (0, 0))).collect();
+            return self.finish(Encoding::from_tokens(tokens, 0));
+        };
         let keep = self.max_tokens.saturating_sub(before.len() + after.len());
         let truncated = ids.len() > keep;
         ids.truncate(keep);
         if !before.is_empty() {
-            ids.splice(0..0, before.iter().copied());
+            let mut all = Vec::with_capacity(before.len() + ids.len() + after.len());
+            all.extend_from_slice(before);
+            all.append(&mut ids);
+            ids = all;
         }
         ids.extend_from_slice(after);
-        Tokenized { ids, truncated }
+        Ok(Tokenized { ids, truncated })
     }
 
     /// The `tokenizers` road for `text`.
