@@ -186,8 +186,22 @@ impl Embedder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let tokenizer = Self::tokenizer(files, &options)?;
+        Self::load_with_tokenizer(files, config, tokenizer, options, dtype, device)
+    }
+
+    /// [`Embedder::load`] with the tokenizer already loaded by [`Embedder::tokenizer`] for the
+    /// same files and options.
+    pub fn load_with_tokenizer(
+        files: &ModelFiles,
+        config: &ModelConfig,
+        tokenizer: TextTokenizer,
+        options: EmbedderOptions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let model = model::load(files, config, options.attention, options.attention_impl, dtype, device)?;
-        Self::with_model(files, model, options)
+        Self::with_model(files, model, tokenizer, options)
     }
 
     /// An embedder whose model computes nothing (pseudo-random vectors): the pipeline alone, for
@@ -195,13 +209,18 @@ impl Embedder {
     pub fn without_model(
         files: &ModelFiles,
         config: &ModelConfig,
+        tokenizer: TextTokenizer,
         options: EmbedderOptions,
         device: &Device,
     ) -> Result<Self> {
-        Self::with_model(files, model::fake(config, options.attention, device), options)
+        Self::with_model(files, model::fake(config, options.attention, device), tokenizer, options)
     }
 
-    fn with_model(files: &ModelFiles, model: LoadedModel, options: EmbedderOptions) -> Result<Self> {
+    /// The tokenizer an embedder with these files and options uses, with the chunk settings
+    /// checked against it (the prompt and special tokens must leave room for text): loaded
+    /// on its own so that a run can check it before it writes anything, and then handed to
+    /// [`Embedder::load`].
+    pub fn tokenizer(files: &ModelFiles, options: &EmbedderOptions) -> Result<TextTokenizer> {
         let lowercase = files.sentence_transformers.as_ref().is_some_and(|st| st.do_lower_case);
         // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.
         let max_tokens =
@@ -211,6 +230,15 @@ impl Embedder {
         if let Some(chunking) = &options.chunking {
             Chunker::new(&tokenizer, chunking.settings)?;
         }
+        Ok(tokenizer)
+    }
+
+    fn with_model(
+        files: &ModelFiles,
+        model: LoadedModel,
+        tokenizer: TextTokenizer,
+        options: EmbedderOptions,
+    ) -> Result<Self> {
         let pooling = options.pooling.clone();
         let pooled = pooling.width(model.model.hidden_size());
         let dense = model::load_dense(files, pooled, model.device())?;

@@ -30,6 +30,7 @@ use crate::stages::{self, ModelStats, ReadPlan, WritePlan};
 use crate::summary::Summary;
 use crate::sync::dedup::Dedup;
 use crate::sync::reuse;
+use crate::tokenize::TextTokenizer;
 use crate::worker_folder::{LostFolder, WorkerFolder};
 
 /// Rows read and tokenized together: the window sorted by length before packing, and the
@@ -74,9 +75,8 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         false => cfg.model.content_hash()?,
     };
     let spec = describe_run(cfg, &inputs, &model_hash, dtype);
-    if let Some(chunking) = &cfg.chunking {
-        check_chunking(cfg, chunking)?;
-    }
+    let options = embedder_options(cfg);
+    let tokenizer = Embedder::tokenizer(&cfg.model, &options)?;
     // Earlier outputs to reuse are checked before anything is written, too.
     let sources = match cfg.reuse.is_empty() {
         true => None,
@@ -124,7 +124,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
 
     let result = (|| {
         let load_started = Instant::now();
-        let embedder = load_embedder(cfg, &device, dtype)?;
+        let embedder = load_embedder(cfg, tokenizer, options, &device, dtype)?;
         let load = load_started.elapsed();
         let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet, worker.clone());
         progress.note(&start_line(cfg, &inputs, &embedder, rows_before, &device_name, dtype, load));
@@ -358,26 +358,10 @@ fn describe_run(cfg: &EmbedConfig, inputs: &Inputs, model_hash: &str, dtype: can
     }
 }
 
-/// The chunk settings against the tokenizer (the prompt and special tokens must leave room for
-/// text), before anything is written.
-fn check_chunking(cfg: &EmbedConfig, chunking: &crate::chunked::Chunking) -> Result<()> {
-    let tokenizer = crate::tokenize::TextTokenizer::from_file(
-        &cfg.model.tokenizer,
-        crate::tokenize::UNLIMITED,
-        cfg.prompt.clone(),
-    )?;
-    crate::tokenize::chunk::Chunker::new(&tokenizer, chunking.settings)?;
-    Ok(())
-}
-
-/// The model (or the bench hook's stand-in) with its batch budget: the flag, else 8192 tokens
-/// on the CPU, else chosen from the GPU memory left after the weights.
-fn load_embedder(
-    cfg: &EmbedConfig,
-    device: &candle_core::Device,
-    dtype: candle_core::DType,
-) -> Result<Embedder> {
-    let options = EmbedderOptions {
+/// What the embedder is told: the batch budget is the flag, else 8192 tokens on the CPU (else
+/// chosen from the GPU memory left after the weights, in [`load_embedder`]).
+fn embedder_options(cfg: &EmbedConfig) -> EmbedderOptions {
+    EmbedderOptions {
         attention: cfg.attention,
         max_tokens: cfg.max_tokens,
         prompt: cfg.prompt.clone(),
@@ -390,11 +374,21 @@ fn load_embedder(
         }),
         attention_impl: AttentionImpl::Auto,
         chunking: cfg.chunking,
-    };
+    }
+}
+
+/// The model (or the bench hook's stand-in) with its batch budget.
+fn load_embedder(
+    cfg: &EmbedConfig,
+    tokenizer: TextTokenizer,
+    options: EmbedderOptions,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<Embedder> {
     let mut embedder = if cfg.debug_noop_model {
-        Embedder::without_model(&cfg.model, &cfg.model_config, options, device)?
+        Embedder::without_model(&cfg.model, &cfg.model_config, tokenizer, options, device)?
     } else {
-        Embedder::load(&cfg.model, &cfg.model_config, options, dtype, device)?
+        Embedder::load_with_tokenizer(&cfg.model, &cfg.model_config, tokenizer, options, dtype, device)?
     };
     crate::faults::hog(device)?;
     if let (None, Some((free, _))) = (cfg.batch_tokens, crate::device::memory_info(device)) {
