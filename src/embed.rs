@@ -219,7 +219,7 @@ impl Embedder {
     /// The tokenizer an embedder with these files and options uses, with the chunk settings
     /// checked against it (the prompt and special tokens must leave room for text): loaded
     /// on its own so that a run can check it before it writes anything, and then handed to
-    /// [`Embedder::load`].
+    /// [`Embedder::load_with_tokenizer`].
     pub fn tokenizer(files: &ModelFiles, options: &EmbedderOptions) -> Result<TextTokenizer> {
         let lowercase = files.sentence_transformers.as_ref().is_some_and(|st| st.do_lower_case);
         // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.

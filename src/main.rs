@@ -16,9 +16,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // NOTE: mimalloc hands freed memory back to the kernel 10 ms after it is freed; the model
     // frees and allocates its activations every layer, so each layer paid for freshly zeroed
-    // pages again (~5% of CPU time on all-MiniLM-L6-v2). With a delay of a second, a chunked
-    // no-model run still had ~400 MiB purged and faulted in again (the writer's row groups;
-    // 6-10% of its CPU time); memory idle for ten seconds still goes back.
+    // pages again (~5% of CPU time on all-MiniLM-L6-v2). With a delay of a second, a 3 s chunked
+    // no-model run still had ~400 MiB purged and faulted in again (mimalloc's stats); memory
+    // idle for ten seconds still goes back.
     // SAFETY: sets an option of the allocator in use; 15 is `mi_option_purge_delay` in
     // mimalloc 2 and 3 (mimalloc.h).
     unsafe { libmimalloc_sys::mi_option_set(15, 10_000) };

@@ -80,10 +80,10 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 }
 
 /// What a new file gathers before handing it to the kernel.
-/// NOTE: Parquet's writer hands over each page (a few KB of vectors) in its own `write`; each
-/// write into a fresh page-cache page that it does not fill makes the kernel zero the rest
-/// first, which with the copy took a fifth of a no-model chunked run (see BENCHMARKS.md).
-/// Writes of a MiB fill whole pages.
+/// NOTE: Parquet's writer hands over each page (~14 KB of vectors) in its own `write` (80k for
+/// the 574 MB of a no-model chunked run); the kernel zeroes each fresh page-cache page a write
+/// does not fill before copying into it, 5% of that run (see BENCHMARKS.md). Writes of a MiB
+/// fill whole pages.
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// A temporary file beside its target (`.NAME.RANDOM.tmp`, see atomic.rs), renamed into place
