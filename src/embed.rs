@@ -13,7 +13,7 @@ use crate::memory::is_out_of_memory;
 use crate::model::{
     self, Attention, AttentionImpl, Dense, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
-use crate::pool::{l2_normalize, Pooling};
+use crate::pool::{l2_normalize, sum_of_squares, Pooling};
 use crate::tokenize::chunk::Chunker;
 use crate::tokenize::TextTokenizer;
 
@@ -133,6 +133,27 @@ impl Embedded {
     pub fn failed(&self) -> usize {
         self.failures.iter().filter(|f| f.is_some()).count()
     }
+}
+
+/// Copies a vector into its slot, L2-normalised when asked; false (and the slot untouched) when
+/// it holds NaN or an infinity. One pass finds both the norm and whether every value is finite
+/// (a NaN or an infinity makes the sum of squares non-finite; so can large finite values, hence
+/// the exact check then).
+fn place_vector(v: &[f32], dest: &mut [f32], normalize: bool) -> bool {
+    let squares = sum_of_squares(v);
+    if !squares.is_finite() && v.iter().any(|x| !x.is_finite()) {
+        return false;
+    }
+    let norm = squares.sqrt();
+    if normalize && norm > 0.0 && norm.is_finite() {
+        dest.iter_mut().zip(v).for_each(|(d, x)| *d = x / norm);
+    } else {
+        dest.copy_from_slice(v);
+        if normalize {
+            l2_normalize(dest);
+        }
+    }
+    true
 }
 
 /// A text's vectors (`dim` values each) and, with chunk rows, their chunks' byte ranges.
@@ -490,15 +511,10 @@ impl Embedder {
     /// vector with NaN or infinite values becomes a failure instead.
     fn place(&self, vectors: &[f32], slots: &[usize], out: &mut Embedded, normalize: bool) {
         let dim = out.dim;
+        let normalize = normalize && self.options.normalize;
         for (&slot, v) in slots.iter().zip(vectors.chunks_exact(dim)) {
-            if v.iter().any(|x| !x.is_finite()) {
+            if !place_vector(v, &mut out.values[slot * dim..(slot + 1) * dim], normalize) {
                 out.failures[slot] = Some(Failure::NonFinite);
-                continue;
-            }
-            let dest = &mut out.values[slot * dim..(slot + 1) * dim];
-            dest.copy_from_slice(v);
-            if normalize && self.options.normalize {
-                l2_normalize(dest);
             }
         }
     }
@@ -530,5 +546,42 @@ impl Embedder {
     /// Tokenizes texts as the model sees them (prompt, special tokens, truncation).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<crate::tokenize::Tokenized>> {
         self.tokenizer.encode_batch(texts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(v: &[f32], normalize: bool) -> Option<Vec<f32>> {
+        let mut dest = vec![7.0; v.len()];
+        place_vector(v, &mut dest, normalize).then_some(dest)
+    }
+
+    #[test]
+    fn a_vector_is_placed_normalised_as_l2_normalize_does() {
+        let v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.61).cos() * 3.0).collect();
+        let mut want = v.clone();
+        l2_normalize(&mut want);
+        let got = placed(&v, true).unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6), "{got:?} vs {want:?}");
+        assert_eq!(placed(&v, false).unwrap(), v);
+        assert_eq!(placed(&[0.0; 5], true).unwrap(), vec![0.0; 5]);
+    }
+
+    #[test]
+    fn nan_and_infinity_are_refused_and_large_finite_values_are_not() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut v = vec![0.25f32; 20];
+            v[19] = bad;
+            assert_eq!(placed(&v, true), None);
+            assert_eq!(placed(&v, false), None);
+        }
+        // Squares past f32's range, every value finite: placed, as before the one-pass check.
+        let big = vec![3e30f32; 4];
+        assert_eq!(placed(&big, false).unwrap(), big);
+        let mut want = big.clone();
+        l2_normalize(&mut want);
+        assert_eq!(placed(&big, true).unwrap(), want);
     }
 }

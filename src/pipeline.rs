@@ -76,7 +76,11 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     };
     let spec = describe_run(cfg, &inputs, &model_hash, dtype);
     let options = embedder_options(cfg);
+    let tokenizer_started = Instant::now();
     let tokenizer = Embedder::tokenizer(&cfg.model, &options)?;
+    // NOTE: the tokenizer is loaded here, before the folder opens, but it is part of loading the
+    // model: the summary's load time counts it, and its rates are of the work after it.
+    let tokenizer_load = tokenizer_started.elapsed();
     // Earlier outputs to reuse are checked before anything is written, too.
     let sources = match cfg.reuse.is_empty() {
         true => None,
@@ -125,7 +129,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
     let result = (|| {
         let load_started = Instant::now();
         let embedder = load_embedder(cfg, tokenizer, options, &device, dtype)?;
-        let load = load_started.elapsed();
+        let load = load_started.elapsed() + tokenizer_load;
         let mut progress = Progress::new(rows_owned, rows_before, cfg.quiet, worker.clone());
         progress.note(&start_line(cfg, &inputs, &embedder, rows_before, &device_name, dtype, load));
         let metadata = ckpt.spec.part_metadata(cfg.partition.worker_id, &cfg.model.dir.display().to_string());

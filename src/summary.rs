@@ -22,7 +22,7 @@ pub struct Summary {
     pub padded_tokens: u64,
     pub parts: usize,
     pub elapsed: Duration,
-    /// Part of `elapsed` spent loading the model.
+    /// Part of `elapsed` spent loading the model (its tokenizer included).
     pub load: Duration,
     pub device: String,
     pub already_complete: bool,

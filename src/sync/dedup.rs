@@ -155,8 +155,23 @@ impl Dedup {
             return unique;
         }
         let chunked = unique.chunks.is_some();
+        // With chunk rows the values are appended: room for all of them first, so that growing
+        // copies nothing.
+        let values = match chunked {
+            true => Vec::with_capacity(
+                plan.origins
+                    .iter()
+                    .map(|origin| match origin {
+                        Origin::Null => 0,
+                        Origin::Unique(u) | Origin::Copy(u) => unique.vectors(*u).map_or(0, |(v, _)| v.len()),
+                        Origin::Cached(v, ..) => v.len(),
+                    })
+                    .sum(),
+            ),
+            false => vec![0.0; rows * dim],
+        };
         let mut out = Embedded {
-            values: if chunked { Vec::new() } else { vec![0.0; rows * dim] },
+            values,
             dim,
             failures: vec![None; rows],
             cut: vec![false; rows],
