@@ -12,11 +12,18 @@
 #      time, explicit attention mask, last token after the final norm):
 #      cosine >= 0.99999 (f32) / 0.999 (bf16);
 #   2. ours on DEVICE vs ours on the CPU (f32): cosine >= 0.99999 (f32) / 0.999 (bf16);
+# for each sentence-transformers encoder fixture (BERT mean and CLS+Dense, XLM-R with prompts,
+# ModernBERT), in f32, bf16 and f16:
+#   3. ours on DEVICE vs sentence-transformers on DEVICE in the same dtype, as the folder says
+#      (pooling, Dense, Normalize, prompts), when $PY can import sentence_transformers (it says
+#      so loudly when it cannot, and then only step 4 runs);
+#   4. ours on DEVICE vs ours on the CPU (f32), whose vectors the test suite holds against
+#      sentence-transformers' goldens;
 # then, on the GPU only, with the 1.5B-shaped model:
-#   3. the GPU nearly full (--debug-faults hog-gib takes all but a few GiB after the model loads)
+#   5. the GPU nearly full (--debug-faults hog-gib takes all but a few GiB after the model loads)
 #      and a batch budget far too big: CUDA's out-of-memory errors are recognised, batches are
 #      split and retried, the run completes, `verify` passes and the vectors match a normal run;
-#   4. kill -9 twice mid-run and resume: the output matches an uninterrupted run, `verify` passes.
+#   6. kill -9 twice mid-run and resume: the output matches an uninterrupted run, `verify` passes.
 # Exits 1 if any check fails. Env: BIN (default target/cuda/batch-embed), PY (default the
 # PyTorch venv at /opt/torch/.venv, else python3), WORK (default a temp dir), ROWS (64).
 set -uo pipefail
@@ -70,6 +77,36 @@ for model in "${models[@]}"; do
     check "$name $dtype: ours vs transformers on $DEVICE (cosine >= $min)" "$PY" scripts/compare_transformers.py \
       --model "$model" --input "$WORK/texts.parquet" --ours "$out" --device "$DEVICE" --dtype "$torch_dtype" \
       --min-cosine "$min"
+    check "$name $dtype: ours on $DEVICE vs ours on cpu f32 (cosine >= $min)" "$PY" scripts/compare_outputs.py \
+      "$out" "$WORK/$name-cpu" --min-cosine "$min"
+  done
+done
+
+encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-xlmr-prompts
+  tests/fixtures/st-modernbert)
+have_st=1
+if ! "$PY" -c "import sentence_transformers" 2>/dev/null; then
+  have_st=0
+  echo
+  echo "gpu-check: NOTE: $PY cannot import sentence_transformers, so the encoders are NOT compared"
+  echo "gpu-check: with sentence-transformers here, only with ours on the CPU (pip install sentence-transformers)"
+fi
+for model in "${encoders[@]}"; do
+  name=$(basename "$model")
+  step "$name (encoder, as the sentence-transformers folder says)"
+  embed --device cpu --dtype f32 --model "$model" --output "$WORK/$name-cpu" "$WORK/texts.parquet"
+  for dtype in f32 bf16 f16; do
+    torch_dtype=float32; min=0.99999
+    [[ $dtype == bf16 ]] && torch_dtype=bfloat16 && min=0.999
+    [[ $dtype == f16 ]] && torch_dtype=float16 && min=0.999
+    out="$WORK/$name-$DEVICE-$dtype"
+    check "$name $dtype: ours on $DEVICE runs" embed --device "$DEVICE" --dtype "$dtype" --model "$model" \
+      --output "$out" "$WORK/texts.parquet"
+    if [[ $have_st == 1 ]]; then
+      check "$name $dtype: ours vs sentence-transformers on $DEVICE (cosine >= $min)" "$PY" \
+        scripts/compare_sentence_transformers.py --model "$model" --input "$WORK/texts.parquet" --ours "$out" \
+        --device "$DEVICE" --dtype "$torch_dtype" --min-cosine "$min"
+    fi
     check "$name $dtype: ours on $DEVICE vs ours on cpu f32 (cosine >= $min)" "$PY" scripts/compare_outputs.py \
       "$out" "$WORK/$name-cpu" --min-cosine "$min"
   done
