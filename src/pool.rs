@@ -204,9 +204,9 @@ impl Pooling {
     }
 }
 
-/// The sum of `v`'s squares, added in 16 lanes so that it vectorises (a left-to-right sum is
-/// one long chain of dependent additions: a fifth of a no-model chunked run's vector handling).
-/// Any NaN or infinity in `v` makes it non-finite.
+/// The sum of `v`'s squares, added in 16 lanes so that it vectorises (a left-to-right sum is one
+/// chain of dependent additions; with it, placing vectors fell from 4.0% to 0.9% of a no-model
+/// chunked run's samples). Any NaN or infinity in `v` makes it non-finite.
 pub fn sum_of_squares(v: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let mut blocks = v.chunks_exact(16);
