@@ -64,52 +64,52 @@ for shape in $SHAPES; do
   models+=("$WORK/$shape")
 done
 
-for model in "${models[@]}"; do
+# check_model MODEL COMPARE FLAGS DTYPE...: ours on DEVICE in each DTYPE (with FLAGS) vs the
+# reference on DEVICE in the same dtype (scripts/COMPARE; none when empty), and vs ours on the CPU
+# in f32.
+check_model() {
+  local model=$1 compare=$2 flags=$3 name ref out torch_dtype min dtype
+  shift 3
   name=$(basename "$model")
-  step "$name"
-  embed --device cpu --dtype f32 --no-normalize --model "$model" --output "$WORK/$name-cpu" "$WORK/texts.parquet"
-  for dtype in f32 bf16; do
-    torch_dtype=float32; min=0.99999
-    [[ $dtype == bf16 ]] && torch_dtype=bfloat16 && min=0.999
+  ref=${compare#compare_}; ref=${ref%.py}; ref=${ref//_/-}
+  # shellcheck disable=SC2086 # FLAGS are words
+  embed --device cpu --dtype f32 $flags --model "$model" --output "$WORK/$name-cpu" "$WORK/texts.parquet"
+  for dtype in "$@"; do
+    case $dtype in
+      f32) torch_dtype=float32 min=0.99999 ;;
+      bf16) torch_dtype=bfloat16 min=0.999 ;;
+      f16) torch_dtype=float16 min=0.999 ;;
+    esac
     out="$WORK/$name-$DEVICE-$dtype"
-    check "$name $dtype: ours on $DEVICE runs" embed --device "$DEVICE" --dtype "$dtype" --no-normalize \
-      --model "$model" --output "$out" "$WORK/texts.parquet"
-    check "$name $dtype: ours vs transformers on $DEVICE (cosine >= $min)" "$PY" scripts/compare_transformers.py \
-      --model "$model" --input "$WORK/texts.parquet" --ours "$out" --device "$DEVICE" --dtype "$torch_dtype" \
-      --min-cosine "$min"
+    # shellcheck disable=SC2086
+    check "$name $dtype: ours on $DEVICE runs" embed --device "$DEVICE" --dtype "$dtype" $flags --model "$model" \
+      --output "$out" "$WORK/texts.parquet"
+    if [[ -n $compare ]]; then
+      check "$name $dtype: ours vs $ref on $DEVICE (cosine >= $min)" "$PY" "scripts/$compare" --model "$model" \
+        --input "$WORK/texts.parquet" --ours "$out" --device "$DEVICE" --dtype "$torch_dtype" --min-cosine "$min"
+    fi
     check "$name $dtype: ours on $DEVICE vs ours on cpu f32 (cosine >= $min)" "$PY" scripts/compare_outputs.py \
       "$out" "$WORK/$name-cpu" --min-cosine "$min"
   done
+}
+
+for model in "${models[@]}"; do
+  step "$(basename "$model")"
+  check_model "$model" compare_transformers.py --no-normalize f32 bf16
 done
 
 encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-xlmr-prompts
   tests/fixtures/st-modernbert)
-have_st=1
+st_compare=compare_sentence_transformers.py
 if ! "$PY" -c "import sentence_transformers" 2>/dev/null; then
-  have_st=0
+  st_compare=
   echo
   echo "gpu-check: NOTE: $PY cannot import sentence_transformers, so the encoders are NOT compared"
   echo "gpu-check: with sentence-transformers here, only with ours on the CPU (pip install sentence-transformers)"
 fi
 for model in "${encoders[@]}"; do
-  name=$(basename "$model")
-  step "$name (encoder, as the sentence-transformers folder says)"
-  embed --device cpu --dtype f32 --model "$model" --output "$WORK/$name-cpu" "$WORK/texts.parquet"
-  for dtype in f32 bf16 f16; do
-    torch_dtype=float32; min=0.99999
-    [[ $dtype == bf16 ]] && torch_dtype=bfloat16 && min=0.999
-    [[ $dtype == f16 ]] && torch_dtype=float16 && min=0.999
-    out="$WORK/$name-$DEVICE-$dtype"
-    check "$name $dtype: ours on $DEVICE runs" embed --device "$DEVICE" --dtype "$dtype" --model "$model" \
-      --output "$out" "$WORK/texts.parquet"
-    if [[ $have_st == 1 ]]; then
-      check "$name $dtype: ours vs sentence-transformers on $DEVICE (cosine >= $min)" "$PY" \
-        scripts/compare_sentence_transformers.py --model "$model" --input "$WORK/texts.parquet" --ours "$out" \
-        --device "$DEVICE" --dtype "$torch_dtype" --min-cosine "$min"
-    fi
-    check "$name $dtype: ours on $DEVICE vs ours on cpu f32 (cosine >= $min)" "$PY" scripts/compare_outputs.py \
-      "$out" "$WORK/$name-cpu" --min-cosine "$min"
-  done
+  step "$(basename "$model") (encoder, as the sentence-transformers folder says)"
+  check_model "$model" "$st_compare" "" f32 bf16 f16
 done
 
 if [[ $DEVICE == cuda ]]; then
@@ -142,5 +142,8 @@ if [[ $DEVICE == cuda ]]; then
 fi
 
 echo
+if [[ -z $st_compare ]]; then
+  echo "gpu-check: NOTE: the encoders were not compared with sentence-transformers (see above)"
+fi
 if [[ $failed == 0 ]]; then echo "gpu-check: all checks passed"; else echo "gpu-check: SOME CHECKS FAILED"; fi
 exit $failed
