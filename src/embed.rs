@@ -13,7 +13,7 @@ use crate::memory::is_out_of_memory;
 use crate::model::{
     self, Attention, AttentionImpl, Dense, LoadedModel, ModelConfig, ModelFiles, MAX_ATTENTION_ELEMENTS,
 };
-use crate::pool::{l2_normalize, sum_of_squares, Pooling};
+use crate::pool::{sum_of_squares, Pooling};
 use crate::tokenize::chunk::Chunker;
 use crate::tokenize::TextTokenizer;
 
@@ -135,23 +135,21 @@ impl Embedded {
     }
 }
 
-/// Copies a vector into its slot, L2-normalised when asked; false (and the slot untouched) when
-/// it holds NaN or an infinity. One pass finds both the norm and whether every value is finite
-/// (a NaN or an infinity makes the sum of squares non-finite; so can large finite values, hence
-/// the exact check then).
+/// Copies a vector into its slot, L2-normalised when asked (as [`crate::pool::l2_normalize`]
+/// does: a zero vector stays zero); false (and the slot untouched) when it holds NaN or an
+/// infinity. One pass finds both the norm and whether every value is finite (a NaN or an
+/// infinity makes the sum of squares non-finite; so can large finite values, hence the exact
+/// check then).
 fn place_vector(v: &[f32], dest: &mut [f32], normalize: bool) -> bool {
     let squares = sum_of_squares(v);
     if !squares.is_finite() && v.iter().any(|x| !x.is_finite()) {
         return false;
     }
     let norm = squares.sqrt();
-    if normalize && norm > 0.0 && norm.is_finite() {
+    if normalize && norm > 0.0 {
         dest.iter_mut().zip(v).for_each(|(d, x)| *d = x / norm);
     } else {
         dest.copy_from_slice(v);
-        if normalize {
-            l2_normalize(dest);
-        }
     }
     true
 }
@@ -552,6 +550,7 @@ impl Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::l2_normalize;
 
     fn placed(v: &[f32], normalize: bool) -> Option<Vec<f32>> {
         let mut dest = vec![7.0; v.len()];
