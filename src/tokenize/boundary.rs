@@ -154,24 +154,54 @@ impl<'t> Cuts<'t> {
             true => self.offsets.starts[k] as usize,
             false => self.offsets.ends[n - 1] as usize,
         };
+        let bytes = self.text.as_bytes();
+        // NOTE: ASCII bytes are tested as bytes (most cuts touch one space or none); a character
+        // outside ASCII is decoded. Every candidate end of every chunk is classified here.
         let mut start = self.offsets.ends[k - 1].min(at as u32) as usize;
-        while let Some(c) = self.text[..start].chars().next_back().filter(|c| c.is_whitespace()) {
-            start -= c.len_utf8();
+        while let Some(&b) = bytes[..start].last() {
+            let width = match b.is_ascii() {
+                true => usize::from((b as char).is_whitespace()),
+                false => self.text[..start]
+                    .chars()
+                    .next_back()
+                    .filter(|c| c.is_whitespace())
+                    .map_or(0, char::len_utf8),
+            };
+            if width == 0 {
+                break;
+            }
+            start -= width;
         }
         let mut end = at;
-        while let Some(c) = self.text[end..].chars().next().filter(|c| c.is_whitespace()) {
-            end += c.len_utf8();
+        while let Some(&b) = bytes.get(end) {
+            let width = match b.is_ascii() {
+                true => usize::from((b as char).is_whitespace()),
+                false => {
+                    self.text[end..].chars().next().filter(|c| c.is_whitespace()).map_or(0, char::len_utf8)
+                }
+            };
+            if width == 0 {
+                break;
+            }
+            end += width;
         }
         // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
-        let bytes = self.text.as_bytes();
-        let breaks = self.text[start..end]
-            .char_indices()
-            .filter(|&(i, c)| match c {
-                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
-                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
-                _ => false,
-            })
-            .count();
+        let run = &self.text[start..end];
+        let breaks = match run.is_ascii() {
+            true => run
+                .bytes()
+                .enumerate()
+                .filter(|&(i, b)| b == b'\n' || (b == b'\r' && bytes.get(start + i + 1) != Some(&b'\n')))
+                .count(),
+            false => run
+                .char_indices()
+                .filter(|&(i, c)| match c {
+                    '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
+                    '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
+                    _ => false,
+                })
+                .count(),
+        };
         Run { start, at, end, breaks }
     }
 
@@ -263,5 +293,77 @@ mod tests {
             }
         }
         assert!(found > 100, "{found}");
+    }
+
+    /// The whitespace run around a cut and its line breaks, read char by char (what
+    /// `run_around`'s byte-wise reading of ASCII must agree with).
+    fn run_by_chars(text: &str, from: usize, at: usize) -> (usize, usize, usize) {
+        let start = from
+            - text[..from].chars().rev().take_while(|c| c.is_whitespace()).map(char::len_utf8).sum::<usize>();
+        let end =
+            at + text[at..].chars().take_while(|c| c.is_whitespace()).map(char::len_utf8).sum::<usize>();
+        let chars: Vec<char> = text[start..end].chars().collect();
+        let breaks = (0..chars.len())
+            .filter(|&i| match chars[i] {
+                '\r' => {
+                    chars.get(i + 1) != Some(&'\n')
+                        && !(i + 1 == chars.len() && text[end..].starts_with('\n'))
+                }
+                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
+                _ => false,
+            })
+            .count();
+        (start, end, breaks)
+    }
+
+    #[test]
+    fn whitespace_runs_are_the_same_read_as_bytes_or_as_characters() {
+        let t = tokenizer();
+        let pieces = [
+            "word",
+            " ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\r",
+            "\x0b",
+            "\x0c",
+            "\u{a0}",
+            "\u{85}",
+            "\u{2028}",
+            "\u{2029}",
+            "\u{3000}",
+            "\u{6211}",
+            ".",
+            "!",
+            "\u{1f600}",
+            "  ",
+            "é",
+        ];
+        let mut x = 7u64;
+        let mut checked = 0;
+        for _ in 0..200 {
+            let mut text = String::new();
+            for _ in 0..40 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                text.push_str(pieces[(x >> 33) as usize % pieces.len()]);
+            }
+            let offsets = t.offsets(&text, usize::MAX).unwrap();
+            let cuts = Cuts::new(&text, &offsets);
+            for k in 1..=offsets.len() {
+                if !cuts.valid[k] {
+                    continue;
+                }
+                let run = cuts.run_around(k);
+                let from = offsets.ends[k - 1].min(run.at as u32) as usize;
+                assert_eq!(
+                    (run.start, run.end, run.breaks),
+                    run_by_chars(&text, from, run.at),
+                    "cut {k} of {text:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 2000, "{checked}");
     }
 }
