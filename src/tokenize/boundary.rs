@@ -305,10 +305,7 @@ mod tests {
         let chars: Vec<char> = text[start..end].chars().collect();
         let breaks = (0..chars.len())
             .filter(|&i| match chars[i] {
-                '\r' => {
-                    chars.get(i + 1) != Some(&'\n')
-                        && !(i + 1 == chars.len() && text[end..].starts_with('\n'))
-                }
+                '\r' => chars.get(i + 1) != Some(&'\n'), // the run ends before a non-space
                 '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
                 _ => false,
             })
