@@ -154,54 +154,24 @@ impl<'t> Cuts<'t> {
             true => self.offsets.starts[k] as usize,
             false => self.offsets.ends[n - 1] as usize,
         };
-        let bytes = self.text.as_bytes();
-        // NOTE: ASCII bytes are tested as bytes (most cuts touch one space or none); a character
-        // outside ASCII is decoded. Every candidate end of every chunk is classified here.
         let mut start = self.offsets.ends[k - 1].min(at as u32) as usize;
-        while let Some(&b) = bytes[..start].last() {
-            let width = match b.is_ascii() {
-                true => usize::from((b as char).is_whitespace()),
-                false => self.text[..start]
-                    .chars()
-                    .next_back()
-                    .filter(|c| c.is_whitespace())
-                    .map_or(0, char::len_utf8),
-            };
-            if width == 0 {
-                break;
-            }
-            start -= width;
+        while let Some(c) = self.text[..start].chars().next_back().filter(|c| c.is_whitespace()) {
+            start -= c.len_utf8();
         }
         let mut end = at;
-        while let Some(&b) = bytes.get(end) {
-            let width = match b.is_ascii() {
-                true => usize::from((b as char).is_whitespace()),
-                false => {
-                    self.text[end..].chars().next().filter(|c| c.is_whitespace()).map_or(0, char::len_utf8)
-                }
-            };
-            if width == 0 {
-                break;
-            }
-            end += width;
+        while let Some(c) = self.text[end..].chars().next().filter(|c| c.is_whitespace()) {
+            end += c.len_utf8();
         }
         // Line breaks: CR LF, LF, CR alone, NEL and the line and paragraph separators.
-        let run = &self.text[start..end];
-        let breaks = match run.is_ascii() {
-            true => run
-                .bytes()
-                .enumerate()
-                .filter(|&(i, b)| b == b'\n' || (b == b'\r' && bytes.get(start + i + 1) != Some(&b'\n')))
-                .count(),
-            false => run
-                .char_indices()
-                .filter(|&(i, c)| match c {
-                    '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
-                    '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
-                    _ => false,
-                })
-                .count(),
-        };
+        let bytes = self.text.as_bytes();
+        let breaks = self.text[start..end]
+            .char_indices()
+            .filter(|&(i, c)| match c {
+                '\r' => bytes.get(start + i + 1) != Some(&b'\n'),
+                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => true,
+                _ => false,
+            })
+            .count();
         Run { start, at, end, breaks }
     }
 
@@ -296,7 +266,7 @@ mod tests {
     }
 
     /// The whitespace run around a cut and its line breaks, read char by char (what
-    /// `run_around`'s byte-wise reading of ASCII must agree with).
+    /// `run_around` must agree with).
     fn run_by_chars(text: &str, from: usize, at: usize) -> (usize, usize, usize) {
         let start = from
             - text[..from].chars().rev().take_while(|c| c.is_whitespace()).map(char::len_utf8).sum::<usize>();
@@ -314,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn whitespace_runs_are_the_same_read_as_bytes_or_as_characters() {
+    fn whitespace_runs_around_cuts_count_unicode_spaces_and_line_breaks() {
         let t = tokenizer();
         let pieces = [
             "word",
