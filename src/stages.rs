@@ -10,8 +10,9 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -21,7 +22,7 @@ use crate::checkpoint::Checkpoint;
 use crate::embed::{Embedded, Embedder, Prepared};
 use crate::heartbeat::Live;
 use crate::input::{self, Chunk, InputFile};
-use crate::output::{ChunkColumns, ShardWriter};
+use crate::output::{ChunkColumns, FinishedPart, ShardWriter};
 use crate::progress::Progress;
 use crate::shutdown::StopFlag;
 use crate::sync::dedup::{ChunkPlan, Dedup};
@@ -253,7 +254,8 @@ pub struct WritePlan<'a> {
 }
 
 /// Write: buffers vectors into the open part and failure lines, and commits through the worker
-/// folder every `rows_per_part` rows or `every`, and at the end.
+/// folder every `rows_per_part` rows or `every`, and at the end: on a committer thread, one
+/// commit at a time and in order, while this thread fills the next part.
 pub fn write(rx: Receiver<(Chunk, Embedded)>, plan: WritePlan<'_>, live: &Live) -> Result<()> {
     let WritePlan { folder, ckpt, mut shards, every, rows_per_part } = plan;
     let result = write_chunks(rx, folder, ckpt, &mut shards, (every, rows_per_part), live);
@@ -277,18 +279,74 @@ fn write_chunks(
     (every, rows_per_part): (Duration, usize),
     live: &Live,
 ) -> Result<()> {
+    let commit_failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // NOTE: a rendezvous channel: the committer takes a commit only once it has finished the
+        // one before, so at most one commit is in flight while the writer fills the next part,
+        // and commits keep their order.
+        let (commits, to_commit) = sync_channel::<Commit>(0);
+        let committer = s.spawn(|| commit_all(to_commit, folder, ckpt, live, &commit_failed));
+        let written = write_parts(rx, writer, commits, (every, rows_per_part), &commit_failed);
+        let committed = committer.join().expect("committer thread panicked");
+        // A failed commit stopped the writer: it is the cause.
+        committed.and(written)
+    })
+}
+
+/// What the writer hands to the committer: the finished part (if any rows went into one) and
+/// what else the commit adds.
+struct Commit {
+    part: Option<FinishedPart>,
+    failure_lines: Vec<u8>,
+    counts: CommitCounts,
+}
+
+/// Commits in order as the writer hands them over (fsync, rename, checkpoint: worker_folder.rs),
+/// so the writer goes on with the next part while the disk or the bucket takes the last one.
+/// On an error it sets `commit_failed`, which stops the writer at its next chunk.
+fn commit_all(
+    commits: Receiver<Commit>,
+    folder: &WorkerFolder,
+    ckpt: &mut Checkpoint,
+    live: &Live,
+    commit_failed: &AtomicBool,
+) -> Result<()> {
+    for Commit { part, failure_lines, counts } in commits {
+        if let Err(e) = folder.commit(ckpt, part, &failure_lines, &counts) {
+            commit_failed.store(true, Relaxed);
+            return Err(e);
+        }
+        live.committed(ckpt);
+    }
+    Ok(())
+}
+
+/// Buffers vectors into the open part and failure lines, and hands a commit to the committer
+/// every `rows_per_part` rows or `every`, and at the end. Stops early when a commit failed.
+fn write_parts(
+    rx: Receiver<(Chunk, Embedded)>,
+    writer: &mut ShardWriter,
+    commits: SyncSender<Commit>,
+    (every, rows_per_part): (Duration, usize),
+    commit_failed: &AtomicBool,
+) -> Result<()> {
     let mut pending = CommitCounts::default();
     let mut failure_lines: Vec<u8> = Vec::new();
     let mut last_commit = Instant::now();
-    let commit =
-        |writer: &mut ShardWriter, pending: &mut CommitCounts, lines: &mut Vec<u8>, ckpt: &mut Checkpoint| {
-            folder.commit(ckpt, writer.finish_part()?, lines, pending)?;
-            live.committed(ckpt);
-            *pending = CommitCounts::default();
-            lines.clear();
-            anyhow::Ok(())
+    let commit = |writer: &mut ShardWriter, pending: &mut CommitCounts, lines: &mut Vec<u8>| {
+        let commit = Commit {
+            part: writer.finish_part()?,
+            failure_lines: std::mem::take(lines),
+            counts: std::mem::take(pending),
         };
+        // A closed channel: the committer failed, and reports why.
+        let _ = commits.send(commit);
+        anyhow::Ok(())
+    };
     for (chunk, mut embedded) in rx {
+        if commit_failed.load(Relaxed) {
+            return Ok(());
+        }
         let Chunk { rows: chunk_rows, ids: chunk_ids, hashes: chunk_hashes, .. } = chunk;
         let total = chunk_rows.len() as u64;
         let failed = embedded.failed();
@@ -343,11 +401,11 @@ fn write_chunks(
         pending.tokens += embedded.tokens;
         pending.deduplicated += embedded.deduplicated;
         if writer.buffered_rows() >= rows_per_part || last_commit.elapsed() >= every {
-            commit(writer, &mut pending, &mut failure_lines, ckpt)?;
+            commit(writer, &mut pending, &mut failure_lines)?;
             last_commit = Instant::now();
         }
     }
-    commit(writer, &mut pending, &mut failure_lines, ckpt)
+    commit(writer, &mut pending, &mut failure_lines)
 }
 
 /// The output rows of a chunk of input rows written one row per text chunk.
