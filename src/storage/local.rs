@@ -87,10 +87,10 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// How much of a new file may wait in the page cache before its writeback to disk is started.
-/// NOTE: without this the kernel held most of a part file dirty until the commit's fsync, which
-/// then wrote it all while the writer, and behind its full queue the model, stood still: 0.42 s
-/// for the 368 MB first part of a no-model chunked run of 3.2 s (see BENCHMARKS.md). Started
-/// every few MiB, the writeback runs beside the pipeline and the fsync finds little left.
+/// NOTE: otherwise the kernel holds most of a part dirty until the commit's fsync writes it all:
+/// 0.42 s for the 368 MB first part of a 3.2 s no-model chunked run (BENCHMARKS.md). The
+/// committer thread (stages.rs) keeps that wait off the pipeline; starting the writeback as the
+/// part grows shortens it (0.26 s there), and the last part's, which a run does wait for.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// A file that asks the kernel to start writing its data to disk every [`WRITEBACK_BYTES`]
