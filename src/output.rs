@@ -9,15 +9,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use arrow::array::AsArray;
 use arrow::array::{
     ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt32Array,
     UInt64Array,
 };
 use arrow::buffer::Buffer;
+use arrow::datatypes::Float32Type;
 use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::data_type::FloatType;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::storage::{Location, NewFile};
@@ -80,7 +85,7 @@ const VECTOR_PAGE_BYTES: usize = 16 * 1024;
 /// buffered) while keeping groups large enough for readers.
 const ROW_GROUP_ROWS: usize = 4096;
 
-/// Rows handed to the Parquet writer at a time.
+/// Rows handed to a Parquet column writer at a time.
 const WRITE_ROWS: usize = 256;
 
 /// Streams vectors into part files: the open part is a temporary file in the worker folder until
@@ -96,12 +101,38 @@ pub struct ShardWriter {
     open: Option<OpenPart>,
     /// The parts have the chunk columns.
     chunked: bool,
+    levels: VectorLevels,
 }
 
+/// A part being written: row groups go to the file as they fill; the rows of the one being
+/// gathered wait as Arrow batches (no copy of their vectors).
 struct OpenPart {
-    writer: ArrowWriter<NewFile>,
+    file: SerializedFileWriter<NewFile>,
+    columns: ArrowRowGroupWriterFactory,
+    /// Slices of pushed batches, fewer than [`ROW_GROUP_ROWS`] rows in all.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    row_groups: usize,
     name: String,
     rows: u64,
+}
+
+/// The levels of [`WRITE_ROWS`] f32 vectors in Parquet's encoding of a list column, made once
+/// per part: every value is present (definition level 1), and each vector's first value starts
+/// a new row (repetition level 0, the others 1).
+struct VectorLevels {
+    def: Vec<i16>,
+    rep: Vec<i16>,
+}
+
+impl VectorLevels {
+    fn new(dim: usize) -> Self {
+        let mut rep = vec![1i16; WRITE_ROWS * dim];
+        for row in rep.chunks_mut(dim.max(1)) {
+            row[0] = 0;
+        }
+        VectorLevels { def: vec![1i16; WRITE_ROWS * dim], rep }
+    }
 }
 
 /// A closed part file, not yet in place: the commit puts it there.
@@ -138,6 +169,7 @@ impl ShardWriter {
             schema: Arc::new(Schema::new(fields).with_metadata(metadata)),
             open: None,
             chunked: false,
+            levels: VectorLevels::new(dim),
         }
     }
 
@@ -228,19 +260,92 @@ impl ShardWriter {
         if self.open.is_none() {
             self.open = Some(self.start_part()?);
         }
-        let open = self.open.as_mut().expect("opened above");
-        let dir = &self.dir;
-        // NOTE: the writer computes the levels of a whole batch at once (two per float of a
-        // list): handed 4096 vectors it builds tens of MB of levels in fresh memory, which cost
-        // more in page faults and cache misses than the encoding; a few hundred at a time stay
-        // in cache and reuse their buffers.
-        for at in (0..batch.num_rows()).step_by(WRITE_ROWS) {
-            let rows = WRITE_ROWS.min(batch.num_rows() - at);
-            open.writer
-                .write(&batch.slice(at, rows))
-                .with_context(|| format!("cannot write {}", dir.join(&open.name).display()))?;
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let open = self.open.as_mut().expect("opened above");
+            let take = (ROW_GROUP_ROWS - open.pending_rows).min(batch.num_rows() - at);
+            open.pending.push(batch.slice(at, take));
+            open.pending_rows += take;
+            at += take;
+            if open.pending_rows == ROW_GROUP_ROWS {
+                self.write_row_group()?;
+            }
         }
-        open.rows += rows.len() as u64;
+        self.open.as_mut().expect("opened above").rows += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the open part's gathered rows as one row group.
+    fn write_row_group(&mut self) -> Result<()> {
+        let levels = &self.levels;
+        let fast_vectors = self.dtype == OutputDtype::F32;
+        let open = self.open.as_mut().expect("a part is open");
+        if open.pending_rows == 0 {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut open.pending);
+        open.pending_rows = 0;
+        let path = self.dir.join(&open.name);
+        let failed = || format!("cannot write {}", path.display());
+        let mut writers =
+            open.columns.create_column_writers(open.row_groups).with_context(failed)?.into_iter();
+        open.row_groups += 1;
+        // Every column but the vectors goes through the Arrow column writers, which work out
+        // each array's Parquet levels.
+        let fields = self.schema.fields();
+        let vectors = fields.len() - 1;
+        let mut chunks = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            if i == vectors && fast_vectors {
+                break;
+            }
+            let mut leaves_of_field = Vec::new();
+            for batch in &pending {
+                // NOTE: the levels of a list are two per value; a few hundred rows at a time
+                // keep them small and in cache.
+                for at in (0..batch.num_rows()).step_by(WRITE_ROWS) {
+                    let column = batch.column(i).slice(at, WRITE_ROWS.min(batch.num_rows() - at));
+                    let leaves = compute_leaves(field, &column).with_context(failed)?;
+                    if leaves_of_field.is_empty() {
+                        leaves_of_field = (0..leaves.len())
+                            .map(|_| writers.next())
+                            .collect::<Option<Vec<_>>>()
+                            .context("internal error: fewer Parquet columns than Arrow leaves")?;
+                    }
+                    for (writer, leaf) in leaves_of_field.iter_mut().zip(&leaves) {
+                        writer.write(leaf).with_context(failed)?;
+                    }
+                }
+            }
+            for writer in leaves_of_field {
+                chunks.push(writer.close().with_context(failed)?);
+            }
+        }
+        let mut group = open.file.next_row_group().with_context(failed)?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut group).with_context(failed)?;
+        }
+        if fast_vectors {
+            // NOTE: f32 vectors go straight to the column writer with levels made once: working
+            // out two levels and an index per float, then copying the encoded pages into the
+            // file, was most of the write thread's time with one row per chunk (profiled,
+            // BENCHMARKS.md).
+            let mut column =
+                group.next_column().with_context(failed)?.context("internal error: no vector column")?;
+            let writer = column.typed::<FloatType>();
+            for batch in &pending {
+                let list = batch.column(vectors).as_fixed_size_list();
+                let values = list.values().as_primitive::<Float32Type>().values();
+                for rows in values.chunks((WRITE_ROWS * self.dim).max(1)) {
+                    let n = rows.len();
+                    writer
+                        .write_batch(rows, Some(&levels.def[..n]), Some(&levels.rep[..n]))
+                        .with_context(failed)?;
+                }
+            }
+            column.close().with_context(failed)?;
+        }
+        group.close().with_context(failed)?;
         Ok(())
     }
 
@@ -250,6 +355,18 @@ impl ShardWriter {
             None => part_name(self.next_part),
         };
         let file = self.dir.join(&name).new_file()?;
+        let (file, columns) = ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties()))?
+            .into_serialized_writer()?;
+        let vectors = file.schema_descr().columns().last().expect("a vector column");
+        anyhow::ensure!(
+            vectors.max_def_level() == 1 && vectors.max_rep_level() == 1,
+            "internal error: the vector column's Parquet levels are not those of a list of values"
+        );
+        Ok(OpenPart { file, columns, pending: Vec::new(), pending_rows: 0, row_groups: 0, name, rows: 0 })
+    }
+
+    /// How parts are encoded.
+    fn properties(&self) -> WriterProperties {
         // NOTE: dictionary encoding and min/max statistics cost a hash or compare per float and
         // buy nothing for embedding values (profiled: ~15% of a no-model run); they stay on for
         // `row` and `id`, where readers use them to prune.
@@ -276,9 +393,7 @@ impl ShardWriter {
             // The page limit is checked after each batch of values written, extended to the end
             // of a vector: batches shorter than a vector let a page end after any vector.
             .set_write_batch_size(256);
-        let props = props.build();
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
-        Ok(OpenPart { writer, name, rows: 0 })
+        props.build()
     }
 
     /// Rows in the open part.
@@ -289,10 +404,12 @@ impl ShardWriter {
     /// Closes the open part (Parquet footer written, not yet fsynced or renamed); `None` when
     /// no part is open. The next part gets the next number.
     pub fn finish_part(&mut self) -> Result<Option<FinishedPart>> {
-        let Some(open) = self.open.take() else {
+        if self.open.is_none() {
             return Ok(None);
-        };
-        let file = open.writer.into_inner().context("cannot finish a part file")?;
+        }
+        self.write_row_group()?;
+        let open = self.open.take().expect("open");
+        let file = open.file.into_inner().context("cannot finish a part file")?;
         self.next_part += 1;
         Ok(Some(FinishedPart { file, name: open.name, rows: open.rows }))
     }
@@ -323,6 +440,82 @@ mod tests {
         let path = dir.join(&part.name);
         part.file.finish().unwrap();
         path
+    }
+
+    #[test]
+    fn parts_are_what_parquets_arrow_writer_makes_of_the_same_rows() {
+        // The vectors skip the Arrow writer (levels made once, values handed over as they are);
+        // the file must still be the one it writes, byte for byte, across row groups, with an id
+        // column and chunk columns, for f32 and f16.
+        let dir = tempfile::tempdir().unwrap();
+        for (dtype, chunked) in
+            [(OutputDtype::F32, true), (OutputDtype::F32, false), (OutputDtype::F16, true)]
+        {
+            let at = dir.path().join(format!("{}-{chunked}", dtype.as_str()));
+            std::fs::create_dir_all(&at).unwrap();
+            let dim = 24;
+            let mut w = ShardWriter::new(
+                &Location::Local(at.clone()),
+                dim,
+                dtype,
+                Some(DataType::Utf8),
+                0,
+                HashMap::new(),
+            );
+            if chunked {
+                w = w.with_chunk_columns();
+            }
+            let mut next = 0u64;
+            // Pushes that straddle row groups (4096 rows) and end with a short one.
+            const PUSHES: [usize; 5] = [1000, 3500, 4096, 4000, 17];
+            for rows in PUSHES {
+                let row_numbers: Vec<u64> = (next..next + rows as u64).collect();
+                let hashes: Vec<u128> = row_numbers.iter().map(|&r| r as u128 * 7919).collect();
+                let ids: ArrayRef = Arc::new(arrow::array::StringArray::from_iter_values(
+                    row_numbers.iter().map(|r| format!("doc-{r}")),
+                ));
+                let values: Vec<f32> =
+                    (0..rows * dim).map(|i| ((i as u64 + next * 31) % 997) as f32 / 997.0 - 0.5).collect();
+                let chunks = chunked.then(|| ChunkColumns {
+                    chunk: row_numbers.iter().map(|&r| (r % 3) as u32).collect(),
+                    start: row_numbers.iter().map(|&r| r as u32).collect(),
+                    end: row_numbers.iter().map(|&r| r as u32 + 5).collect(),
+                });
+                let array = w.values(values);
+                w.push_chunks(&row_numbers, chunks, &hashes, Some(ids), array).unwrap();
+                next += rows as u64;
+            }
+            let part = w.finish_part().unwrap().unwrap();
+            let ours = at.join(&part.name);
+            part.file.finish().unwrap();
+            // The same rows through ArrowWriter, in the same write calls, with the same properties.
+            let file = std::fs::read(&ours).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file.clone())).unwrap();
+            assert_eq!(reader.metadata().num_row_groups(), 4);
+            assert_eq!(reader.metadata().file_metadata().num_rows(), next as i64);
+            let all: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+            let all = arrow::compute::concat_batches(&all[0].schema(), &all).unwrap();
+            let mut theirs = Vec::new();
+            let mut writer =
+                ArrowWriter::try_new(&mut theirs, w.schema.clone(), Some(w.properties())).unwrap();
+            // Each push is cut where a row group ends, and each piece handed over 256 rows at a
+            // time (where pages may end).
+            let (mut pushed, mut in_group) = (0, 0);
+            for rows in PUSHES {
+                let mut done = 0;
+                while done < rows {
+                    let piece = (ROW_GROUP_ROWS - in_group).min(rows - done);
+                    for at in (0..piece).step_by(WRITE_ROWS) {
+                        writer.write(&all.slice(pushed + done + at, WRITE_ROWS.min(piece - at))).unwrap();
+                    }
+                    done += piece;
+                    in_group = (in_group + piece) % ROW_GROUP_ROWS;
+                }
+                pushed += rows;
+            }
+            writer.close().unwrap();
+            assert!(file == theirs, "{dtype:?} chunked {chunked}: {} bytes vs {}", file.len(), theirs.len());
+        }
     }
 
     #[test]
