@@ -60,8 +60,9 @@ pub(super) struct FastOffsets {
     pub ends: Vec<u32>,
     /// Whether each token begins a piece of the pattern's split.
     pub piece_starts: Vec<bool>,
-    /// The text went through no normaliser (none is set, or an ASCII text under one that leaves
-    /// ASCII as it is): the ids of a run of whole pieces are then those of that run's text alone.
+    /// The text went through no normaliser (none is set, or a Unicode normal form that it is
+    /// already in, which every part of it is in too): the ids of a run of whole pieces are then
+    /// those of that run's text alone.
     pub unnormalized: bool,
 }
 
