@@ -15,12 +15,13 @@ use arrow::array::{
     UInt64Array,
 };
 use arrow::buffer::Buffer;
-use arrow::datatypes::Float32Type;
 use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{Float16Type, Float32Type};
+use bytes::Bytes;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::data_type::FloatType;
+use parquet::data_type::{ByteArray, FixedLenByteArray, FixedLenByteArrayType, FloatType};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
@@ -117,7 +118,19 @@ struct OpenPart {
     rows: u64,
 }
 
-/// The levels of [`WRITE_ROWS`] f32 vectors in Parquet's encoding of a list column, made once
+/// Every f16 value's two bytes, little-endian, at twice its bit pattern.
+static F16_LE_BYTES: [u8; 1 << 17] = {
+    let mut table = [0u8; 1 << 17];
+    let mut bits = 0;
+    while bits < 1 << 16 {
+        table[2 * bits] = (bits & 0xff) as u8;
+        table[2 * bits + 1] = (bits >> 8) as u8;
+        bits += 1;
+    }
+    table
+};
+
+/// The levels of [`WRITE_ROWS`] vectors in Parquet's encoding of a list column, made once
 /// per part: every value is present (definition level 1), and each vector's first value starts
 /// a new row (repetition level 0, the others 1).
 struct VectorLevels {
@@ -278,7 +291,6 @@ impl ShardWriter {
     /// Writes the open part's gathered rows as one row group.
     fn write_row_group(&mut self) -> Result<()> {
         let levels = &self.levels;
-        let fast_vectors = self.dtype == OutputDtype::F32;
         let open = self.open.as_mut().expect("a part is open");
         if open.pending_rows == 0 {
             return Ok(());
@@ -290,13 +302,13 @@ impl ShardWriter {
         let mut writers =
             open.columns.create_column_writers(open.row_groups).with_context(failed)?.into_iter();
         open.row_groups += 1;
-        // Every column but the vectors goes through the Arrow column writers, which work out
-        // each array's Parquet levels.
+        // Every column but the vectors (the last) goes through the Arrow column writers, which
+        // work out each array's Parquet levels.
         let fields = self.schema.fields();
         let vectors = fields.len() - 1;
         let mut chunks = Vec::new();
         for (i, field) in fields.iter().enumerate() {
-            if i == vectors && fast_vectors {
+            if i == vectors {
                 break;
             }
             let mut leaves_of_field = Vec::new();
@@ -325,26 +337,50 @@ impl ShardWriter {
         for chunk in chunks {
             chunk.append_to_row_group(&mut group).with_context(failed)?;
         }
-        if fast_vectors {
-            // NOTE: f32 vectors go straight to the column writer with levels made once: working
-            // out two levels and an index per float, then copying the encoded pages into the
-            // file, was most of the write thread's time with one row per chunk (profiled,
-            // BENCHMARKS.md).
-            let mut column =
-                group.next_column().with_context(failed)?.context("internal error: no vector column")?;
-            let writer = column.typed::<FloatType>();
-            for batch in &pending {
-                let list = batch.column(vectors).as_fixed_size_list();
-                let values = list.values().as_primitive::<Float32Type>().values();
-                for rows in values.chunks((WRITE_ROWS * self.dim).max(1)) {
-                    let n = rows.len();
-                    writer
-                        .write_batch(rows, Some(&levels.def[..n]), Some(&levels.rep[..n]))
-                        .with_context(failed)?;
+        // NOTE: the vectors go straight to their column writer with levels made once: working
+        // out two levels and an index per value, then copying the encoded pages into the file,
+        // was most of the write thread's time with one row per chunk (profiled, BENCHMARKS.md).
+        let mut column =
+            group.next_column().with_context(failed)?.context("internal error: no vector column")?;
+        let per_write = (WRITE_ROWS * self.dim).max(1);
+        match self.dtype {
+            OutputDtype::F32 => {
+                let writer = column.typed::<FloatType>();
+                for batch in &pending {
+                    let list = batch.column(vectors).as_fixed_size_list();
+                    for rows in list.values().as_primitive::<Float32Type>().values().chunks(per_write) {
+                        let n = rows.len();
+                        writer
+                            .write_batch(rows, Some(&levels.def[..n]), Some(&levels.rep[..n]))
+                            .with_context(failed)?;
+                    }
                 }
             }
-            column.close().with_context(failed)?;
+            OutputDtype::F16 => {
+                // Parquet stores f16 as 2-byte fixed-length values, each its own `Bytes`: taken
+                // from a static table of every f16's bytes, they cost no reference count (one
+                // per value was half of an f16 run's CPU time).
+                let writer = column.typed::<FixedLenByteArrayType>();
+                let mut fixed: Vec<FixedLenByteArray> = Vec::with_capacity(per_write);
+                for batch in &pending {
+                    let list = batch.column(vectors).as_fixed_size_list();
+                    for rows in list.values().as_primitive::<Float16Type>().values().chunks(per_write) {
+                        let n = rows.len();
+                        fixed.clear();
+                        fixed.extend(rows.iter().map(|v| {
+                            let at = 2 * v.to_bits() as usize;
+                            FixedLenByteArray::from(ByteArray::from(Bytes::from_static(
+                                &F16_LE_BYTES[at..at + 2],
+                            )))
+                        }));
+                        writer
+                            .write_batch(&fixed, Some(&levels.def[..n]), Some(&levels.rep[..n]))
+                            .with_context(failed)?;
+                    }
+                }
+            }
         }
+        column.close().with_context(failed)?;
         group.close().with_context(failed)?;
         Ok(())
     }
