@@ -311,6 +311,21 @@ mod tests {
         assert!(found > 100, "{found}");
     }
 
+    /// `count` texts of `len` pieces each, drawn from `pieces` by a seeded LCG.
+    fn random_texts(pieces: &[&str], seed: u64, count: usize, len: usize) -> Vec<String> {
+        let mut x = seed;
+        (0..count)
+            .map(|_| {
+                (0..len)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        pieces[(x >> 33) as usize % pieces.len()]
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// `best_end` as it reads without its shortcuts: every candidate classified, kind by kind.
     fn best_end_by_every_candidate(cuts: &Cuts, a: usize, window: usize, overlap: usize) -> usize {
         let n = cuts.valid.len() - 1;
@@ -361,14 +376,8 @@ mod tests {
             "word", "Word", "a", "I", " ", " ", "  ", ".", ".", "!", "?", "...", "\"", "'", ")", "(", "]",
             "3", ",", ";", "-", "\n", "e.g.", "Mr.", "U.S.", "\t",
         ];
-        let mut x = 11u64;
         let (mut answered, mut cuts_seen) = (0, 0);
-        for _ in 0..800 {
-            let mut text = String::new();
-            for _ in 0..60 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                text.push_str(pieces[(x >> 33) as usize % pieces.len()]);
-            }
+        for text in random_texts(&pieces, 11, 800, 60) {
             let offsets = t.offsets(&text, usize::MAX).unwrap();
             let cuts = Cuts::new(&text, &offsets);
             let whole: Vec<usize> =
@@ -436,14 +445,8 @@ mod tests {
             "  ",
             "é",
         ];
-        let mut x = 7u64;
         let mut checked = 0;
-        for _ in 0..200 {
-            let mut text = String::new();
-            for _ in 0..40 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                text.push_str(pieces[(x >> 33) as usize % pieces.len()]);
-            }
+        for text in random_texts(&pieces, 7, 200, 40) {
             let offsets = t.offsets(&text, usize::MAX).unwrap();
             let cuts = Cuts::new(&text, &offsets);
             for k in 1..=offsets.len() {

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use tokenizers::utils::SysRegex;
 use tokenizers::{Model, ModelWrapper, NormalizedString, Normalizer, NormalizerWrapper, Tokenizer};
 
+use super::normal_form::NormalForm;
+
 /// The pre-tokenizer pattern of Qwen2 (and gte-Qwen2, Qwen2.5, Qwen3): one digit a piece.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Llama 3's: the same with up to three digits a piece.
@@ -89,16 +91,7 @@ impl ByteLevelBpe {
         let model_ok = layout.model.kind.as_deref().is_none_or(|k| k == "BPE")
             && layout.model.dropout.is_none_or(|d| d == 0.0)
             && matches!(tokenizer.get_model(), ModelWrapper::BPE(_));
-        let normal_form = match &layout.normalizer {
-            None | Some(serde_json::Value::Null) => Some(NormalForm::None),
-            Some(n) => match n["type"].as_str() {
-                Some("NFC") => Some(NormalForm::Nfc),
-                Some("NFD") => Some(NormalForm::Nfd),
-                Some("NFKC") => Some(NormalForm::Nfkc),
-                Some("NFKD") => Some(NormalForm::Nfkd),
-                _ => None,
-            },
-        };
+        let normal_form = NormalForm::of(layout.normalizer.as_ref());
         let max_digits = split_then_byte_level(layout.pre_tokenizer.as_ref()?)?;
         if !model_ok {
             return None;
@@ -202,25 +195,9 @@ impl ByteLevelBpe {
         })
     }
 
-    /// Whether the normaliser certainly leaves `text` as it is: an ASCII text under a Unicode
-    /// normal form, or one the form's quick check finds already in that form. (A text in a normal
-    /// form has every part of it in that form too, so chunks of such a text are also unchanged.)
-    /// NOTE: running `tokenizers`' normaliser only to compare its output with the text was ~9%
-    /// of a chunking run's samples (its per-char alignment bookkeeping) on the IMDB reviews.
+    /// Whether the normaliser certainly leaves `text` as it is (see normal_form.rs).
     fn unchanged(&self, text: &str) -> bool {
-        use unicode_normalization_alignments::{
-            is_nfc_quick, is_nfd_quick, is_nfkc_quick, is_nfkd_quick, IsNormalized,
-        };
-        let quick = match self.normal_form {
-            None => return false,
-            Some(NormalForm::None) => return true,
-            Some(_) if text.is_ascii() => return true,
-            Some(NormalForm::Nfc) => is_nfc_quick(text.chars()),
-            Some(NormalForm::Nfd) => is_nfd_quick(text.chars()),
-            Some(NormalForm::Nfkc) => is_nfkc_quick(text.chars()),
-            Some(NormalForm::Nfkd) => is_nfkd_quick(text.chars()),
-        };
-        quick == IsNormalized::Yes
+        self.normal_form.is_some_and(|form| form.leaves_unchanged(text))
     }
 
     fn lookup(
@@ -296,17 +273,6 @@ fn normalize(normalizer: &NormalizerWrapper, text: &str) -> Result<String> {
     let mut n = NormalizedString::from(text);
     normalizer.normalize(&mut n).map_err(|e| anyhow!("tokenization failed: {e}"))?;
     Ok(n.get().to_owned())
-}
-
-/// A normaliser the fast road can tell is a no-op on a text without running it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NormalForm {
-    /// No normaliser.
-    None,
-    Nfc,
-    Nfd,
-    Nfkc,
-    Nfkd,
 }
 
 #[derive(Default)]
@@ -519,8 +485,6 @@ fn piece_len(t: &[Char], i: usize, max_digits: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use super::*;
 
     fn split(text: &str, max_digits: usize) -> Vec<&str> {
@@ -545,54 +509,6 @@ mod tests {
             split("caf\u{e9}\u{a0}\u{4e2d}\u{6587} \u{663}\u{b2}!", 1),
             ["caf\u{e9}", "\u{a0}\u{4e2d}\u{6587}", " ", "\u{663}", "\u{b2}", "!"]
         );
-    }
-
-    #[test]
-    fn a_text_already_in_the_normal_form_is_told_without_running_the_normaliser() {
-        let json = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2/tokenizer.json"),
-        )
-        .unwrap();
-        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let texts = [
-            "plain ascii",
-            "caf\u{e9} na\u{ef}ve",            // precomposed
-            "cafe\u{301}",                     // decomposed
-            "\u{fb01}ne \u{2460} \u{ff21}",    // compatibility characters
-            "\u{212b}ngstr\u{f6}m",            // a singleton NFC replaces
-            "\u{d55c}\u{ad6d}\u{c5b4}",        // precomposed Hangul
-            "\u{1112}\u{1161}\u{11ab}",        // Hangul jamo
-            "a\u{328}\u{301} q\u{301}\u{323}", // marks out of canonical order
-            "\u{4e2d}\u{6587} \u{1f600}\u{1f44d}\u{1f3fd}",
-            "\u{3b1}\u{301}\u{3c9}\u{345}",
-        ];
-        let mut told = [0, 0];
-        for form in ["NFC", "NFD", "NFKC", "NFKD"] {
-            v["normalizer"] = serde_json::json!({ "type": form });
-            let tokenizer = Tokenizer::from_str(&v.to_string()).unwrap();
-            let road = ByteLevelBpe::detect(&v.to_string(), &tokenizer).expect("the fast road");
-            let normalizer = tokenizer.get_normalizer().unwrap();
-            for text in texts {
-                let unchanged = normalize(normalizer, text).unwrap() == text;
-                // Saying "unchanged" must be right; "not sure" only costs the normaliser's run.
-                if road.unchanged(text) {
-                    assert!(unchanged, "{form} changes {text:?}");
-                }
-                told[road.unchanged(text) as usize] += 1;
-                // And a part of a text in the form is in the form too (chunks rely on it).
-                if road.unchanged(text) {
-                    for (at, _) in text.char_indices() {
-                        assert!(
-                            road.unchanged(&text[at..]) && road.unchanged(&text[..at]),
-                            "{form} {text:?}"
-                        );
-                    }
-                }
-            }
-        }
-        assert!(told[0] > 10 && told[1] > 10, "{told:?}");
-        let nfc = ByteLevelBpe::detect(&json, &Tokenizer::from_str(&json).unwrap()).unwrap();
-        assert!(nfc.unchanged("caf\u{e9}") && !nfc.unchanged("cafe\u{301}") && !nfc.unchanged("\u{212b}"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokenizers::{
 mod boundary;
 mod byte_bpe;
 pub mod chunk;
+mod normal_form;
 mod wordpiece;
 
 /// A token limit that is never reached: what a chunking run tokenizes with (its chunks are at
