@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod embed;
+pub mod error_text;
 pub mod faults;
 pub mod fleet;
 pub mod heartbeat;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", batch_embed::error_text::one_line(&err));
             ExitCode::FAILURE
         }
     }

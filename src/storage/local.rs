@@ -135,7 +135,9 @@ impl Writeback {
 
 impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
+        // Through the plain file: `NamedTempFile`'s own errors add the temporary path, which
+        // the message would then show twice beside the part's real name.
+        let n = self.file.as_file_mut().write(buf)?;
         self.written += n as u64;
         if self.written - self.started >= WRITEBACK_BYTES {
             let _ = self.start_writeback();
@@ -144,7 +146,7 @@ impl Write for Writeback {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.file.as_file_mut().flush()
     }
 }
 
