@@ -38,6 +38,8 @@ pub struct EmbedderOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     NullText,
+    /// A binary text column held bytes that are not UTF-8.
+    NotUtf8,
     NoTokens,
     /// The model ran out of memory on this text even in a batch of its own, twice.
     OutOfMemory,
@@ -51,6 +53,7 @@ impl Failure {
     pub fn reason(self) -> &'static str {
         match self {
             Failure::NullText => "text is null",
+            Failure::NotUtf8 => "text is not valid UTF-8 (a binary column holds other bytes)",
             Failure::NoTokens => "text tokenizes to no tokens",
             Failure::OutOfMemory => {
                 "out of memory even in a batch of its own, also when retried after the batch budget shrank"

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray, StringBuilder};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
@@ -95,11 +95,14 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether a column of this type can be read as text.
-fn is_string(t: &DataType) -> bool {
+/// Whether a column of this type can be read as text: strings, and the binary columns older
+/// writers (Hive, Impala, Spark before 1.5's `binaryAsString`) store strings in without the
+/// UTF-8 annotation; a value there that is not UTF-8 is that row's failure.
+fn is_text(t: &DataType) -> bool {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, value) => is_string(value),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => true,
+        DataType::Dictionary(_, value) => is_text(value),
         _ => false,
     }
 }
@@ -138,9 +141,9 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
             let Some((index, field)) = schema.column_with_name(column) else {
                 bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
             };
-            if !is_string(field.data_type()) {
+            if !is_text(field.data_type()) {
                 bail!(
-                    "column \"{column}\" of {} has type {}, not a string type ({pick}); its columns are: {}",
+                    "column \"{column}\" of {} has type {}, not a string or binary type ({pick}); its columns are: {}",
                     path.display(),
                     field.data_type(),
                     names()
@@ -200,6 +203,9 @@ pub struct Chunk {
     pub hashes: Vec<u128>,
     /// The id column's values, when asked for.
     pub ids: Option<ArrayRef>,
+    /// Rows (indices into this chunk) whose text is null because a binary column held bytes
+    /// that are not UTF-8; their failure says so instead of "null".
+    pub not_utf8: Vec<usize>,
 }
 
 /// Streams the rows of `file` within `owned` (global row ranges, increasing, inside the file)
@@ -284,21 +290,41 @@ impl Chunks {
     }
 
     fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Chunk> {
-        // Utf8View, LargeUtf8 and dictionary-encoded strings all become plain Utf8.
+        // Utf8View, LargeUtf8, binary and dictionary-encoded values all become plain Utf8; a
+        // binary value that is not UTF-8 becomes null (the cast's `safe` mode) and is noted.
+        let mut not_utf8 = None::<Vec<bool>>;
         let columns = self
             .text_columns
             .iter()
             .zip(self.template.columns())
             .map(|(&i, name)| {
-                let cast = arrow::compute::cast(batch.column(i), &DataType::Utf8).with_context(|| {
+                let column = batch.column(i);
+                let cast = arrow::compute::cast(column, &DataType::Utf8).with_context(|| {
                     format!("cannot read the text column \"{name}\" of {}", self.path.display())
                 })?;
+                if cast.null_count() > column.logical_null_count() {
+                    let was_null = column.logical_nulls();
+                    let was_null = |row| was_null.as_ref().is_some_and(|n| n.is_null(row));
+                    let marks = not_utf8.get_or_insert_with(|| vec![false; column.len()]);
+                    for (row, mark) in marks.iter_mut().enumerate() {
+                        *mark |= cast.is_null(row) && !was_null(row);
+                    }
+                }
                 Ok(cast.as_string::<i32>().clone())
             })
             .collect::<Result<Vec<StringArray>>>()?;
-        let texts = match self.template.single_column() {
+        let mut texts = match self.template.single_column() {
             Some(_) => columns.into_iter().next().expect("one column"),
             None => render(&self.template, &columns),
+        };
+        let not_utf8 = match not_utf8 {
+            None => Vec::new(),
+            Some(marks) => {
+                // A row with any column not UTF-8 has no text, whatever the others hold.
+                let nulled = arrow::compute::nullif(&texts, &BooleanArray::from(marks.clone()))?;
+                texts = nulled.as_string::<i32>().clone();
+                marks.iter().enumerate().filter_map(|(row, &bad)| bad.then_some(row)).collect()
+            }
         };
         let n = texts.len();
         let rows = self
@@ -309,7 +335,7 @@ impl Chunks {
         self.next += n;
         let ids = self.id_column.map(|i| batch.column(i).clone());
         let hashes = texts.iter().map(|t| t.map_or(0, crate::sync::text_hash)).collect();
-        Ok(Chunk { rows, texts, hashes, ids })
+        Ok(Chunk { rows, texts, hashes, ids, not_utf8 })
     }
 }
 

@@ -19,7 +19,7 @@ use anyhow::Result;
 use arrow::array::{Array, UInt32Array};
 
 use crate::checkpoint::Checkpoint;
-use crate::embed::{Embedded, Embedder, Prepared};
+use crate::embed::{Embedded, Embedder, Failure, Prepared};
 use crate::heartbeat::Live;
 use crate::input::{self, Chunk, InputFile};
 use crate::output::{ChunkColumns, FinishedPart, ShardWriter};
@@ -222,7 +222,10 @@ pub fn model(
             stats.interrupted = true;
             break;
         };
-        let embedded = dedup.expand(&plan, unique);
+        let mut embedded = dedup.expand(&plan, unique);
+        for &row in &chunk.not_utf8 {
+            embedded.failures[row] = Some(Failure::NotUtf8); // read as null, for a better reason
+        }
         stats.tokens += embedded.tokens;
         stats.padded_tokens += embedded.padded_tokens;
         stats.oom_splits += embedded.oom_splits;

@@ -427,7 +427,7 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
     fails(&["--text-template", "{title} {body}"], "has no column \"body\" (named in --text-template");
     fails(&["--text-template", "{title} {body}"], "its columns are: title, n");
     fails(&["--text-template", "{title}: {n}"], "column \"n\" of");
-    fails(&["--text-template", "{title}: {n}"], "has type Int64, not a string type");
+    fails(&["--text-template", "{title}: {n}"], "has type Int64, not a string or binary type");
     fails(&["--text-template", "{title"], "is never closed");
     fails(&["--text-template", "title}"], "closes no placeholder");
     fails(&["--text-template", "no placeholder"], "names no column");

@@ -255,7 +255,7 @@ fn bad_input_fails_before_writing() {
     );
     run(&cols, &[], "has no column \"text\" (pick one with --text-column); its columns are: body, n");
     run(&cols, &["--text-column", "n"], "column \"n\" of");
-    run(&cols, &["--text-column", "n"], "has type Int64, not a string type");
+    run(&cols, &["--text-column", "n"], "has type Int64, not a string or binary type");
 
     let junk = dir.path().join("junk.parquet");
     std::fs::write(&junk, b"this is not parquet at all").unwrap();

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, DictionaryArray, Int32Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+    ArrayRef, BinaryArray, BinaryViewArray, DictionaryArray, Int32Array, Int64Array, LargeBinaryArray,
+    LargeStringArray, StringArray, StringViewArray,
 };
 use arrow::datatypes::{DataType, Int32Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -307,6 +308,70 @@ fn every_string_encoding_is_read_and_empty_files_are_fine() {
     assert_same_vectors(&[got[0].clone()].map(|(_, v)| (0, v)), &[got[6].clone()].map(|(_, v)| (0, v)));
     let failed: Vec<u64> = read_failures(&out).into_iter().map(|(r, _)| r).collect();
     assert_eq!(failed, vec![1, 4, 7, 10]);
+}
+
+#[test]
+fn binary_text_columns_are_read_as_utf8_and_other_bytes_are_a_rows_failure() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // Older writers store strings as unannotated binary; a value may also not be UTF-8 at all.
+    let bytes: Vec<Option<&[u8]>> =
+        vec![Some(b"alpha beta"), None, Some(b"caf\xe9 au lait"), Some("gr\u{fc}n".as_bytes())];
+    write_parquet(
+        &input.join("a.parquet"),
+        vec![("text", Arc::new(BinaryArray::from(bytes.clone())) as ArrayRef)],
+    );
+    write_parquet(
+        &input.join("b.parquet"),
+        vec![("text", Arc::new(LargeBinaryArray::from(bytes.clone())) as ArrayRef)],
+    );
+    write_parquet(
+        &input.join("c.parquet"),
+        vec![("text", Arc::new(BinaryViewArray::from(bytes.clone())) as ArrayRef)],
+    );
+    let out = dir.path().join("out");
+    embed_cmd(&input, &out, &[]).assert().success();
+    let got = read_vectors(&out);
+    assert_eq!(rows_of(&got), vec![0, 3, 4, 7, 8, 11]);
+    let not_utf8 = "text is not valid UTF-8";
+    let failures = read_failures(&out);
+    let reasons: Vec<(u64, bool)> = failures.iter().map(|(r, why)| (*r, why.contains(not_utf8))).collect();
+    assert_eq!(
+        reasons,
+        vec![(1, false), (2, true), (5, false), (6, true), (9, false), (10, true)],
+        "{failures:?}"
+    );
+    assert!(failures[0].1.contains("text is null"), "{failures:?}");
+
+    // The same texts as strings give the same vectors.
+    let strings = dir.path().join("strings.parquet");
+    write_texts(&strings, &[Some("alpha beta"), Some("gr\u{fc}n")]);
+    let out_strings = dir.path().join("out-strings");
+    embed_cmd(&strings, &out_strings, &[]).assert().success();
+    let want = read_vectors(&out_strings);
+    for (i, (_, v)) in got.iter().enumerate() {
+        assert_same_vectors(&[(0, v.clone())], &[(0, want[i % 2].1.clone())]);
+    }
+
+    // In a template, one column that is not UTF-8 fails the row, whatever the others hold.
+    let titled = dir.path().join("titled.parquet");
+    write_parquet(
+        &titled,
+        vec![
+            ("title", Arc::new(StringArray::from(vec!["one", "two"])) as ArrayRef),
+            (
+                "body",
+                Arc::new(BinaryArray::from(vec![Some(&b"fine"[..]), Some(&b"\xff\xfe"[..])])) as ArrayRef,
+            ),
+        ],
+    );
+    let out_titled = dir.path().join("out-titled");
+    embed_cmd(&titled, &out_titled, &["--text-template", "{title}: {body}"]).assert().success();
+    assert_eq!(rows_of(&read_vectors(&out_titled)), vec![0]);
+    let failures = read_failures(&out_titled);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].0 == 1 && failures[0].1.contains(not_utf8), "{failures:?}");
 }
 
 #[test]
