@@ -4,7 +4,10 @@
 Run with the reference venv (torch + transformers + tokenizers) from
 `../shared/tools/fetch-assets.sh --reference`:
 
-    ~/.cache/batch-embed-assets/venv-ref/bin/python scripts/make_fixtures.py
+    ~/.cache/batch-embed-assets/venv-ref/bin/python scripts/make_fixtures.py [NAME ...]
+
+With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet st) only those
+are rebuilt, so adding a fixture leaves the others byte for byte as they were.
 
 Everything it writes is deterministic for a given transformers/tokenizers version:
   tests/fixtures/<model>/            config.json, weights, tokenizer.json, reference.json
@@ -12,7 +15,7 @@ Everything it writes is deterministic for a given transformers/tokenizers versio
   models/tiny-qwen2/                 the bundled model README's first command runs
   examples/reviews.parquet           the bundled sample input
 
-The reference vectors of the Qwen fixtures are what `transformers` gives for each text run alone
+The reference vectors of the decoder fixtures (Qwen2, Qwen3, Mistral, Llama) are what `transformers` gives for each text run alone
 (no padding), with an explicit 4-D additive mask so the attention mode is exactly the one named
 in the case; the script checks that this explicit mask reproduces the model's own default
 (causal) path.
@@ -35,7 +38,8 @@ import transformers
 import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from safetensors.torch import save_file
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model, Qwen3Config, Qwen3Model
+from transformers import (LlamaConfig, LlamaModel, MistralConfig, MistralModel, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2Model, Qwen3Config, Qwen3Model)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -118,6 +122,38 @@ def train_tokenizer(append_eos):
     return tok
 
 
+def train_llama_tokenizer(metaspace, append_eos):
+    """A SentencePiece-style BPE as Llama 2 and Mistral ship it in tokenizer.json: "▁" for
+    spaces (by a normalizer, or the newer Metaspace pre-tokenizer), byte fallback to <0xNN>
+    tokens, <s> prepended (and </s> appended, as e5-mistral's recipe does)."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if metaspace:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    else:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  max_token_length=8)
+    # Leave out the rarest characters so that byte fallback has work to do.
+    common = [line for line in corpus() if not any(ord(c) > 0x2000 for c in line)]
+    tok.train_from_iterator(common, trainer=trainer)
+    # The 256 byte tokens, as SentencePiece vocabularies hold them (ids after the merges').
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    tok = Tokenizer.from_str(json.dumps(spec))
+    single = "<s>:0 $A:0 </s>:0" if append_eos else "<s>:0 $A:0"
+    pair = "<s>:0 $A:0 </s>:0 <s>:1 $B:1 </s>:1" if append_eos else "<s>:0 $A:0 <s>:1 $B:1"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
+    return tok
+
+
 def config_4x(cfg: dict) -> dict:
     """Rewrites a transformers-5 config.json into the 4.x shape the hub checkpoints have."""
     out = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "layer_types", "dtype")}
@@ -197,12 +233,15 @@ def check_default_is_causal(model, hf_tok):
 
 def build(name, arch, cfg_kwargs, *, tokenizer, prefix, shards, shape, is_causal, dest=None, cases=True):
     torch.manual_seed(sum(map(ord, name)))
-    if arch == "qwen2":
-        config = Qwen2Config(**cfg_kwargs)
-        model = Qwen2Model(config)
-    else:
-        config = Qwen3Config(**cfg_kwargs)
-        model = Qwen3Model(config)
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2Model),
+        "qwen3": (Qwen3Config, Qwen3Model),
+        "llama": (LlamaConfig, LlamaModel),
+        "mistral": (MistralConfig, MistralModel),
+    }
+    config_class, model_class = classes[arch]
+    config = config_class(**cfg_kwargs)
+    model = model_class(config)
     # Random init of transformers is small; widen it so layers actually mix and norms matter.
     for n, p in model.named_parameters():
         if n.endswith("norm.weight"):
@@ -218,7 +257,7 @@ def build(name, arch, cfg_kwargs, *, tokenizer, prefix, shards, shape, is_causal
     model.config.save_pretrained(path)
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
-    cfg["architectures"] = ["Qwen2Model" if arch == "qwen2" else "Qwen3Model"]
+    cfg["architectures"] = [model_class.__name__]
     if shape == "4x":
         cfg = config_4x(cfg)
     if is_causal is not None:
@@ -646,6 +685,12 @@ def build_st_fixtures(tok_eos):
 
 
 def main():
+    """`make_fixtures.py [NAME ...]` rebuilds only the fixtures named (all when none are)."""
+    wanted = set(sys.argv[1:])
+
+    def want(name):
+        return not wanted or name in wanted
+
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     tok_eos = train_tokenizer(append_eos=True)
     tok_plain = train_tokenizer(append_eos=False)
@@ -661,22 +706,42 @@ def main():
         tie_word_embeddings=False,
     )
     # gte-Qwen2 as on the hub: 4.x config, `model.` prefix, sharded, GQA, EOS-appending tokenizer.
-    build("qwen2-gqa", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=2),
-          tokenizer=tok_eos, prefix="model.", shards=2, shape="4x", is_causal=None)
+    if want("qwen2-gqa"):
+        build("qwen2-gqa", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=2),
+              tokenizer=tok_eos, prefix="model.", shards=2, shape="4x", is_causal=None)
     # What transformers 5 save_pretrained writes: 5.x config, no prefix; MHA; bidirectional; no EOS.
-    build("qwen2-mha-bidir", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=4, rope_theta=1000000.0),
-          tokenizer=tok_plain, prefix="", shards=1, shape="5x", is_causal=False)
+    if want("qwen2-mha-bidir"):
+        build("qwen2-mha-bidir", "qwen2",
+              dict(base, num_attention_heads=4, num_key_value_heads=4, rope_theta=1000000.0),
+              tokenizer=tok_plain, prefix="", shards=1, shape="5x", is_causal=False)
     # Qwen3-Embedding shape: q/k RMSNorm, explicit head_dim != hidden/heads, no q/k/v bias.
-    build("qwen3", "qwen3", dict(base, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                 attention_bias=False),
-          tokenizer=tok_eos, prefix="model.", shards=1, shape="5x", is_causal=None)
+    if want("qwen3"):
+        build("qwen3", "qwen3", dict(base, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                     attention_bias=False),
+              tokenizer=tok_eos, prefix="model.", shards=1, shape="5x", is_causal=None)
+    # e5-mistral-7b-instruct's shape: Mistral (no biases, a 4096 sliding window), GQA, `model.`
+    # prefix, a SentencePiece-style BPE (Metaspace, byte fallback) adding <s> and </s>.
+    if want("mistral"):
+        build("mistral", "mistral", dict(base, num_attention_heads=4, num_key_value_heads=2, sliding_window=4096),
+              tokenizer=train_llama_tokenizer(metaspace=True, append_eos=True), prefix="model.", shards=1,
+              shape="5x", is_causal=None)
+    # Llama with q/k/v biases on, rope_theta of Llama 3, no prefix; the older "▁"-normalizer
+    # tokenizer (Llama 2), <s> only.
+    if want("llama"):
+        build("llama", "llama", dict(base, num_attention_heads=4, num_key_value_heads=4, attention_bias=True,
+                                     rope_theta=500000.0),
+              tokenizer=train_llama_tokenizer(metaspace=False, append_eos=False), prefix="", shards=1,
+              shape="5x", is_causal=None)
     # The bundled model for README's first command (random weights: a smoke test, not a retriever).
-    tiny = os.path.join(ROOT, "models", "tiny-qwen2")
-    build("tiny-qwen2", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=2),
-          tokenizer=tok_eos, prefix="model.", shards=1, shape="4x", is_causal=None, dest=tiny, cases=False)
-    os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
-    sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
-    build_st_fixtures(tok_eos)
+    if want("tiny-qwen2"):
+        tiny = os.path.join(ROOT, "models", "tiny-qwen2")
+        build("tiny-qwen2", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=2),
+              tokenizer=tok_eos, prefix="model.", shards=1, shape="4x", is_causal=None, dest=tiny, cases=False)
+    if want("reviews.parquet"):
+        os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
+        sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
+    if want("st"):
+        build_st_fixtures(tok_eos)
     print("fixtures written", file=sys.stderr)
 
 

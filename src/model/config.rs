@@ -1,7 +1,8 @@
 //! `config.json` as users have it: the transformers 4.x shape (top-level `rope_theta`,
 //! `torch_dtype`, numeric `sliding_window`) and the 5.x shape (`rope_parameters`, `dtype`,
-//! `layer_types`, `sliding_window: null`), read into one validated [`ModelConfig`]: the Qwen
-//! decoders and the BERT-family encoders (BERT, XLM-RoBERTa, ModernBERT).
+//! `layer_types`, `sliding_window: null`), read into one validated [`ModelConfig`]: the
+//! decoders (Qwen2, Qwen3, Llama, Mistral) and the BERT-family encoders (BERT, XLM-RoBERTa,
+//! ModernBERT).
 
 use std::path::Path;
 
@@ -17,6 +18,10 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3-Embedding: per-head RMSNorm on q and k, explicit `head_dim`, no q/k/v bias.
     Qwen3,
+    /// Llama and Mistral (e5-mistral-7b-instruct, SFR-Embedding-Mistral, Linq-Embed-Mistral,
+    /// LLM2Vec's Llama 3): Qwen2's decoder without q/k/v biases unless `attention_bias` says
+    /// so; Mistral's `sliding_window` applies to every layer.
+    Llama,
     /// BERT (BGE, E5, all-MiniLM, classic GTE): absolute positions, post-norm layers.
     Bert,
     /// XLM-RoBERTa and RoBERTa (multilingual-e5, bge-m3's dense vectors): BERT with positions
@@ -27,13 +32,14 @@ pub enum Architecture {
     ModernBert,
 }
 
-const SUPPORTED: &str = "qwen2, qwen3, bert, xlm-roberta, roberta, modernbert";
+const SUPPORTED: &str = "qwen2, qwen3, llama, mistral, bert, xlm-roberta, roberta, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Llama => "llama",
             Architecture::Bert => "bert",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
@@ -142,6 +148,9 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     /// Whether q/k/v projections carry a bias.
     pub attention_bias: bool,
+    /// Whether the attention's output projection carries one too (Llama's and Qwen3's
+    /// `attention_bias`; never in Qwen2).
+    pub output_bias: bool,
     /// `is_causal` from the file; absent means causal (as transformers and TEI read it).
     pub is_causal: Option<bool>,
     /// Texts longer than this would reach a sliding-window layer, which this build does not
@@ -166,6 +175,7 @@ struct RawConfig {
     rope_parameters: Option<RopeParameters>,
     rope_scaling: Option<RopeParameters>,
     attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     is_causal: Option<bool>,
     hidden_act: Option<String>,
     use_sliding_window: Option<bool>,
@@ -199,6 +209,7 @@ impl ModelConfig {
         let architecture = match model_type {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "llama" | "mistral" => Architecture::Llama,
             // NOTE: transformers' RobertaModel and XLMRobertaModel are the same network.
             "bert" => return encoder_config(value, Architecture::Bert),
             "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
@@ -206,6 +217,7 @@ impl ModelConfig {
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),
         };
+        let is_mistral = model_type == "mistral";
         let raw: RawConfig = serde_json::from_value(value)?;
 
         if let Some(act) = raw.hidden_act.as_deref() {
@@ -246,10 +258,20 @@ impl ModelConfig {
         if !head_dim.is_multiple_of(2) {
             bail!("head_dim ({head_dim}) must be even for rotary embeddings");
         }
-        let sliding_window = sliding_limit(&raw);
-        // NOTE: transformers' Qwen2 always has q/k/v biases; Qwen3 reads attention_bias (default off).
+        // NOTE: only transformers' Llama reads mlp_bias; Qwen's and Mistral's MLPs never have one.
+        if architecture == Architecture::Llama && !is_mistral && raw.mlp_bias == Some(true) {
+            bail!("mlp_bias is not supported (the MLP's projections carry no bias here)");
+        }
+        let sliding_window = match is_mistral {
+            // NOTE: Mistral has no use_sliding_window: a numeric window applies to every layer.
+            true => raw.sliding_window,
+            false => sliding_limit(&raw),
+        };
+        // NOTE: transformers' Qwen2 always has q/k/v biases; Qwen3 and Llama read attention_bias
+        // (default off); Mistral has none.
         let attention_bias = match architecture {
-            Architecture::Qwen3 => raw.attention_bias.unwrap_or(false),
+            Architecture::Llama if is_mistral => false,
+            Architecture::Qwen3 | Architecture::Llama => raw.attention_bias.unwrap_or(false),
             _ => true,
         };
         Ok(ModelConfig {
@@ -265,6 +287,7 @@ impl ModelConfig {
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
             attention_bias,
+            output_bias: attention_bias && architecture != Architecture::Qwen2,
             is_causal: raw.is_causal,
             sliding_window,
             encoder: None,
@@ -373,6 +396,7 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
         rms_norm_eps: eps,
         rope_theta: modernbert.as_ref().map_or(10_000.0, |m| m.global_rope_theta),
         attention_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
+        output_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
         is_causal: Some(false),
         sliding_window: None,
         encoder: Some(EncoderConfig {
@@ -467,111 +491,4 @@ fn sliding_limit(raw: &RawConfig) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const V4: &str = r#"{"model_type":"qwen2","vocab_size":100,"hidden_size":64,"intermediate_size":128,
-        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":512,
-        "rms_norm_eps":1e-6,"rope_theta":1000000.0,"sliding_window":512,"use_sliding_window":false,
-        "max_window_layers":2,"torch_dtype":"float32"}"#;
-
-    #[test]
-    fn reads_the_4x_shape() {
-        let c = ModelConfig::from_json(V4).unwrap();
-        assert_eq!(c.architecture, Architecture::Qwen2);
-        assert_eq!(c.rope_theta, 1_000_000.0);
-        assert_eq!(c.head_dim, 16);
-        assert!(c.attention_bias);
-        assert_eq!(c.sliding_window, None);
-        assert_eq!(c.default_attention(), Attention::Causal);
-    }
-
-    #[test]
-    fn reads_the_5x_shape() {
-        let c = ModelConfig::from_json(
-            r#"{"model_type":"qwen3","vocab_size":100,"hidden_size":64,"intermediate_size":128,
-            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,
-            "max_position_embeddings":512,"rms_norm_eps":1e-6,"sliding_window":null,"dtype":"bfloat16",
-            "rope_parameters":{"rope_theta":5000.0,"rope_type":"default"},"is_causal":false,
-            "layer_types":["full_attention","full_attention"]}"#,
-        )
-        .unwrap();
-        assert_eq!(c.architecture, Architecture::Qwen3);
-        assert_eq!(c.rope_theta, 5000.0);
-        assert_eq!(c.head_dim, 32);
-        assert!(!c.attention_bias);
-        assert_eq!(c.default_attention(), Attention::Bidirectional);
-        assert_eq!(c.max_tokens_limit(), 512);
-    }
-
-    #[test]
-    fn names_an_unsupported_model_type() {
-        let err = ModelConfig::from_json(r#"{"model_type":"t5","hidden_size":8}"#).unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, bert, xlm-roberta"), "{msg}");
-    }
-
-    const BERT: &str = r#"{"model_type":"bert","vocab_size":100,"hidden_size":64,"intermediate_size":128,
-        "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":512,"hidden_act":"gelu",
-        "layer_norm_eps":1e-12,"type_vocab_size":2,"pad_token_id":0,"position_embedding_type":"absolute"}"#;
-
-    #[test]
-    fn reads_encoders() {
-        let c = ModelConfig::from_json(BERT).unwrap();
-        assert_eq!(c.architecture, Architecture::Bert);
-        assert_eq!((c.head_dim, c.max_tokens_limit()), (16, 512));
-        assert_eq!(c.default_attention(), Attention::Bidirectional);
-        assert_eq!(c.encoder.as_ref().unwrap().activation, Activation::Gelu);
-        let x = ModelConfig::from_json(
-            &BERT
-                .replace("\"bert\"", "\"xlm-roberta\"")
-                .replace("\"pad_token_id\":0", "\"pad_token_id\":1")
-                .replace("512", "514"),
-        )
-        .unwrap();
-        assert_eq!((x.architecture, x.max_tokens_limit()), (Architecture::XlmRoberta, 512));
-        let relative = BERT.replace("\"absolute\"", "\"relative_key\"");
-        assert!(format!("{:#}", ModelConfig::from_json(&relative).unwrap_err()).contains("relative_key"));
-        let act = BERT.replace("\"gelu\"", "\"quick_gelu\"");
-        assert!(format!("{:#}", ModelConfig::from_json(&act).unwrap_err()).contains("quick_gelu"));
-    }
-
-    #[test]
-    fn reads_modernbert_in_both_shapes() {
-        let v4 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
-            "num_hidden_layers":4,"num_attention_heads":4,"max_position_embeddings":8192,"global_rope_theta":160000.0,
-            "local_rope_theta":10000.0,"local_attention":128,"global_attn_every_n_layers":3,"norm_eps":1e-5}"#;
-        let c = ModelConfig::from_json(v4).unwrap();
-        let m = c.encoder.as_ref().unwrap().modernbert.clone().unwrap();
-        assert_eq!(m.global_layers, [true, false, false, true]);
-        assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (160000.0, 10000.0, 64));
-        assert_eq!(c.max_tokens_limit(), 8192);
-        let v5 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
-            "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":8192,"local_attention":16,
-            "layer_types":["full_attention","sliding_attention"],
-            "rope_parameters":{"full_attention":{"rope_theta":1000.0,"rope_type":"default"},
-                               "sliding_attention":{"rope_theta":500.0,"rope_type":"default"}}}"#;
-        let m = ModelConfig::from_json(v5).unwrap().encoder.unwrap().modernbert.unwrap();
-        assert_eq!(m.global_layers, [true, false]);
-        assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (1000.0, 500.0, 8));
-    }
-
-    #[test]
-    fn sliding_window_layers_cap_the_length() {
-        let c = ModelConfig::from_json(
-            &V4.replace(r#""use_sliding_window":false"#, r#""use_sliding_window":true"#)
-                .replace(r#""max_window_layers":2"#, r#""max_window_layers":1"#),
-        )
-        .unwrap();
-        assert_eq!(c.sliding_window, Some(512));
-    }
-
-    #[test]
-    fn rejects_scaled_rope() {
-        let err = ModelConfig::from_json(
-            &V4.replace(r#""torch_dtype""#, r#""rope_scaling":{"type":"yarn","factor":4.0},"torch_dtype""#),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("yarn"));
-    }
-}
+mod tests;

@@ -66,6 +66,8 @@ struct SelfAttention {
     qkv_weight: Tensor,
     qkv_bias: Option<Tensor>,
     o_weight: Tensor,
+    /// Llama's and Qwen3's `o_proj` bias, there with `attention_bias` (Qwen2 has none).
+    o_bias: Option<Tensor>,
     /// Qwen3's per-head RMSNorm on q and k, applied before the rotation.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -95,6 +97,10 @@ impl SelfAttention {
             None
         };
         let o_weight = vb.pp("o_proj").get((hidden, h * d), "weight")?;
+        let o_bias = match cfg.output_bias {
+            true => Some(vb.pp("o_proj").get(hidden, "bias")?),
+            false => None,
+        };
         let (q_norm, k_norm) = if qk_norm {
             (
                 Some(RmsNorm::load(vb.pp("q_norm"), d, cfg.rms_norm_eps)?),
@@ -107,6 +113,7 @@ impl SelfAttention {
             qkv_weight,
             qkv_bias,
             o_weight,
+            o_bias,
             q_norm,
             k_norm,
             heads: h,
@@ -141,10 +148,10 @@ impl SelfAttention {
         if last_only {
             let a = &layout.attn;
             let out = super::varlen_cpu::attention(&q, &k, &v, &a.spans, layout.visible, Queries::Last)?;
-            return linear(&out, &self.o_weight, None);
+            return linear(&out, &self.o_weight, self.o_bias.as_ref());
         }
         let out = layout.attn.attend(&q, &k, &v, layout.visible)?;
-        linear(&out, &self.o_weight, None)
+        linear(&out, &self.o_weight, self.o_bias.as_ref())
     }
 }
 
@@ -176,7 +183,7 @@ impl SelfAttention {
             None => scores,
         };
         let out = attention::softmax(&scores)?.matmul(&v)?; // [b, kv, group, d]
-        linear(&out.reshape((b, h * d))?, &self.o_weight, None)
+        linear(&out.reshape((b, h * d))?, &self.o_weight, self.o_bias.as_ref())
     }
 }
 

@@ -16,6 +16,7 @@ mod encoder;
 mod fast_math;
 pub mod hub;
 mod layers;
+mod llama;
 mod modernbert;
 mod qwen2;
 mod qwen3;
@@ -286,12 +287,13 @@ pub fn load(
     // Qwen2ForCausalLM and ModernBertForMaskedLM, `bert.`/`roberta.` for the masked-LM
     // encoders), while `*Model.save_pretrained` (and sentence-transformers) write none.
     let model: Box<dyn EmbeddingModel> = match config.architecture {
-        Architecture::Qwen2 | Architecture::Qwen3 => {
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Llama => {
             let vb = weights::var_builder(files, dtype, device, "embed_tokens.weight", &["model.", ""])?;
             let opts =
                 layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
             match config.architecture {
                 Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
+                Architecture::Llama => Box::new(llama::load(config, vb, opts).with_context(context)?),
                 _ => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
             }
         }

@@ -138,6 +138,16 @@ fn qwen3_matches_transformers() {
 }
 
 #[test]
+fn mistral_with_a_sentencepiece_tokenizer_matches_transformers() {
+    check_fixture("mistral");
+}
+
+#[test]
+fn llama_with_biases_and_a_normalizer_tokenizer_matches_transformers() {
+    check_fixture("llama");
+}
+
+#[test]
 fn attention_default_comes_from_config() {
     let gqa = ModelConfig::from_file(&fixture("qwen2-gqa").join("config.json")).unwrap();
     assert_eq!(gqa.default_attention(), Attention::Causal, "is_causal absent means causal");
@@ -229,7 +239,7 @@ fn long_texts(name: &str, count: usize, repeat: usize) -> Vec<String> {
 /// long ones. transformers' own bf16 reaches ~0.9988 against its f32 on these models.
 #[test]
 fn the_padded_path_in_bf16_and_f16_stays_close_to_f32() {
-    for name in ["qwen2-gqa", "qwen2-mha-bidir", "qwen3"] {
+    for name in ["qwen2-gqa", "qwen2-mha-bidir", "qwen3", "mistral", "llama"] {
         let mut texts = reference(name).texts;
         texts.extend(long_texts(name, 3, 40));
         let texts: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();

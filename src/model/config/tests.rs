@@ -1,0 +1,154 @@
+//! Reading `config.json`: both transformers shapes, each architecture, and what is refused.
+
+use super::*;
+
+const V4: &str = r#"{"model_type":"qwen2","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+    "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":512,
+    "rms_norm_eps":1e-6,"rope_theta":1000000.0,"sliding_window":512,"use_sliding_window":false,
+    "max_window_layers":2,"torch_dtype":"float32"}"#;
+
+#[test]
+fn reads_the_4x_shape() {
+    let c = ModelConfig::from_json(V4).unwrap();
+    assert_eq!(c.architecture, Architecture::Qwen2);
+    assert_eq!(c.rope_theta, 1_000_000.0);
+    assert_eq!(c.head_dim, 16);
+    assert!(c.attention_bias);
+    assert_eq!(c.sliding_window, None);
+    assert_eq!(c.default_attention(), Attention::Causal);
+}
+
+#[test]
+fn reads_the_5x_shape() {
+    let c = ModelConfig::from_json(
+        r#"{"model_type":"qwen3","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,
+        "max_position_embeddings":512,"rms_norm_eps":1e-6,"sliding_window":null,"dtype":"bfloat16",
+        "rope_parameters":{"rope_theta":5000.0,"rope_type":"default"},"is_causal":false,
+        "layer_types":["full_attention","full_attention"]}"#,
+    )
+    .unwrap();
+    assert_eq!(c.architecture, Architecture::Qwen3);
+    assert_eq!(c.rope_theta, 5000.0);
+    assert_eq!(c.head_dim, 32);
+    assert!(!c.attention_bias);
+    assert_eq!(c.default_attention(), Attention::Bidirectional);
+    assert_eq!(c.max_tokens_limit(), 512);
+}
+
+/// e5-mistral-7b-instruct's config.json, shrunk.
+const MISTRAL: &str = r#"{"model_type":"mistral","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+    "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":32768,
+    "rms_norm_eps":1e-5,"rope_theta":10000.0,"sliding_window":4096,"hidden_act":"silu",
+    "torch_dtype":"float16"}"#;
+
+#[test]
+fn reads_llama_and_mistral() {
+    let m = ModelConfig::from_json(MISTRAL).unwrap();
+    assert_eq!(m.architecture, Architecture::Llama);
+    assert!(!m.attention_bias);
+    assert_eq!(m.head_dim, 16);
+    // Every Mistral layer has the window: texts are capped at it, where it hides nothing.
+    assert_eq!(m.sliding_window, Some(4096));
+    assert_eq!(m.max_tokens_limit(), 4096);
+    assert_eq!(m.default_attention(), Attention::Causal);
+
+    let llama = MISTRAL.replace("\"mistral\"", "\"llama\"");
+    let l = ModelConfig::from_json(&llama).unwrap();
+    assert_eq!(l.architecture, Architecture::Llama);
+    // Llama has no sliding window (a stray key is Qwen2's rule: off without use_sliding_window).
+    assert_eq!(l.max_tokens_limit(), 32768);
+    let biased = llama.replace("\"hidden_act\"", "\"attention_bias\":true,\"hidden_act\"");
+    let b = ModelConfig::from_json(&biased).unwrap();
+    assert!(b.attention_bias && b.output_bias);
+    // transformers' Mistral has no biases and no mlp_bias, whatever the file says.
+    let odd_mistral =
+        MISTRAL.replace("\"hidden_act\"", "\"attention_bias\":true,\"mlp_bias\":true,\"hidden_act\"");
+    let o = ModelConfig::from_json(&odd_mistral).unwrap();
+    assert!(!o.attention_bias && !o.output_bias);
+
+    let mlp_bias = llama.replace("\"hidden_act\"", "\"mlp_bias\":true,\"hidden_act\"");
+    let err = format!("{:#}", ModelConfig::from_json(&mlp_bias).unwrap_err());
+    assert!(err.contains("mlp_bias"), "{err}");
+    // Llama 3.1's rope scaling is named, not run wrongly.
+    let llama3 = llama.replace(
+        "\"hidden_act\"",
+        "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0},\"hidden_act\"",
+    );
+    let err = format!("{:#}", ModelConfig::from_json(&llama3).unwrap_err());
+    assert!(err.contains("\"llama3\""), "{err}");
+}
+
+#[test]
+fn names_an_unsupported_model_type() {
+    let err = ModelConfig::from_json(r#"{"model_type":"t5","hidden_size":8}"#).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, llama, mistral, bert, xlm-roberta"),
+        "{msg}"
+    );
+}
+
+const BERT: &str = r#"{"model_type":"bert","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+    "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":512,"hidden_act":"gelu",
+    "layer_norm_eps":1e-12,"type_vocab_size":2,"pad_token_id":0,"position_embedding_type":"absolute"}"#;
+
+#[test]
+fn reads_encoders() {
+    let c = ModelConfig::from_json(BERT).unwrap();
+    assert_eq!(c.architecture, Architecture::Bert);
+    assert_eq!((c.head_dim, c.max_tokens_limit()), (16, 512));
+    assert_eq!(c.default_attention(), Attention::Bidirectional);
+    assert_eq!(c.encoder.as_ref().unwrap().activation, Activation::Gelu);
+    let x = ModelConfig::from_json(
+        &BERT
+            .replace("\"bert\"", "\"xlm-roberta\"")
+            .replace("\"pad_token_id\":0", "\"pad_token_id\":1")
+            .replace("512", "514"),
+    )
+    .unwrap();
+    assert_eq!((x.architecture, x.max_tokens_limit()), (Architecture::XlmRoberta, 512));
+    let relative = BERT.replace("\"absolute\"", "\"relative_key\"");
+    assert!(format!("{:#}", ModelConfig::from_json(&relative).unwrap_err()).contains("relative_key"));
+    let act = BERT.replace("\"gelu\"", "\"quick_gelu\"");
+    assert!(format!("{:#}", ModelConfig::from_json(&act).unwrap_err()).contains("quick_gelu"));
+}
+
+#[test]
+fn reads_modernbert_in_both_shapes() {
+    let v4 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":4,"num_attention_heads":4,"max_position_embeddings":8192,"global_rope_theta":160000.0,
+        "local_rope_theta":10000.0,"local_attention":128,"global_attn_every_n_layers":3,"norm_eps":1e-5}"#;
+    let c = ModelConfig::from_json(v4).unwrap();
+    let m = c.encoder.as_ref().unwrap().modernbert.clone().unwrap();
+    assert_eq!(m.global_layers, [true, false, false, true]);
+    assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (160000.0, 10000.0, 64));
+    assert_eq!(c.max_tokens_limit(), 8192);
+    let v5 = r#"{"model_type":"modernbert","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":8192,"local_attention":16,
+        "layer_types":["full_attention","sliding_attention"],
+        "rope_parameters":{"full_attention":{"rope_theta":1000.0,"rope_type":"default"},
+                           "sliding_attention":{"rope_theta":500.0,"rope_type":"default"}}}"#;
+    let m = ModelConfig::from_json(v5).unwrap().encoder.unwrap().modernbert.unwrap();
+    assert_eq!(m.global_layers, [true, false]);
+    assert_eq!((m.global_rope_theta, m.local_rope_theta, m.window), (1000.0, 500.0, 8));
+}
+
+#[test]
+fn sliding_window_layers_cap_the_length() {
+    let c = ModelConfig::from_json(
+        &V4.replace(r#""use_sliding_window":false"#, r#""use_sliding_window":true"#)
+            .replace(r#""max_window_layers":2"#, r#""max_window_layers":1"#),
+    )
+    .unwrap();
+    assert_eq!(c.sliding_window, Some(512));
+}
+
+#[test]
+fn rejects_scaled_rope() {
+    let err = ModelConfig::from_json(
+        &V4.replace(r#""torch_dtype""#, r#""rope_scaling":{"type":"yarn","factor":4.0},"torch_dtype""#),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("yarn"));
+}
