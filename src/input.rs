@@ -263,20 +263,54 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     let at = |root: usize| projected.iter().position(|&r| r == root).expect("projected");
     Ok(Chunks {
         reader,
+        parquet,
+        columns: roots,
         rows,
         next: 0,
         path: file.path.clone(),
+        first_row: file.first_row,
+        row_groups: file.row_groups.clone(),
         text_columns: file.text_indices.iter().map(|&r| at(r)).collect(),
         id_column: file.id_index.map(at),
         template: file.template.clone(),
     })
 }
 
+/// Rows whose bytes were read but do not decode: the file is damaged (or is not what its footer
+/// says), and reading it again would give the same, so it is not retried.
+#[derive(Debug)]
+pub struct Undecodable {
+    path: String,
+    /// The row group that does not decode, counted from 0, and its rows in the file.
+    group: usize,
+    groups: usize,
+    rows: Range<u64>,
+    cause: String,
+}
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is damaged: row group {} of {} (rows {}..{} of the file, both counted from 0) does \
+             not decode ({}); reading it again gives the same, so rewrite or replace the file",
+            self.path, self.group, self.groups, self.rows.start, self.rows.end, self.cause
+        )
+    }
+}
+
+impl std::error::Error for Undecodable {}
+
 pub struct Chunks {
     reader: Batches,
+    /// The file and the columns read, to find which row group does not decode.
+    parquet: ParquetFile,
+    columns: Vec<usize>,
     rows: Vec<u64>,
     next: usize,
     path: Location,
+    first_row: u64,
+    row_groups: Vec<u64>,
     /// Where the template's columns and the id column are in a batch read.
     text_columns: Vec<usize>,
     id_column: Option<usize>,
@@ -284,6 +318,43 @@ pub struct Chunks {
 }
 
 impl Chunks {
+    /// The error of a batch whose bytes arrived but do not decode, placed in the file: a batch
+    /// may span row groups, so each from the batch's first row on is read alone (only the
+    /// columns wanted) until one fails the same way.
+    fn undecodable(&self, e: arrow::error::ArrowError) -> Undecodable {
+        let row = self.rows.get(self.next).map_or(0, |r| r - self.first_row);
+        let starts: Vec<u64> =
+            self.row_groups.iter().scan(0, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
+        let first = starts.iter().rposition(|&s| s <= row).unwrap_or(0);
+        let fails = |g: usize| {
+            let request = ReadRequest {
+                columns: self.columns.clone(),
+                row_groups: Some(vec![g]),
+                selection: None,
+                batch_size: 1024,
+                page_index: false,
+            };
+            match self.parquet.read(request) {
+                Err(_) => true,
+                Ok(mut batches) => batches.any(|b| b.is_err()) && !batches.io_failed(),
+            }
+        };
+        let group = (first..self.row_groups.len()).find(|&g| fails(g)).unwrap_or(first);
+        let cause = match e {
+            arrow::error::ArrowError::ParquetError(m) => m,
+            other => other.to_string(),
+        };
+        let cause = cause.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(cause);
+        let start = starts.get(group).copied().unwrap_or(0);
+        Undecodable {
+            path: self.path.display().to_string(),
+            group,
+            groups: self.row_groups.len(),
+            rows: start..start + self.row_groups.get(group).copied().unwrap_or(0),
+            cause,
+        }
+    }
+
     /// Bytes read from the file so far (footer, page index and the pages fetched).
     pub fn bytes_read(&self) -> u64 {
         self.reader.bytes_read()
@@ -366,7 +437,10 @@ impl Iterator for Chunks {
         }
         let batch = match self.reader.next()? {
             Ok(b) => b,
-            Err(e) => return Some(Err(e).with_context(|| format!("cannot read {}", self.path.display()))),
+            Err(e) if self.reader.io_failed() => {
+                return Some(Err(e).with_context(|| format!("cannot read {}", self.path.display())))
+            }
+            Err(e) => return Some(Err(self.undecodable(e).into())),
         };
         Some(self.convert(batch))
     }

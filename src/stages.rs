@@ -100,6 +100,9 @@ fn read_file(
                 }
             }
         };
+        if error.downcast_ref::<input::Undecodable>().is_some() {
+            return Err(error);
+        }
         if attempt >= READ_ATTEMPTS {
             return Err(error.context(format!(
                 "giving up on {} after {attempt} attempts to read it",

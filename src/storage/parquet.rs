@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -166,11 +166,13 @@ impl ParquetFile {
     pub fn read(&self, req: ReadRequest) -> Result<Batches> {
         let unreadable = || format!("{} is not a readable Parquet file", self.location.display());
         let bytes = Arc::new(AtomicU64::new(0));
+        let io_failed = Arc::new(AtomicBool::new(false));
         match &self.location {
             Location::Local(path) => {
                 let handle = CountingFile {
                     file: File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
                     bytes: bytes.clone(),
+                    io_failed: io_failed.clone(),
                 };
                 let policy = if req.page_index { PageIndexPolicy::Optional } else { PageIndexPolicy::Skip };
                 let options = ArrowReaderOptions::new().with_page_index_policy(policy);
@@ -191,15 +193,26 @@ impl ParquetFile {
                         .with_row_selection_policy(RowSelectionPolicy::Selectors);
                 }
                 let reader = builder.build().with_context(|| format!("cannot read {}", path.display()))?;
-                Ok(Batches { inner: Inner::Local(reader), bytes })
+                Ok(Batches { inner: Inner::Local(reader), bytes, io_failed })
             }
-            Location::Object(o) => self.read_remote(o, req, bytes),
+            Location::Object(o) => self.read_remote(o, req, bytes, io_failed),
         }
     }
 
-    fn read_remote(&self, o: &ObjectLocation, req: ReadRequest, bytes: Arc<AtomicU64>) -> Result<Batches> {
+    fn read_remote(
+        &self,
+        o: &ObjectLocation,
+        req: ReadRequest,
+        bytes: Arc<AtomicU64>,
+        io_failed: Arc<AtomicBool>,
+    ) -> Result<Batches> {
         let mask = ProjectionMask::roots(self.parquet_schema(), req.columns.iter().copied());
-        let mut reader = ObjectReader { location: o.clone(), size: self.size, bytes: bytes.clone() };
+        let mut reader = ObjectReader {
+            location: o.clone(),
+            size: self.size,
+            bytes: bytes.clone(),
+            io_failed: io_failed.clone(),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let meta = self.metadata().clone();
         let page_index = req.page_index;
@@ -245,7 +258,7 @@ impl ParquetFile {
                 }
             }
         });
-        Ok(Batches { inner: Inner::Remote(rx), bytes })
+        Ok(Batches { inner: Inner::Remote(rx), bytes, io_failed })
     }
 }
 
@@ -253,6 +266,8 @@ impl ParquetFile {
 pub struct Batches {
     inner: Inner,
     bytes: Arc<AtomicU64>,
+    /// Set when a read of the file's bytes failed (as opposed to decoding bytes that arrived).
+    io_failed: Arc<AtomicBool>,
 }
 
 enum Inner {
@@ -264,6 +279,12 @@ impl Batches {
     /// Bytes read from the file so far (page index and pages; the footer for local files).
     pub fn bytes_read(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether reading the file's bytes has failed. An error from a reader whose reads all
+    /// succeeded is the file's own: its bytes do not decode, and reading them again cannot help.
+    pub fn io_failed(&self) -> bool {
+        self.io_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -284,17 +305,27 @@ impl Iterator for Batches {
 struct CountingFile {
     file: File,
     bytes: Arc<AtomicU64>,
+    io_failed: Arc<AtomicBool>,
 }
 
 /// A reader of a [`CountingFile`] from some offset.
 struct CountingRead {
     file: File,
     bytes: Arc<AtomicU64>,
+    io_failed: Arc<AtomicBool>,
+}
+
+/// Notes an I/O error in `flag` on its way through.
+fn noted<T, E>(flag: &AtomicBool, r: std::result::Result<T, E>) -> std::result::Result<T, E> {
+    if r.is_err() {
+        flag.store(true, Ordering::Relaxed);
+    }
+    r
 }
 
 impl Read for CountingRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = noted(&self.io_failed, self.file.read(buf))?;
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -310,13 +341,14 @@ impl ChunkReader for CountingFile {
     type T = std::io::BufReader<CountingRead>;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        let mut file = self.file.try_clone()?;
-        file.seek(SeekFrom::Start(start))?;
-        Ok(std::io::BufReader::new(CountingRead { file, bytes: self.bytes.clone() }))
+        let mut file = noted(&self.io_failed, self.file.try_clone())?;
+        noted(&self.io_failed, file.seek(SeekFrom::Start(start)))?;
+        let (bytes, io_failed) = (self.bytes.clone(), self.io_failed.clone());
+        Ok(std::io::BufReader::new(CountingRead { file, bytes, io_failed }))
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        let data = self.file.get_bytes(start, length)?;
+        let data = noted(&self.io_failed, self.file.get_bytes(start, length))?;
         self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
@@ -327,6 +359,7 @@ struct ObjectReader {
     location: ObjectLocation,
     size: u64,
     bytes: Arc<AtomicU64>,
+    io_failed: Arc<AtomicBool>,
 }
 
 fn external(e: anyhow::Error) -> ParquetError {
@@ -336,7 +369,7 @@ fn external(e: anyhow::Error) -> ParquetError {
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
-            let b = self.location.get_range_async(range).await.map_err(external)?;
+            let b = noted(&self.io_failed, self.location.get_range_async(range).await).map_err(external)?;
             self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
             Ok(b)
         }
@@ -348,10 +381,10 @@ impl AsyncFileReader for ObjectReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
-            let (location, bytes) = (&self.location, &self.bytes);
+            let (location, bytes, io_failed) = (&self.location, &self.bytes, &self.io_failed);
             // Counted as fetched, gaps between merged ranges included.
             let fetch = |r: Range<u64>| async move {
-                let b = location.get_range_async(r).await?;
+                let b = noted(io_failed, location.get_range_async(r).await)?;
                 bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 anyhow::Ok(b)
             };

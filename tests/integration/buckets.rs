@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 use crate::moto::*;
@@ -230,6 +231,21 @@ fn local_and_bucket_inputs_mix_with_local_paths_numbered_first() {
         &paths[1..],
         ["s3://mixed/in/shard-1.parquet", "s3://mixed/in/shard-2.parquet", "s3://mixed/in/shard-3.parquet"]
     );
+}
+
+#[test]
+fn a_damaged_row_group_on_a_bucket_is_named_and_not_retried() {
+    let Some(s3) = moto() else { return };
+    let bucket = s3.bucket("damaged");
+    let dir = tempdir();
+    let file = dir.path().join("damaged.parquet");
+    damaged_file(&file);
+    bucket.put("in/damaged.parquet", std::fs::read(&file).unwrap());
+    embed_s3(&s3.endpoint, &bucket.url("in/damaged.parquet"), &bucket.url("out"), &[])
+        .assert()
+        .failure()
+        .stderr(contains("s3://damaged/in/damaged.parquet is damaged: row group 2 of 4 (rows 128..192"))
+        .stderr(contains("retrying").not());
 }
 
 /// The chaos test on a bucket: SIGKILL at random instants, then SIGTERM, then run to the end.
