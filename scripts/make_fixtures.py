@@ -6,8 +6,10 @@ Run with the reference venv (torch + transformers + tokenizers) from
 
     ~/.cache/batch-embed-assets/venv-ref/bin/python scripts/make_fixtures.py [NAME ...]
 
-With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet st) only those
-are rebuilt, so adding a fixture leaves the others byte for byte as they were.
+With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet; st for every
+sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert
+st-xlmr-prompts st-modernbert st-qwen2-last) only those are rebuilt, so adding a fixture leaves
+the others byte for byte as they were.
 
 Everything it writes is deterministic for a given transformers/tokenizers version:
   tests/fixtures/<model>/            config.json, weights, tokenizer.json, reference.json
@@ -15,12 +17,12 @@ Everything it writes is deterministic for a given transformers/tokenizers versio
   models/tiny-qwen2/                 the bundled model README's first command runs
   examples/reviews.parquet           the bundled sample input
 
-The reference vectors of the decoder fixtures (Qwen2, Qwen3, Mistral, Llama) are what `transformers` gives for each text run alone
-(no padding), with an explicit 4-D additive mask so the attention mode is exactly the one named
-in the case; the script checks that this explicit mask reproduces the model's own default
-(causal) path.
+The reference vectors of the decoder fixtures (Qwen2, Qwen3, Mistral, Llama) are what
+`transformers` gives for each text run alone (no padding), with an explicit 4-D additive mask
+so the attention mode is exactly the one named in the case; the script checks that this
+explicit mask reproduces the model's own default (causal) path.
 
-The sentence-transformers fixtures (BERT, XLM-RoBERTa, ModernBERT, Qwen2 with last-token
+The sentence-transformers fixtures (BERT, DistilBERT, XLM-RoBERTa, ModernBERT, Qwen2 with last-token
 pooling) are tiny random-weight models saved by sentence-transformers itself; their reference
 vectors are `SentenceTransformer.encode` of each text alone, for each case's settings (pooling,
 prompt, truncation, dimensions, normalisation), built as the sentence-transformers pipeline
@@ -566,122 +568,152 @@ def save_st(name, transformer_model, hf_tok, modules_after, *, max_seq_length, p
     return path
 
 
-def build_st_fixtures(tok_eos):
+def build_st_fixtures(tok_eos, want):
     from sentence_transformers.sentence_transformer.modules import Pooling
     from sentence_transformers.base.modules import Dense, Normalize
-    from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel, XLMRobertaConfig, XLMRobertaModel
+    from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, ModernBertConfig,
+                              ModernBertModel, XLMRobertaConfig, XLMRobertaModel)
 
-    # BERT, mean pooling + Normalize, the legacy layout of all-MiniLM-L6-v2 and most Hub models.
-    torch.manual_seed(101)
-    wp = train_wordpiece(lowercase=True)
-    bert_cfg = dict(vocab_size=len(wp), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu")
-    bert = BertModel(BertConfig(**bert_cfg), add_pooling_layer=False)
-    widen(bert, 0.2)
-    bert.eval()
-    path = save_st("st-bert-mean", bert, wp, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=64,
-                   legacy=True)
-    write_st_reference(path, [
-        case("default"),
-        case("pooling cls", pooling="cls"),
-        case("pooling max", pooling="max"),
-        case("pooling weighted mean", pooling="weighted-mean"),
-        case("pooling last", pooling="last"),
-        case("max tokens 12", max_tokens=12),
-        case("dimensions 16", dimensions=16),
-        case("not normalised", normalize=False),
-    ])
+    bert_base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu")
 
-    # BERT with CLS pooling, a Dense layer (tanh, pytorch_model.bin), no Normalize, the transformer
-    # in 0_Transformer/ with `bert.`-prefixed weights, a cased tokenizer and do_lower_case.
-    torch.manual_seed(102)
-    wp_cased = train_wordpiece(lowercase=False)
-    bert2 = BertModel(BertConfig(**dict(bert_cfg, vocab_size=len(wp_cased))), add_pooling_layer=False)
-    widen(bert2, 0.2)
-    bert2.eval()
-    dense = Dense(32, 24, activation_function=torch.nn.Tanh())
-    with torch.no_grad():
-        dense.linear.weight.normal_(0, 0.3)
-        dense.linear.bias.normal_(0, 0.1)
-    path = save_st("st-bert-cls-dense", bert2, wp_cased, [Pooling(32, pooling_mode="cls"), dense], max_seq_length=64,
-                   legacy=True, dense_bin=True, prefix="bert.", transformer_dir="0_Transformer", do_lower_case=True)
-    write_st_reference(path, [
-        case("default"),
-        case("dimensions 8", dimensions=8),
-        case("normalised", normalize=True),
-        case("pooling mean", pooling="mean"),
-    ])
+    if want("st-bert-mean"):
+        # BERT, mean pooling + Normalize, the legacy layout of all-MiniLM-L6-v2 and most Hub models.
+        torch.manual_seed(101)
+        wp = train_wordpiece(lowercase=True)
+        bert = BertModel(BertConfig(**dict(bert_base, vocab_size=len(wp))), add_pooling_layer=False)
+        widen(bert, 0.2)
+        bert.eval()
+        path = save_st("st-bert-mean", bert, wp, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=64,
+                       legacy=True)
+        write_st_reference(path, [
+            case("default"),
+            case("pooling cls", pooling="cls"),
+            case("pooling max", pooling="max"),
+            case("pooling weighted mean", pooling="weighted-mean"),
+            case("pooling last", pooling="last"),
+            case("max tokens 12", max_tokens=12),
+            case("dimensions 16", dimensions=16),
+            case("not normalised", normalize=False),
+        ])
 
-    # XLM-RoBERTa (multilingual-e5 style): mean + Normalize, query/passage prompts with a default.
-    torch.manual_seed(103)
-    uni = train_unigram()
-    xlmr = XLMRobertaModel(XLMRobertaConfig(
-        vocab_size=len(uni), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=130, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        hidden_act="gelu"), add_pooling_layer=False)
-    widen(xlmr, 0.2)
-    xlmr.eval()
-    path = save_st("st-xlmr-prompts", xlmr, uni, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=128,
-                   prompts={"query": "query: ", "passage": "passage: "}, default_prompt="query")
-    write_st_reference(path, [
-        case("default prompt"),
-        case("prompt name passage", prompt_name="passage"),
-        case("no prompt", prompt=""),
-        case("own prompt", prompt="Represent this review: "),
-        case("max tokens 10", max_tokens=10),
-    ])
+    if want("st-bert-cls-dense"):
+        # BERT with CLS pooling, a Dense layer (tanh, pytorch_model.bin), no Normalize, the transformer
+        # in 0_Transformer/ with `bert.`-prefixed weights, a cased tokenizer and do_lower_case.
+        torch.manual_seed(102)
+        wp_cased = train_wordpiece(lowercase=False)
+        bert2 = BertModel(BertConfig(**dict(bert_base, vocab_size=len(wp_cased))), add_pooling_layer=False)
+        widen(bert2, 0.2)
+        bert2.eval()
+        dense = Dense(32, 24, activation_function=torch.nn.Tanh())
+        with torch.no_grad():
+            dense.linear.weight.normal_(0, 0.3)
+            dense.linear.bias.normal_(0, 0.1)
+        path = save_st("st-bert-cls-dense", bert2, wp_cased, [Pooling(32, pooling_mode="cls"), dense], max_seq_length=64,
+                       legacy=True, dense_bin=True, prefix="bert.", transformer_dir="0_Transformer", do_lower_case=True)
+        write_st_reference(path, [
+            case("default"),
+            case("dimensions 8", dimensions=8),
+            case("normalised", normalize=True),
+            case("pooling mean", pooling="mean"),
+        ])
 
-    # ModernBERT (modernbert-embed style): mean + Normalize, named prompts left out of the pooling
-    # (include_prompt: false), global/local layers with a small window so long texts cross it.
-    torch.manual_seed(104)
-    bpe = train_modernbert_bpe()
-    mb_cfg = ModernBertConfig(
-        vocab_size=len(bpe), hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-        max_position_embeddings=512, local_attention=16, global_attn_every_n_layers=3,
-        global_rope_theta=160000.0, local_rope_theta=10000.0, pad_token_id=bpe.pad_token_id,
-        bos_token_id=bpe.cls_token_id, eos_token_id=bpe.sep_token_id, cls_token_id=bpe.cls_token_id,
-        sep_token_id=bpe.sep_token_id, hidden_activation="gelu", attn_implementation="eager")
-    mb = ModernBertModel(mb_cfg)
-    widen(mb, 0.2)
-    mb.eval()
-    path = save_st("st-modernbert", mb, bpe, [Pooling(32, pooling_mode="mean", include_prompt=False), Normalize()],
-                   max_seq_length=512,
-                   prompts={"search_query": "search_query: ", "search_document": "search_document: "})
-    # The transformers 4.x shape of config.json that Hub checkpoints (gte-modernbert) have.
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    rope = cfg.pop("rope_parameters")
-    cfg.pop("layer_types")
-    cfg.update(global_rope_theta=rope["full_attention"]["rope_theta"],
-               local_rope_theta=rope["sliding_attention"]["rope_theta"], global_attn_every_n_layers=3,
-               transformers_version="4.48.0")
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    write_st_reference(path, [
-        case("no prompt"),
-        case("prompt excluded from the mean", prompt_name="search_query"),
-        case("cls past the prompt", prompt_name="search_document", pooling="cls"),
-        case("max tokens 64", max_tokens=64),
-    ])
+    if want("st-distilbert"):
+        # DistilBERT (msmarco-distilbert / distiluse style): mean pooling, a tanh Dense layer and
+        # Normalize, `distilbert.`-prefixed weights (as DistilBertForMaskedLM checkpoints have).
+        torch.manual_seed(106)
+        wp = train_wordpiece(lowercase=True)
+        distil = DistilBertModel(DistilBertConfig(
+            vocab_size=len(wp), dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
+            activation="gelu", pad_token_id=0))
+        widen(distil, 0.2)
+        distil.eval()
+        dense = Dense(32, 24, activation_function=torch.nn.Tanh())
+        with torch.no_grad():
+            dense.linear.weight.normal_(0, 0.3)
+            dense.linear.bias.normal_(0, 0.1)
+        path = save_st("st-distilbert", distil, wp, [Pooling(32, pooling_mode="mean"), dense, Normalize()],
+                       max_seq_length=64, prefix="distilbert.")
+        write_st_reference(path, [
+            case("default"),
+            case("pooling cls", pooling="cls"),
+            case("max tokens 12", max_tokens=12),
+            case("not normalised", normalize=False),
+        ])
 
-    # Qwen2 with last-token pooling + Normalize and an instruction prompt (gte-Qwen2's layout).
-    torch.manual_seed(105)
-    qcfg = Qwen2Config(vocab_size=2112, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
-    qwen = Qwen2Model(qcfg)
-    for n, p in qwen.named_parameters():
-        p.data = (1.0 + 0.2 * torch.randn_like(p)) if n.endswith("norm.weight") else (
-            0.1 * torch.randn_like(p) if n.endswith("bias") else 0.08 * torch.randn_like(p))
-    qwen.eval()
-    qtok = PreTrainedTokenizerFast(tokenizer_object=tok_eos, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    path = save_st("st-qwen2-last", qwen, qtok, [Pooling(64, pooling_mode="lasttoken"), Normalize()],
-                   max_seq_length=512, prompts={"query": PROMPT, "document": ""})
-    write_st_reference(path, [
-        case("no prompt"),
-        case("query prompt", prompt_name="query"),
-        case("max tokens 12", max_tokens=12),
-    ])
+    if want("st-xlmr-prompts"):
+        # XLM-RoBERTa (multilingual-e5 style): mean + Normalize, query/passage prompts with a default.
+        torch.manual_seed(103)
+        uni = train_unigram()
+        xlmr = XLMRobertaModel(XLMRobertaConfig(
+            vocab_size=len(uni), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=130, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            hidden_act="gelu"), add_pooling_layer=False)
+        widen(xlmr, 0.2)
+        xlmr.eval()
+        path = save_st("st-xlmr-prompts", xlmr, uni, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=128,
+                       prompts={"query": "query: ", "passage": "passage: "}, default_prompt="query")
+        write_st_reference(path, [
+            case("default prompt"),
+            case("prompt name passage", prompt_name="passage"),
+            case("no prompt", prompt=""),
+            case("own prompt", prompt="Represent this review: "),
+            case("max tokens 10", max_tokens=10),
+        ])
+
+    if want("st-modernbert"):
+        # ModernBERT (modernbert-embed style): mean + Normalize, named prompts left out of the pooling
+        # (include_prompt: false), global/local layers with a small window so long texts cross it.
+        torch.manual_seed(104)
+        bpe = train_modernbert_bpe()
+        mb_cfg = ModernBertConfig(
+            vocab_size=len(bpe), hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+            max_position_embeddings=512, local_attention=16, global_attn_every_n_layers=3,
+            global_rope_theta=160000.0, local_rope_theta=10000.0, pad_token_id=bpe.pad_token_id,
+            bos_token_id=bpe.cls_token_id, eos_token_id=bpe.sep_token_id, cls_token_id=bpe.cls_token_id,
+            sep_token_id=bpe.sep_token_id, hidden_activation="gelu", attn_implementation="eager")
+        mb = ModernBertModel(mb_cfg)
+        widen(mb, 0.2)
+        mb.eval()
+        path = save_st("st-modernbert", mb, bpe, [Pooling(32, pooling_mode="mean", include_prompt=False), Normalize()],
+                       max_seq_length=512,
+                       prompts={"search_query": "search_query: ", "search_document": "search_document: "})
+        # The transformers 4.x shape of config.json that Hub checkpoints (gte-modernbert) have.
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        rope = cfg.pop("rope_parameters")
+        cfg.pop("layer_types")
+        cfg.update(global_rope_theta=rope["full_attention"]["rope_theta"],
+                   local_rope_theta=rope["sliding_attention"]["rope_theta"], global_attn_every_n_layers=3,
+                   transformers_version="4.48.0")
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        write_st_reference(path, [
+            case("no prompt"),
+            case("prompt excluded from the mean", prompt_name="search_query"),
+            case("cls past the prompt", prompt_name="search_document", pooling="cls"),
+            case("max tokens 64", max_tokens=64),
+        ])
+
+    if want("st-qwen2-last"):
+        # Qwen2 with last-token pooling + Normalize and an instruction prompt (gte-Qwen2's layout).
+        torch.manual_seed(105)
+        qcfg = Qwen2Config(vocab_size=2112, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
+        qwen = Qwen2Model(qcfg)
+        for n, p in qwen.named_parameters():
+            p.data = (1.0 + 0.2 * torch.randn_like(p)) if n.endswith("norm.weight") else (
+                0.1 * torch.randn_like(p) if n.endswith("bias") else 0.08 * torch.randn_like(p))
+        qwen.eval()
+        qtok = PreTrainedTokenizerFast(tokenizer_object=tok_eos, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+        path = save_st("st-qwen2-last", qwen, qtok, [Pooling(64, pooling_mode="lasttoken"), Normalize()],
+                       max_seq_length=512, prompts={"query": PROMPT, "document": ""})
+        write_st_reference(path, [
+            case("no prompt"),
+            case("query prompt", prompt_name="query"),
+            case("max tokens 12", max_tokens=12),
+        ])
 
 
 def main():
@@ -740,8 +772,10 @@ def main():
     if want("reviews.parquet"):
         os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
         sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
-    if want("st"):
-        build_st_fixtures(tok_eos)
+    st_names = ["st-bert-mean", "st-bert-cls-dense", "st-distilbert", "st-xlmr-prompts", "st-modernbert",
+                "st-qwen2-last"]
+    if any(want(n) for n in st_names) or "st" in wanted:
+        build_st_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
     print("fixtures written", file=sys.stderr)
 
 

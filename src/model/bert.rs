@@ -8,10 +8,10 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-use super::encoder::Encoder;
+use super::encoder::{Encoder, BERT_NAMES};
 use super::ModelConfig;
 
 /// `packed`: per-text attention on packed tokens (CPU f32) instead of the padded rectangle.
 pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<Encoder> {
-    Encoder::load(vb, cfg, packed, None)
+    Encoder::load(vb, cfg, &BERT_NAMES, packed, None)
 }

@@ -18,12 +18,17 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3-Embedding: per-head RMSNorm on q and k, explicit `head_dim`, no q/k/v bias.
     Qwen3,
-    /// Llama and Mistral (e5-mistral-7b-instruct, SFR-Embedding-Mistral, Linq-Embed-Mistral,
-    /// LLM2Vec's Llama 3): Qwen2's decoder without q/k/v biases unless `attention_bias` says
-    /// so; Mistral's `sliding_window` applies to every layer.
+    /// Llama (LLM2Vec's Llama 3, Llama-based embedders): Qwen2's decoder without q/k/v biases
+    /// unless `attention_bias` says so.
     Llama,
+    /// Mistral (e5-mistral-7b-instruct, SFR-Embedding-Mistral, Linq-Embed-Mistral): Llama's
+    /// decoder with no biases at all, its `sliding_window` applying to every layer.
+    Mistral,
     /// BERT (BGE, E5, all-MiniLM, classic GTE): absolute positions, post-norm layers.
     Bert,
+    /// DistilBERT (msmarco-distilbert, multi-qa-distilbert, distiluse-base-multilingual): BERT's
+    /// layers under other names, no token types.
+    DistilBert,
     /// XLM-RoBERTa and RoBERTa (multilingual-e5, bge-m3's dense vectors): BERT with positions
     /// counted from `pad_token_id + 1`.
     XlmRoberta,
@@ -32,7 +37,7 @@ pub enum Architecture {
     ModernBert,
 }
 
-const SUPPORTED: &str = "qwen2, qwen3, llama, mistral, bert, xlm-roberta, roberta, modernbert";
+const SUPPORTED: &str = "qwen2, qwen3, llama, mistral, bert, distilbert, xlm-roberta, roberta, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -40,7 +45,9 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
             Architecture::Bert => "bert",
+            Architecture::DistilBert => "distilbert",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
         }
@@ -48,7 +55,13 @@ impl Architecture {
 
     /// A bidirectional encoder (its attention is never causal).
     pub fn is_encoder(self) -> bool {
-        matches!(self, Architecture::Bert | Architecture::XlmRoberta | Architecture::ModernBert)
+        matches!(
+            self,
+            Architecture::Bert
+                | Architecture::DistilBert
+                | Architecture::XlmRoberta
+                | Architecture::ModernBert
+        )
     }
 }
 
@@ -209,15 +222,16 @@ impl ModelConfig {
         let architecture = match model_type {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
-            "llama" | "mistral" => Architecture::Llama,
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
             // NOTE: transformers' RobertaModel and XLMRobertaModel are the same network.
             "bert" => return encoder_config(value, Architecture::Bert),
+            "distilbert" => return encoder_config(distilbert_keys(value), Architecture::DistilBert),
             "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),
         };
-        let is_mistral = model_type == "mistral";
         let raw: RawConfig = serde_json::from_value(value)?;
 
         if let Some(act) = raw.hidden_act.as_deref() {
@@ -259,18 +273,18 @@ impl ModelConfig {
             bail!("head_dim ({head_dim}) must be even for rotary embeddings");
         }
         // NOTE: only transformers' Llama reads mlp_bias; Qwen's and Mistral's MLPs never have one.
-        if architecture == Architecture::Llama && !is_mistral && raw.mlp_bias == Some(true) {
+        if architecture == Architecture::Llama && raw.mlp_bias == Some(true) {
             bail!("mlp_bias is not supported (the MLP's projections carry no bias here)");
         }
-        let sliding_window = match is_mistral {
+        let sliding_window = match architecture {
             // NOTE: Mistral has no use_sliding_window: a numeric window applies to every layer.
-            true => raw.sliding_window,
-            false => sliding_limit(&raw),
+            Architecture::Mistral => raw.sliding_window,
+            _ => sliding_limit(&raw),
         };
         // NOTE: transformers' Qwen2 always has q/k/v biases; Qwen3 and Llama read attention_bias
         // (default off); Mistral has none.
         let attention_bias = match architecture {
-            Architecture::Llama if is_mistral => false,
+            Architecture::Mistral => false,
             Architecture::Qwen3 | Architecture::Llama => raw.attention_bias.unwrap_or(false),
             _ => true,
         };
@@ -402,15 +416,35 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
         encoder: Some(EncoderConfig {
             layer_norm_eps: eps,
             activation,
-            type_vocab_size: raw.type_vocab_size.unwrap_or(if architecture == Architecture::Bert {
-                2
-            } else {
-                1
-            }),
+            type_vocab_size: match architecture {
+                Architecture::DistilBert => 0,
+                Architecture::Bert => raw.type_vocab_size.unwrap_or(2),
+                _ => raw.type_vocab_size.unwrap_or(1),
+            },
             pad_token_id: pad,
             modernbert,
         }),
     })
+}
+
+/// DistilBERT's `config.json` in BERT's key names (`dim`, `n_layers`, `n_heads`, `hidden_dim`,
+/// `activation`); its LayerNorms' epsilon is fixed at 1e-12 in transformers, whatever the file has.
+fn distilbert_keys(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        for (from, to) in [
+            ("dim", "hidden_size"),
+            ("n_layers", "num_hidden_layers"),
+            ("n_heads", "num_attention_heads"),
+            ("hidden_dim", "intermediate_size"),
+            ("activation", "hidden_act"),
+        ] {
+            if let Some(v) = map.remove(from) {
+                map.insert(to.to_string(), v);
+            }
+        }
+        map.insert("layer_norm_eps".to_string(), serde_json::json!(1e-12));
+    }
+    value
 }
 
 /// ModernBERT's layer kinds and rotary bases, from the 4.x keys (`global_attn_every_n_layers`,

@@ -134,7 +134,34 @@ struct EncoderLayer {
     output_norm: LayerNorm,
 }
 
-/// A BERT or XLM-RoBERTa encoder turned embedder.
+/// Where a checkpoint keeps each layer's tensors (the embeddings are `embeddings.*` in all).
+pub struct TensorNames {
+    /// The layers, numbered after a dot.
+    pub layers: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_out: &'static str,
+    pub attention_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
+}
+
+/// BERT's and XLM-RoBERTa's names.
+pub const BERT_NAMES: TensorNames = TensorNames {
+    layers: "encoder.layer",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_out: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+/// A BERT-family encoder (BERT, DistilBERT, XLM-RoBERTa) turned embedder.
 pub struct Encoder {
     embeddings: Embeddings,
     layers: Vec<EncoderLayer>,
@@ -152,9 +179,15 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads from a `VarBuilder` rooted at the model (`embeddings`, `encoder.layer.N`).
-    /// `position_pad`: XLM-R's position offset (see [`Encoder::position_pad`]).
-    pub fn load(vb: VarBuilder, cfg: &ModelConfig, packed: bool, position_pad: Option<u32>) -> Result<Self> {
+    /// Loads from a `VarBuilder` rooted at the model (`embeddings`, then the layers as `names`
+    /// says). `position_pad`: XLM-R's position offset (see [`Encoder::position_pad`]).
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &ModelConfig,
+        names: &TensorNames,
+        packed: bool,
+        position_pad: Option<u32>,
+    ) -> Result<Self> {
         let enc: &EncoderConfig = cfg.encoder.as_ref().expect("an encoder config");
         let (h, eps) = (cfg.hidden_size, enc.layer_norm_eps);
         let e = vb.pp("embeddings");
@@ -171,10 +204,8 @@ impl Encoder {
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let vb = vb.pp(format!("encoder.layer.{i}"));
-                let a = vb.pp("attention");
-                let s = a.pp("self");
-                let (q, k, v) = (s.pp("query"), s.pp("key"), s.pp("value"));
+                let vb = vb.pp(format!("{}.{i}", names.layers));
+                let (q, k, v) = (vb.pp(names.query), vb.pp(names.key), vb.pp(names.value));
                 let qkv = Linear {
                     weight: Tensor::cat(
                         &[q.get((h, h), "weight")?, k.get((h, h), "weight")?, v.get((h, h), "weight")?],
@@ -184,11 +215,11 @@ impl Encoder {
                 };
                 Ok(EncoderLayer {
                     qkv,
-                    out: Linear::load(a.pp("output.dense"), h, h, true)?,
-                    attention_norm: LayerNorm::load(a.pp("output.LayerNorm"), h, eps, true)?,
-                    intermediate: Linear::load(vb.pp("intermediate.dense"), h, cfg.intermediate_size, true)?,
-                    output: Linear::load(vb.pp("output.dense"), cfg.intermediate_size, h, true)?,
-                    output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, eps, true)?,
+                    out: Linear::load(vb.pp(names.attention_out), h, h, true)?,
+                    attention_norm: LayerNorm::load(vb.pp(names.attention_norm), h, eps, true)?,
+                    intermediate: Linear::load(vb.pp(names.intermediate), h, cfg.intermediate_size, true)?,
+                    output: Linear::load(vb.pp(names.output), cfg.intermediate_size, h, true)?,
+                    output_norm: LayerNorm::load(vb.pp(names.output_norm), h, eps, true)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

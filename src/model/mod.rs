@@ -12,6 +12,7 @@ mod bert;
 mod config;
 mod cpu_ops;
 mod dense;
+mod distilbert;
 mod encoder;
 mod fast_math;
 pub mod hub;
@@ -284,16 +285,18 @@ pub fn load(
     }
     let context = || format!("loading the weights of {}", files.dir.display());
     // NOTE: hub checkpoints name tensors with the task model's prefix (`model.` for
-    // Qwen2ForCausalLM and ModernBertForMaskedLM, `bert.`/`roberta.` for the masked-LM
-    // encoders), while `*Model.save_pretrained` (and sentence-transformers) write none.
+    // Qwen2ForCausalLM and ModernBertForMaskedLM, `bert.`/`distilbert.`/`roberta.` for the
+    // masked-LM encoders), while `*Model.save_pretrained` (and sentence-transformers) write none.
     let model: Box<dyn EmbeddingModel> = match config.architecture {
-        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Llama => {
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Llama | Architecture::Mistral => {
             let vb = weights::var_builder(files, dtype, device, "embed_tokens.weight", &["model.", ""])?;
             let opts =
                 layers::DecoderOptions { qk_norm: false, causal: attention == Attention::Causal, packed };
             match config.architecture {
                 Architecture::Qwen2 => Box::new(qwen2::load(config, vb, opts).with_context(context)?),
-                Architecture::Llama => Box::new(llama::load(config, vb, opts).with_context(context)?),
+                Architecture::Llama | Architecture::Mistral => {
+                    Box::new(llama::load(config, vb, opts).with_context(context)?)
+                }
                 _ => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
             }
         }
@@ -301,6 +304,11 @@ pub fn load(
             let anchor = "embeddings.word_embeddings.weight";
             let vb = weights::var_builder(files, dtype, device, anchor, &["", "bert."])?;
             Box::new(bert::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::DistilBert => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "distilbert."])?;
+            Box::new(distilbert::load(config, vb, packed).with_context(context)?)
         }
         Architecture::XlmRoberta => {
             let anchor = "embeddings.word_embeddings.weight";

@@ -7,11 +7,11 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-use super::encoder::Encoder;
+use super::encoder::{Encoder, BERT_NAMES};
 use super::ModelConfig;
 
 /// `packed`: per-text attention on packed tokens (CPU f32) instead of the padded rectangle.
 pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<Encoder> {
     let pad = cfg.encoder.as_ref().map_or(1, |e| e.pad_token_id);
-    Encoder::load(vb, cfg, packed, Some(pad))
+    Encoder::load(vb, cfg, &BERT_NAMES, packed, Some(pad))
 }

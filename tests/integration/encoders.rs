@@ -130,6 +130,13 @@ fn bert_cls_with_a_dense_layer_and_no_normalize_matches_sentence_transformers() 
 }
 
 #[test]
+fn distilbert_with_a_dense_layer_matches_sentence_transformers() {
+    // DistilBERT's layer names under the `distilbert.` prefix, no token types, mean pooling, a
+    // tanh Dense layer, Normalize; CLS pooling, truncation and --no-normalize.
+    check_fixture("st-distilbert");
+}
+
+#[test]
 fn xlm_roberta_with_prompts_matches_sentence_transformers() {
     // Unigram/Metaspace tokenizer, positions from pad + 1, a default prompt, --prompt-name,
     // --prompt "" (no prompt) and an own prompt.
@@ -158,7 +165,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// fixture texts and long ones.
 #[test]
 fn encoders_in_bf16_and_f16_stay_close_to_f32() {
-    for name in ["st-bert-mean", "st-xlmr-prompts", "st-modernbert"] {
+    for name in ["st-bert-mean", "st-distilbert", "st-xlmr-prompts", "st-modernbert"] {
         let reference = reference(name);
         let mut texts = reference.texts.clone();
         texts.push(reference.texts.iter().cycle().take(40).cloned().collect::<Vec<_>>().join(" "));

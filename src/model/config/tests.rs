@@ -45,7 +45,7 @@ const MISTRAL: &str = r#"{"model_type":"mistral","vocab_size":100,"hidden_size":
 #[test]
 fn reads_llama_and_mistral() {
     let m = ModelConfig::from_json(MISTRAL).unwrap();
-    assert_eq!(m.architecture, Architecture::Llama);
+    assert_eq!(m.architecture, Architecture::Mistral);
     assert!(!m.attention_bias);
     assert_eq!(m.head_dim, 16);
     // Every Mistral layer has the window: texts are capped at it, where it hides nothing.
@@ -84,7 +84,7 @@ fn names_an_unsupported_model_type() {
     let err = ModelConfig::from_json(r#"{"model_type":"t5","hidden_size":8}"#).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, llama, mistral, bert, xlm-roberta"),
+        msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, llama, mistral, bert, distilbert, xlm-roberta"),
         "{msg}"
     );
 }
@@ -151,4 +151,22 @@ fn rejects_scaled_rope() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("yarn"));
+}
+
+#[test]
+fn reads_distilbert_in_its_own_key_names() {
+    let c = ModelConfig::from_json(
+        r#"{"model_type":"distilbert","vocab_size":100,"dim":48,"n_layers":3,"n_heads":4,"hidden_dim":96,
+        "max_position_embeddings":512,"activation":"relu","sinusoidal_pos_embds":false,"pad_token_id":0}"#,
+    )
+    .unwrap();
+    assert_eq!(c.architecture, Architecture::DistilBert);
+    assert_eq!(
+        (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size),
+        (48, 3, 4, 96)
+    );
+    assert_eq!((c.head_dim, c.max_tokens_limit()), (12, 512));
+    assert_eq!(c.default_attention(), Attention::Bidirectional);
+    let enc = c.encoder.as_ref().unwrap();
+    assert_eq!((enc.activation, enc.type_vocab_size, enc.layer_norm_eps), (Activation::Relu, 0, 1e-12));
 }
