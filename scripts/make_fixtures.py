@@ -760,8 +760,12 @@ def main():
     # Llama with q/k/v biases on, rope_theta of Llama 3, no prefix; the older "▁"-normalizer
     # tokenizer (Llama 2), <s> only.
     if want("llama"):
+        # Llama 3.1's rope scaling, its original context shrunk to 64 so that the texts here (up
+        # to ~300 tokens) meet every band: kept, blended and divided frequencies.
+        rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=64)
         build("llama", "llama", dict(base, num_attention_heads=4, num_key_value_heads=4, attention_bias=True,
-                                     rope_theta=500000.0),
+                                     rope_parameters=rope),
               tokenizer=train_llama_tokenizer(metaspace=False, append_eos=False), prefix="", shards=1,
               shape="5x", is_causal=None)
     # The bundled model for README's first command (random weights: a smoke test, not a retriever).

@@ -9,6 +9,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::config::RopeScaling;
 use crate::batch::Batch;
 
 /// Most elements one attention score tensor may have on the padded path. candle's CUDA softmax
@@ -59,15 +60,13 @@ impl Rotary {
     pub fn new(
         head_dim: usize,
         theta: f64,
+        scaling: RopeScaling,
         max_positions: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         let half = head_dim / 2;
-        // NOTE: computed in f32 like transformers (inv_freq and the angle products are f32),
-        // then cast to the model dtype.
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv_freq = inv_freq(head_dim, theta, scaling);
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         for p in 0..max_positions {
@@ -85,6 +84,33 @@ impl Rotary {
     /// Per-token cos and sin, `[tokens, head_dim / 2]` each, for `positions` (u32, `[tokens]`).
     pub fn lookup(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
+    }
+}
+
+/// The rotary frequencies, rescaled as `scaling` says. NOTE: computed in f32 like transformers
+/// (inv_freq, its rescaling and the angle products are f32 there), then cast to the model dtype.
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f32> {
+    let base = (0..head_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32));
+    match scaling {
+        RopeScaling::None => base.collect(),
+        RopeScaling::Linear { factor } => base.map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original } => {
+            let (factor, low, high, original) =
+                (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original as f32);
+            let (long, short) = (original / low, original / high);
+            base.map(|f| {
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                if wavelen < short {
+                    f
+                } else if wavelen > long {
+                    f / factor
+                } else {
+                    let smooth = (original / wavelen - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            })
+            .collect()
+        }
     }
 }
 

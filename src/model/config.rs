@@ -159,6 +159,7 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     /// Whether q/k/v projections carry a bias.
     pub attention_bias: bool,
     /// Whether the attention's output projection carries one too (Llama's and Qwen3's
@@ -204,6 +205,59 @@ struct RopeParameters {
     /// The 4.x spelling of `rope_type`.
     #[serde(rename = "type")]
     kind: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+/// How the rotary frequencies are rescaled for contexts longer than the model was trained on
+/// (`rope_type` in `rope_parameters` or `rope_scaling`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's: wavelengths above `original / low_freq_factor` divided by `factor`, below
+    /// `original / high_freq_factor` kept, and blended in between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original: f64,
+    },
+}
+
+impl RopeParameters {
+    fn scaling(&self) -> Result<RopeScaling> {
+        let kind = self.rope_type.as_deref().or(self.kind.as_deref()).unwrap_or("default");
+        let need = |v: Option<f64>, key: &str| {
+            v.filter(|x| x.is_finite() && *x > 0.0)
+                .with_context(|| format!("rope scaling \"{kind}\" needs a positive \"{key}\""))
+        };
+        Ok(match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor: need(self.factor, "factor")? },
+            "llama3" => {
+                let (low, high) =
+                    (need(self.low_freq_factor, "low_freq_factor")?, need(self.high_freq_factor, "high_freq_factor")?);
+                if high <= low {
+                    bail!("rope scaling \"llama3\" needs high_freq_factor ({high}) above low_freq_factor ({low})");
+                }
+                RopeScaling::Llama3 {
+                    factor: need(self.factor, "factor")?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original: need(self.original_max_position_embeddings, "original_max_position_embeddings")?,
+                }
+            }
+            other => bail!(
+                "rope scaling \"{other}\" is not supported (the default rotary embedding, linear and llama3 are)"
+            ),
+        })
+    }
 }
 
 impl ModelConfig {
@@ -239,10 +293,12 @@ impl ModelConfig {
                 bail!("hidden_act \"{act}\" is not supported (only silu)");
             }
         }
+        // NOTE: 5.x names the scaling in rope_parameters, 4.x in rope_scaling; one of them is set.
+        let mut rope_scaling = RopeScaling::None;
         for rope in [&raw.rope_parameters, &raw.rope_scaling].into_iter().flatten() {
-            let kind = rope.rope_type.as_deref().or(rope.kind.as_deref()).unwrap_or("default");
-            if kind != "default" {
-                bail!("rope scaling \"{kind}\" is not supported (only the default rotary embedding)");
+            match rope.scaling()? {
+                RopeScaling::None => {}
+                s => rope_scaling = s,
             }
         }
         // NOTE: transformers 5 nests rope_theta in rope_parameters; 4.x keeps it top-level.
@@ -300,6 +356,7 @@ impl ModelConfig {
             max_position_embeddings: raw.max_position_embeddings,
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
+            rope_scaling,
             attention_bias,
             output_bias: attention_bias && architecture != Architecture::Qwen2,
             is_causal: raw.is_causal,
@@ -409,6 +466,7 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
         max_position_embeddings: raw.max_position_embeddings,
         rms_norm_eps: eps,
         rope_theta: modernbert.as_ref().map_or(10_000.0, |m| m.global_rope_theta),
+        rope_scaling: RopeScaling::None,
         attention_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
         output_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
         is_causal: Some(false),

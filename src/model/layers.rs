@@ -296,8 +296,14 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
-        let rotary =
-            Rotary::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings, vb.dtype(), vb.device())?;
+        let rotary = Rotary::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_scaling,
+            cfg.max_position_embeddings,
+            vb.dtype(),
+            vb.device(),
+        )?;
         Ok(Decoder {
             embed_tokens,
             layers,

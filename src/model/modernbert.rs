@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{self, Rotary, Visible, MAX_ATTENTION_ELEMENTS};
-use super::config::Activation;
+use super::config::{Activation, RopeScaling};
 use super::encoder::{queries_for, split_qkv, LayerNorm, Linear};
 use super::varlen_cpu::Queries;
 use super::ModelConfig;
@@ -77,7 +77,9 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<ModernBer
         })
         .collect::<Result<Vec<_>>>()?;
     let (dtype, device) = (vb.dtype(), vb.device().clone());
-    let rotary = |theta| Rotary::new(cfg.head_dim, theta, cfg.max_position_embeddings, dtype, &device);
+    let rotary = |theta| {
+        Rotary::new(cfg.head_dim, theta, RopeScaling::None, cfg.max_position_embeddings, dtype, &device)
+    };
     Ok(ModernBert {
         tok_embeddings: vb.pp("embeddings.tok_embeddings").get((cfg.vocab_size, h), "weight")?,
         embed_norm: LayerNorm::load(vb.pp("embeddings.norm"), h, eps, m.norm_bias)?,

@@ -70,13 +70,26 @@ fn reads_llama_and_mistral() {
     let mlp_bias = llama.replace("\"hidden_act\"", "\"mlp_bias\":true,\"hidden_act\"");
     let err = format!("{:#}", ModelConfig::from_json(&mlp_bias).unwrap_err());
     assert!(err.contains("mlp_bias"), "{err}");
-    // Llama 3.1's rope scaling is named, not run wrongly.
+    // Llama 3.1's rope scaling in the 4.x shape; without its bands it is refused by name.
     let llama3 = llama.replace(
+        "\"hidden_act\"",
+        "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\
+         \"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192},\"hidden_act\"",
+    );
+    assert_eq!(
+        ModelConfig::from_json(&llama3).unwrap().rope_scaling,
+        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original: 8192.0 }
+    );
+    let partial = llama.replace(
         "\"hidden_act\"",
         "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0},\"hidden_act\"",
     );
-    let err = format!("{:#}", ModelConfig::from_json(&llama3).unwrap_err());
-    assert!(err.contains("\"llama3\""), "{err}");
+    let err = format!("{:#}", ModelConfig::from_json(&partial).unwrap_err());
+    assert!(err.contains("\"llama3\" needs a positive \"low_freq_factor\""), "{err}");
+    let linear = llama
+        .replace("\"hidden_act\"", "\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.0},\"hidden_act\"");
+    assert_eq!(ModelConfig::from_json(&linear).unwrap().rope_scaling, RopeScaling::Linear { factor: 2.0 });
+    assert_eq!(ModelConfig::from_json(&llama).unwrap().rope_scaling, RopeScaling::None);
 }
 
 #[test]
@@ -145,7 +158,7 @@ fn sliding_window_layers_cap_the_length() {
 }
 
 #[test]
-fn rejects_scaled_rope() {
+fn rejects_the_rope_scalings_not_implemented() {
     let err = ModelConfig::from_json(
         &V4.replace(r#""torch_dtype""#, r#""rope_scaling":{"type":"yarn","factor":4.0},"torch_dtype""#),
     )
