@@ -17,6 +17,9 @@ use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
+use columns::ColumnRef;
+
+mod columns;
 use crate::storage::Location;
 use crate::template::Template;
 
@@ -32,9 +35,9 @@ pub struct InputFile {
     pub first_row: u64,
     /// Rows in each row group, in order.
     row_groups: Vec<u64>,
-    /// Root column indices of the template's columns, in the template's order.
-    text_indices: Vec<usize>,
-    id_index: Option<usize>,
+    /// The template's columns, in the template's order.
+    text_columns: Vec<ColumnRef>,
+    id_column: Option<ColumnRef>,
     template: Arc<Template>,
 }
 
@@ -128,19 +131,18 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
     let mut id_type: Option<(DataType, Location)> = None;
     for (path, parquet) in paths.iter().zip(ParquetFile::open_all(paths)?) {
         let schema = parquet.schema();
-        let names = || {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            names.join(", ")
-        };
-        let mut text_indices = Vec::with_capacity(template.columns().len());
+        let names = || columns::names(schema);
+        let find = |name: &str| columns::find(schema, parquet.parquet_schema(), name);
+        let mut text_columns = Vec::with_capacity(template.columns().len());
         for column in template.columns() {
             let pick = match template.single_column() {
                 Some(_) => "pick one with --text-column".to_string(),
                 None => format!("named in --text-template {:?}", template.source()),
             };
-            let Some((index, field)) = schema.column_with_name(column) else {
+            let Some(found) = find(column) else {
                 bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
             };
+            let field = &found.field;
             if !is_text(field.data_type()) {
                 bail!(
                     "column \"{column}\" of {} has type {}, not a string or binary type ({pick}); its columns are: {}",
@@ -149,18 +151,19 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
                     names()
                 );
             }
-            text_indices.push(index);
+            text_columns.push(found);
         }
-        let id_index = match id_column {
+        let id_column = match id_column {
             None => None,
             Some(id) => {
-                let Some((i, field)) = schema.column_with_name(id) else {
+                let Some(found) = find(id) else {
                     bail!(
                         "{} has no column \"{id}\" (--id-column); its columns are: {}",
                         path.display(),
                         names()
                     );
                 };
+                let field = &found.field;
                 match &id_type {
                     Some((t, first)) if t != field.data_type() => bail!(
                         "column \"{id}\" has type {} in {} but {} in {}; --id-column needs one type",
@@ -172,7 +175,7 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
                     Some(_) => {}
                     None => id_type = Some((field.data_type().clone(), path.clone())),
                 }
-                Some(i)
+                Some(found)
             }
         };
         let meta = parquet.metadata();
@@ -185,8 +188,8 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
             footer_hash: parquet.footer_hash.clone(),
             first_row,
             row_groups,
-            text_indices,
-            id_index,
+            text_columns,
+            id_column,
             template: template.clone(),
         });
         first_row += rows;
@@ -214,8 +217,11 @@ pub struct Chunk {
 /// page index).
 pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> Result<Chunks> {
     let parquet = ParquetFile::open(&file.path)?;
-    let mut roots = file.text_indices.clone();
-    roots.extend(file.id_index);
+    let wanted: Vec<&ColumnRef> = file.text_columns.iter().chain(&file.id_column).collect();
+    let roots: Vec<usize> = wanted.iter().map(|c| c.root).collect();
+    let mut leaves: Vec<usize> = wanted.iter().flat_map(|c| c.leaves.iter().copied()).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
 
     // Local (in-file) owned ranges, and the row groups they touch.
     let local: Vec<Range<u64>> =
@@ -250,6 +256,7 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     // The page index (when the file has one) lets the row selection skip whole pages.
     let reader = parquet.read(ReadRequest {
         columns: roots.clone(),
+        leaves: Some(leaves.clone()),
         row_groups: Some(groups),
         selection: Some(RowSelection::from(selectors)),
         batch_size: chunk_rows,
@@ -264,14 +271,14 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     Ok(Chunks {
         reader,
         parquet,
-        columns: roots,
+        leaves,
         rows,
         next: 0,
         path: file.path.clone(),
         first_row: file.first_row,
         row_groups: file.row_groups.clone(),
-        text_columns: file.text_indices.iter().map(|&r| at(r)).collect(),
-        id_column: file.id_index.map(at),
+        text_columns: file.text_columns.iter().map(|c| (at(c.root), c.path.clone())).collect(),
+        id_column: file.id_column.as_ref().map(|c| (at(c.root), c.path.clone())),
         template: file.template.clone(),
     })
 }
@@ -303,17 +310,18 @@ impl std::error::Error for Undecodable {}
 
 pub struct Chunks {
     reader: Batches,
-    /// The file and the columns read, to find which row group does not decode.
+    /// The file and the leaf columns read, to find which row group does not decode.
     parquet: ParquetFile,
-    columns: Vec<usize>,
+    leaves: Vec<usize>,
     rows: Vec<u64>,
     next: usize,
     path: Location,
     first_row: u64,
     row_groups: Vec<u64>,
     /// Where the template's columns and the id column are in a batch read.
-    text_columns: Vec<usize>,
-    id_column: Option<usize>,
+    /// (position in the batch, struct fields below it) of each.
+    text_columns: Vec<(usize, Vec<String>)>,
+    id_column: Option<(usize, Vec<String>)>,
     template: Arc<Template>,
 }
 
@@ -328,7 +336,8 @@ impl Chunks {
         let first = starts.iter().rposition(|&s| s <= row).unwrap_or(0);
         let fails = |g: usize| {
             let request = ReadRequest {
-                columns: self.columns.clone(),
+                columns: Vec::new(),
+                leaves: Some(self.leaves.clone()),
                 row_groups: Some(vec![g]),
                 selection: None,
                 batch_size: 1024,
@@ -368,8 +377,8 @@ impl Chunks {
             .text_columns
             .iter()
             .zip(self.template.columns())
-            .map(|(&i, name)| {
-                let column = batch.column(i);
+            .map(|((i, path), name)| {
+                let column = &columns::descend(batch.column(*i), path);
                 let cast = arrow::compute::cast(column, &DataType::Utf8).with_context(|| {
                     format!("cannot read the text column \"{name}\" of {}", self.path.display())
                 })?;
@@ -404,7 +413,7 @@ impl Chunks {
             .with_context(|| format!("{} returned more rows than its footer lists", self.path.display()))?
             .to_vec();
         self.next += n;
-        let ids = self.id_column.map(|i| batch.column(i).clone());
+        let ids = self.id_column.as_ref().map(|(i, path)| columns::descend(batch.column(*i), path));
         let hashes = texts.iter().map(|t| t.map_or(0, crate::sync::text_hash)).collect();
         Ok(Chunk { rows, texts, hashes, ids, not_utf8 })
     }

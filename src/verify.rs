@@ -346,6 +346,7 @@ fn read_shard(path: &Location, deep: bool, normalized: bool, chunked: bool) -> R
     let reader = file
         .read(ReadRequest {
             columns: roots,
+            leaves: None,
             row_groups: None,
             selection: None,
             batch_size: 8192,

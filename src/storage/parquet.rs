@@ -41,6 +41,15 @@ pub const COALESCE_GAP: u64 = 64 << 10;
 /// Record batches decoded ahead of the reader of a remote file.
 const READ_AHEAD: usize = 2;
 
+impl ReadRequest {
+    fn mask(&self, schema: &SchemaDescriptor) -> ProjectionMask {
+        match &self.leaves {
+            Some(leaves) => ProjectionMask::leaves(schema, leaves.iter().copied()),
+            None => ProjectionMask::roots(schema, self.columns.iter().copied()),
+        }
+    }
+}
+
 /// The raw Parquet footer (the Thrift metadata, without the 8-byte tail) and the file's size.
 pub fn read_footer(loc: &Location) -> Result<(Bytes, u64)> {
     let bad = |why: &str| format!("{} is not a readable Parquet file ({why})", loc.display());
@@ -105,6 +114,9 @@ pub struct ParquetFile {
 pub struct ReadRequest {
     /// Root columns to read (indices into the Arrow schema's fields).
     pub columns: Vec<usize>,
+    /// When set, only these Parquet leaf columns are read (fields inside structs), and
+    /// `columns` is not used.
+    pub leaves: Option<Vec<usize>>,
     /// Row groups to read; `None` for all.
     pub row_groups: Option<Vec<usize>>,
     /// Rows to read within those row groups, as selectors (never a bitmap: unowned pages stay
@@ -178,7 +190,7 @@ impl ParquetFile {
                 let options = ArrowReaderOptions::new().with_page_index_policy(policy);
                 let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options)
                     .with_context(unreadable)?;
-                let mask = ProjectionMask::roots(builder.parquet_schema(), req.columns.iter().copied());
+                let mask = req.mask(builder.parquet_schema());
                 let mut builder = builder.with_projection(mask).with_batch_size(req.batch_size);
                 if let Some(groups) = req.row_groups {
                     builder = builder.with_row_groups(groups);
@@ -206,7 +218,7 @@ impl ParquetFile {
         bytes: Arc<AtomicU64>,
         io_failed: Arc<AtomicBool>,
     ) -> Result<Batches> {
-        let mask = ProjectionMask::roots(self.parquet_schema(), req.columns.iter().copied());
+        let mask = req.mask(self.parquet_schema());
         let mut reader = ObjectReader {
             location: o.clone(),
             size: self.size,

@@ -329,6 +329,7 @@ fn scan(part: &Location, chunked: bool, mut f: impl FnMut(u32, u128, u128)) -> R
     let mut first = 0u32;
     let request = ReadRequest {
         columns: roots,
+        leaves: None,
         row_groups: None,
         selection: None,
         batch_size: 8192,
@@ -365,6 +366,7 @@ fn chunk_rows_of(part: &Location, firsts: &[u32]) -> Result<Vec<u32>> {
     let (mut next, mut taking, mut row) = (0usize, false, 0u32);
     let request = ReadRequest {
         columns: vec![index],
+        leaves: None,
         row_groups: None,
         selection: None,
         batch_size: 8192,
@@ -436,6 +438,7 @@ fn read_rows(part: &Location, rows: &[u32], columns: &[&str]) -> Result<Vec<Reco
     }
     let reader = file.read(ReadRequest {
         columns: roots,
+        leaves: None,
         row_groups: None,
         selection: Some(RowSelection::from(selectors)),
         batch_size: 8192,

@@ -244,6 +244,7 @@ fn read_selected(
     let reader = file
         .read(ReadRequest {
             columns: roots,
+            leaves: None,
             row_groups: None,
             selection: Some(RowSelection::from(selectors)),
             batch_size: COPY_BATCH,

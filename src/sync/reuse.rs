@@ -297,6 +297,7 @@ fn source_keys(
     }
     let request = ReadRequest {
         columns: roots,
+        leaves: None,
         row_groups: None,
         selection: None,
         batch_size: COPY_BATCH,

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BinaryArray, BinaryViewArray, DictionaryArray, Int32Array, Int64Array, LargeBinaryArray,
-    LargeStringArray, StringArray, StringViewArray,
+    ArrayRef, AsArray, BinaryArray, BinaryViewArray, DictionaryArray, Int32Array, Int64Array,
+    LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, StructArray,
 };
-use arrow::datatypes::{DataType, Int32Type};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use predicates::str::contains;
 
@@ -372,6 +373,88 @@ fn binary_text_columns_are_read_as_utf8_and_other_bytes_are_a_rows_failure() {
     let failures = read_failures(&out_titled);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].0 == 1 && failures[0].1.contains(not_utf8), "{failures:?}");
+}
+
+#[test]
+fn fields_inside_struct_columns_are_named_by_dotted_paths() {
+    let dir = tempdir();
+    let texts = ["first review", "second review", "third review", "fourth review"];
+    let titles = ["A", "B", "C", "D"];
+    // doc: {title, body, meta: {asin}}; row 2's doc is null as a whole; "a.b" is a top-level
+    // column whose name holds a dot.
+    let asin = Arc::new(Int64Array::from(vec![10, 11, 12, 13])) as ArrayRef;
+    let meta = StructArray::from(vec![(Arc::new(Field::new("asin", DataType::Int64, false)), asin)]);
+    let doc = StructArray::try_new(
+        vec![
+            Field::new("title", DataType::Utf8, true),
+            Field::new("body", DataType::Utf8, true),
+            Field::new("meta", arrow::array::Array::data_type(&meta).clone(), false),
+        ]
+        .into(),
+        vec![
+            Arc::new(StringArray::from(titles.to_vec())) as ArrayRef,
+            Arc::new(StringArray::from(texts.to_vec())) as ArrayRef,
+            Arc::new(meta) as ArrayRef,
+        ],
+        Some(NullBuffer::from(vec![true, true, false, true])),
+    )
+    .unwrap();
+    let nested = dir.path().join("nested.parquet");
+    write_parquet(
+        &nested,
+        vec![
+            ("doc", Arc::new(doc) as ArrayRef),
+            ("a.b", Arc::new(StringArray::from(texts.to_vec())) as ArrayRef),
+        ],
+    );
+    let out = dir.path().join("out");
+    embed_cmd(&nested, &out, &["--text-column", "doc.body", "--id-column", "doc.meta.asin"])
+        .assert()
+        .success();
+    let got = read_vectors(&out);
+    assert_eq!(rows_of(&got), vec![0, 1, 3]);
+    let failures = read_failures(&out);
+    assert!(failures.len() == 1 && failures[0].0 == 2 && failures[0].1.contains("null"), "{failures:?}");
+    let mut ids = Vec::new();
+    for part in part_files(&out) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            ids.extend(
+                b.unwrap().column_by_name("id").unwrap().as_primitive::<Int64Type>().values().to_vec(),
+            );
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, vec![10, 11, 13]);
+
+    // The same texts in a flat file give the same vectors; so does the dotted top-level name.
+    let flat = dir.path().join("flat.parquet");
+    write_texts(&flat, &texts.iter().map(|t| Some(*t)).collect::<Vec<_>>());
+    let out_flat = dir.path().join("out-flat");
+    embed_cmd(&flat, &out_flat, &[]).assert().success();
+    let want: Vec<_> = read_vectors(&out_flat).into_iter().filter(|(r, _)| *r != 2).collect();
+    assert_same_vectors(&got, &want);
+    let out_dotted = dir.path().join("out-dotted");
+    embed_cmd(&nested, &out_dotted, &["--text-column", "a.b"]).assert().success();
+    assert_same_vectors(&read_vectors(&out_dotted), &read_vectors(&out_flat));
+
+    // Templates reach into structs too; a name that is nowhere lists the dotted paths.
+    let out_template = dir.path().join("out-template");
+    embed_cmd(&nested, &out_template, &["--text-template", "{doc.title}: {doc.body}"]).assert().success();
+    assert_eq!(rows_of(&read_vectors(&out_template)), vec![0, 1, 3]);
+    embed_cmd(&nested, &dir.path().join("bad"), &["--text-column", "doc.text"])
+        .assert()
+        .failure()
+        .stderr(contains("has no column \"doc.text\""))
+        .stderr(contains("its columns are: doc.title, doc.body, doc.meta.asin, a.b"));
+    embed_cmd(&nested, &dir.path().join("bad2"), &["--text-column", "doc.meta"])
+        .assert()
+        .failure()
+        .stderr(contains("column \"doc.meta\""))
+        .stderr(contains("not a string or binary type"));
 }
 
 #[test]
