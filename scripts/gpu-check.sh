@@ -5,15 +5,15 @@
 #   scripts/gpu-check.sh                 # DEVICE=cuda: everything below
 #   DEVICE=cpu scripts/gpu-check.sh      # the same steps on a CPU (tests this script anywhere)
 #
-# For each model (the three tiny fixtures and a random-weight model of gte-Qwen2-1.5B's shape,
+# For each model (the five tiny decoder fixtures and a random-weight model of gte-Qwen2-1.5B's shape,
 # or SHAPES="..." from scripts/make_random_model.py), on the first ROWS rows of
 # examples/reviews.parquet:
 #   1. ours in f32 and bf16 on DEVICE vs transformers on DEVICE in the same dtype (one text at a
 #      time, explicit attention mask, last token after the final norm):
 #      cosine >= 0.99999 (f32) / 0.999 (bf16);
 #   2. ours on DEVICE vs ours on the CPU (f32): cosine >= 0.99999 (f32) / 0.999 (bf16);
-# for each sentence-transformers encoder fixture (BERT mean and CLS+Dense, XLM-R with prompts,
-# ModernBERT), in f32, bf16 and f16:
+# for each sentence-transformers fixture (BERT mean and CLS+Dense, DistilBERT, Gemma 3, XLM-R with
+# prompts, ModernBERT), in f32, bf16 and f16:
 #   3. ours on DEVICE vs sentence-transformers on DEVICE in the same dtype, as the folder says
 #      (pooling, Dense, Normalize, prompts), when $PY can import sentence_transformers (it says
 #      so loudly when it cannot, and then only step 4 runs);
@@ -57,7 +57,8 @@ long = [" ".join(texts[(i * 7 + j) % len(texts)] for j in range(60 + i % 60)) fo
 pq.write_table(pa.table({"text": long}), f"{work}/long.parquet")
 PY
 
-models=(tests/fixtures/qwen2-gqa tests/fixtures/qwen2-mha-bidir tests/fixtures/qwen3)
+models=(tests/fixtures/qwen2-gqa tests/fixtures/qwen2-mha-bidir tests/fixtures/qwen3 tests/fixtures/mistral
+  tests/fixtures/llama)
 for shape in $SHAPES; do
   step "random-weight $shape"
   "$PY" scripts/make_random_model.py "$shape" "$WORK/$shape" --dtype bfloat16 --device "$DEVICE" || failed=1
@@ -98,8 +99,8 @@ for model in "${models[@]}"; do
   check_model "$model" compare_transformers.py --no-normalize f32 bf16
 done
 
-encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-xlmr-prompts
-  tests/fixtures/st-modernbert)
+encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-distilbert tests/fixtures/st-gemma3
+  tests/fixtures/st-xlmr-prompts tests/fixtures/st-modernbert)
 st_compare=compare_sentence_transformers.py
 if ! "$PY" -c "import sentence_transformers" 2>/dev/null; then
   st_compare=

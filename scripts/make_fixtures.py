@@ -7,7 +7,7 @@ Run with the reference venv (torch + transformers + tokenizers) from
     ~/.cache/batch-embed-assets/venv-ref/bin/python scripts/make_fixtures.py [NAME ...]
 
 With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet; st for every
-sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert
+sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert st-gemma3
 st-xlmr-prompts st-modernbert st-qwen2-last) only those are rebuilt, so adding a fixture leaves
 the others byte for byte as they were.
 
@@ -22,7 +22,8 @@ The reference vectors of the decoder fixtures (Qwen2, Qwen3, Mistral, Llama) are
 so the attention mode is exactly the one named in the case; the script checks that this
 explicit mask reproduces the model's own default (causal) path.
 
-The sentence-transformers fixtures (BERT, DistilBERT, XLM-RoBERTa, ModernBERT, Qwen2 with last-token
+The sentence-transformers fixtures (BERT, DistilBERT, EmbeddingGemma-style Gemma 3, XLM-RoBERTa,
+ModernBERT, Qwen2 with last-token
 pooling) are tiny random-weight models saved by sentence-transformers itself; their reference
 vectors are `SentenceTransformer.encode` of each text alone, for each case's settings (pooling,
 prompt, truncation, dimensions, normalisation), built as the sentence-transformers pipeline
@@ -641,6 +642,52 @@ def build_st_fixtures(tok_eos, want):
             case("not normalised", normalize=False),
         ])
 
+    if want("st-gemma3"):
+        # EmbeddingGemma's layout: a bidirectional Gemma 3 (sliding-window and full layers with
+        # their own rotary bases, sandwich norms, q/k norms, GQA, an explicit head_dim and a
+        # query_pre_attn_scalar that differs from it), mean pooling, two bias-free Dense layers,
+        # Normalize, and named prompts; config.json in the 4.x shape the Hub checkpoint has.
+        from transformers import Gemma3TextConfig, Gemma3TextModel
+        torch.manual_seed(107)
+        gtok = train_llama_tokenizer(metaspace=True, append_eos=True)
+        gcfg = Gemma3TextConfig(
+            vocab_size=gtok.get_vocab_size(), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=8,
+            max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+            use_bidirectional_attention=True, hidden_activation="gelu_pytorch_tanh", pad_token_id=0,
+            bos_token_id=gtok.token_to_id("<s>"), eos_token_id=gtok.token_to_id("</s>"),
+            attn_implementation="eager")
+        gemma = Gemma3TextModel(gcfg)
+        widen(gemma, 0.2)
+        gemma.eval()
+        hf = PreTrainedTokenizerFast(tokenizer_object=gtok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                     pad_token="<unk>")
+        up = Dense(32, 64, bias=False, activation_function=torch.nn.Identity())
+        down = Dense(64, 32, bias=False, activation_function=torch.nn.Identity())
+        with torch.no_grad():
+            up.linear.weight.normal_(0, 0.3)
+            down.linear.weight.normal_(0, 0.3)
+        path = save_st("st-gemma3", gemma, hf, [Pooling(32, pooling_mode="mean"), up, down, Normalize()],
+                       max_seq_length=512,
+                       prompts={"query": "task: search result | query: ", "document": "title: none | text: "})
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        rope = cfg.pop("rope_parameters")
+        cfg.update(rope_theta=rope["full_attention"]["rope_theta"],
+                   rope_local_base_freq=rope["sliding_attention"]["rope_theta"], rope_scaling=None,
+                   transformers_version="4.56.0")
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        write_st_reference(path, [
+            case("no prompt"),
+            case("query prompt", prompt_name="query"),
+            case("document prompt, max tokens 24", prompt_name="document", max_tokens=24),
+            case("pooling last", pooling="last"),
+        ])
+
     if want("st-xlmr-prompts"):
         # XLM-RoBERTa (multilingual-e5 style): mean + Normalize, query/passage prompts with a default.
         torch.manual_seed(103)
@@ -776,8 +823,8 @@ def main():
     if want("reviews.parquet"):
         os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
         sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
-    st_names = ["st-bert-mean", "st-bert-cls-dense", "st-distilbert", "st-xlmr-prompts", "st-modernbert",
-                "st-qwen2-last"]
+    st_names = ["st-bert-mean", "st-bert-cls-dense", "st-distilbert", "st-gemma3", "st-xlmr-prompts",
+                "st-modernbert", "st-qwen2-last"]
     if any(want(n) for n in st_names) or "st" in wanted:
         build_st_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
     print("fixtures written", file=sys.stderr)

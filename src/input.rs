@@ -17,11 +17,11 @@ use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
+use crate::storage::Location;
+use crate::template::Template;
 use columns::ColumnRef;
 
 mod columns;
-use crate::storage::Location;
-use crate::template::Template;
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
@@ -255,7 +255,7 @@ pub fn read_rows(file: &InputFile, owned: &[Range<u64>], chunk_rows: usize) -> R
     }
     // The page index (when the file has one) lets the row selection skip whole pages.
     let reader = parquet.read(ReadRequest {
-        columns: roots.clone(),
+        columns: Vec::new(),
         leaves: Some(leaves.clone()),
         row_groups: Some(groups),
         selection: Some(RowSelection::from(selectors)),
@@ -299,8 +299,9 @@ impl std::fmt::Display for Undecodable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} is damaged: row group {} of {} (rows {}..{} of the file, both counted from 0) does \
-             not decode ({}); reading it again gives the same, so rewrite or replace the file",
+            "{}: row group {} of {} (rows {}..{} of the file, both counted from 0) does not decode \
+             ({}); the file is damaged or uses what this reader does not support, and reading it \
+             again gives the same",
             self.path, self.group, self.groups, self.rows.start, self.rows.end, self.cause
         )
     }
@@ -318,8 +319,8 @@ pub struct Chunks {
     path: Location,
     first_row: u64,
     row_groups: Vec<u64>,
-    /// Where the template's columns and the id column are in a batch read.
-    /// (position in the batch, struct fields below it) of each.
+    /// Where the template's columns and the id column are in a batch read: the position of
+    /// their top-level column, and the struct fields below it.
     text_columns: Vec<(usize, Vec<String>)>,
     id_column: Option<(usize, Vec<String>)>,
     template: Arc<Template>,

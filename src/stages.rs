@@ -56,7 +56,8 @@ pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<u64> {
 
 /// Sends the owned rows `ranges` of `file` down `tx` in chunks. A read that fails (a flaky
 /// network filesystem or bucket mount) is retried with backoff from the first row not yet
-/// sent; after [`READ_ATTEMPTS`] the error names the file. Returns false when the receiver is
+/// sent; after [`READ_ATTEMPTS`] the error names the file. Bytes that arrived but do not decode
+/// ([`input::Undecodable`]) end the read at once: reading them again gives the same. Returns false when the receiver is
 /// gone.
 fn read_file(
     file: &InputFile,

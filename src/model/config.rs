@@ -24,6 +24,9 @@ pub enum Architecture {
     /// Mistral (e5-mistral-7b-instruct, SFR-Embedding-Mistral, Linq-Embed-Mistral): Llama's
     /// decoder with no biases at all, its `sliding_window` applying to every layer.
     Mistral,
+    /// Gemma 3 (EmbeddingGemma): sandwich norms, q/k norms, sliding-window and full layers with
+    /// their own rotary bases, bidirectional where `use_bidirectional_attention` says so.
+    Gemma3,
     /// BERT (BGE, E5, all-MiniLM, classic GTE): absolute positions, post-norm layers.
     Bert,
     /// DistilBERT (msmarco-distilbert, multi-qa-distilbert, distiluse-base-multilingual): BERT's
@@ -37,7 +40,8 @@ pub enum Architecture {
     ModernBert,
 }
 
-const SUPPORTED: &str = "qwen2, qwen3, llama, mistral, bert, distilbert, xlm-roberta, roberta, modernbert";
+const SUPPORTED: &str =
+    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, xlm-roberta, roberta, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
+            Architecture::Gemma3 => "gemma3",
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
             Architecture::XlmRoberta => "xlm-roberta",
@@ -172,6 +177,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// The encoders' settings (`None` for the Qwen decoders).
     pub encoder: Option<EncoderConfig>,
+    /// Gemma 3's own settings (`None` for every other architecture).
+    pub gemma: Option<gemma3::GemmaConfig>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +288,7 @@ impl ModelConfig {
             // NOTE: transformers' RobertaModel and XLMRobertaModel are the same network.
             "bert" => return encoder_config(value, Architecture::Bert),
             "distilbert" => return encoder_config(distilbert_keys(value), Architecture::DistilBert),
+            "gemma3_text" => return gemma3::config(value),
             "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
@@ -362,6 +370,7 @@ impl ModelConfig {
             is_causal: raw.is_causal,
             sliding_window,
             encoder: None,
+            gemma: None,
         })
     }
 
@@ -471,6 +480,7 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
         output_bias: modernbert.as_ref().is_none_or(|m| m.attention_bias),
         is_causal: Some(false),
         sliding_window: None,
+        gemma: None,
         encoder: Some(EncoderConfig {
             layer_norm_eps: eps,
             activation,
@@ -582,5 +592,6 @@ fn sliding_limit(raw: &RawConfig) -> Option<usize> {
     used.then_some(window)
 }
 
+mod gemma3;
 #[cfg(test)]
 mod tests;

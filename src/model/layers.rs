@@ -53,6 +53,13 @@ impl RmsNorm {
     pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
         Ok(RmsNorm { weight: vb.get(size, "weight")?, eps: eps as f32 })
     }
+
+    /// Gemma's: the stored weight is an offset from 1, the scale is `1 + weight`.
+    pub fn load_offset(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(size, "weight")?;
+        let weight = (weight.to_dtype(DType::F32)? + 1.0)?.to_dtype(weight.dtype())?;
+        Ok(RmsNorm { weight, eps: eps as f32 })
+    }
 }
 
 impl Module for RmsNorm {

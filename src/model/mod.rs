@@ -15,6 +15,7 @@ mod dense;
 mod distilbert;
 mod encoder;
 mod fast_math;
+mod gemma3;
 pub mod hub;
 mod layers;
 mod llama;
@@ -299,6 +300,12 @@ pub fn load(
                 }
                 _ => Box::new(qwen3::load(config, vb, opts).with_context(context)?),
             }
+        }
+        Architecture::Gemma3 => {
+            let vb = weights::var_builder(files, dtype, device, "embed_tokens.weight", &["", "model."])?;
+            let opts =
+                layers::DecoderOptions { qk_norm: true, causal: attention == Attention::Causal, packed };
+            Box::new(gemma3::load(config, vb, opts).with_context(context)?)
         }
         Architecture::Bert => {
             let anchor = "embeddings.word_embeddings.weight";

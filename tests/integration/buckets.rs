@@ -244,7 +244,7 @@ fn a_damaged_row_group_on_a_bucket_is_named_and_not_retried() {
     embed_s3(&s3.endpoint, &bucket.url("in/damaged.parquet"), &bucket.url("out"), &[])
         .assert()
         .failure()
-        .stderr(contains("s3://damaged/in/damaged.parquet is damaged: row group 2 of 4 (rows 128..192"))
+        .stderr(contains("s3://damaged/in/damaged.parquet: row group 2 of 4 (rows 128..192"))
         .stderr(contains("retrying").not());
 }
 

@@ -137,6 +137,15 @@ fn distilbert_with_a_dense_layer_matches_sentence_transformers() {
 }
 
 #[test]
+fn gemma3_bidirectional_with_sliding_windows_and_two_dense_layers_matches_sentence_transformers() {
+    // EmbeddingGemma's layout: bidirectional sliding-window (±8) and full layers with their own
+    // rotary bases, GQA, head_dim and query_pre_attn_scalar that differ, sandwich and q/k
+    // norms, mean pooling, two bias-free Dense layers, Normalize, named prompts; config.json in
+    // the 4.x shape.
+    check_fixture("st-gemma3");
+}
+
+#[test]
 fn xlm_roberta_with_prompts_matches_sentence_transformers() {
     // Unigram/Metaspace tokenizer, positions from pad + 1, a default prompt, --prompt-name,
     // --prompt "" (no prompt) and an own prompt.
@@ -165,7 +174,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// fixture texts and long ones.
 #[test]
 fn encoders_in_bf16_and_f16_stay_close_to_f32() {
-    for name in ["st-bert-mean", "st-distilbert", "st-xlmr-prompts", "st-modernbert"] {
+    for name in ["st-bert-mean", "st-distilbert", "st-gemma3", "st-xlmr-prompts", "st-modernbert"] {
         let reference = reference(name);
         let mut texts = reference.texts.clone();
         texts.push(reference.texts.iter().cycle().take(40).cloned().collect::<Vec<_>>().join(" "));

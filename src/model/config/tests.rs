@@ -97,7 +97,8 @@ fn names_an_unsupported_model_type() {
     let err = ModelConfig::from_json(r#"{"model_type":"t5","hidden_size":8}"#).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("\"t5\"") && msg.contains("qwen2, qwen3, llama, mistral, bert, distilbert, xlm-roberta"),
+        msg.contains("\"t5\"")
+            && msg.contains("qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, xlm-roberta"),
         "{msg}"
     );
 }
@@ -182,4 +183,36 @@ fn reads_distilbert_in_its_own_key_names() {
     assert_eq!(c.default_attention(), Attention::Bidirectional);
     let enc = c.encoder.as_ref().unwrap();
     assert_eq!((enc.activation, enc.type_vocab_size, enc.layer_norm_eps), (Activation::Relu, 0, 1e-12));
+}
+
+#[test]
+fn reads_gemma3_in_both_shapes() {
+    // EmbeddingGemma's 4.x shape: top-level bases, the layer pattern from _sliding_window_pattern.
+    let v4 = r#"{"model_type":"gemma3_text","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":6,"num_attention_heads":4,"num_key_value_heads":1,"head_dim":32,
+        "max_position_embeddings":2048,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,
+        "rope_scaling":null,"sliding_window":512,"_sliding_window_pattern":3,"query_pre_attn_scalar":32,
+        "use_bidirectional_attention":true,"hidden_activation":"gelu_pytorch_tanh","attn_logit_softcapping":null}"#;
+    let c = ModelConfig::from_json(v4).unwrap();
+    assert_eq!(c.architecture, Architecture::Gemma3);
+    let g = c.gemma.as_ref().unwrap();
+    assert_eq!(g.global_layers, [false, false, true, false, false, true]);
+    assert_eq!((c.rope_theta, g.local_rope_theta, g.half_window), (1e6, 1e4, 256));
+    assert_eq!((c.default_attention(), c.max_tokens_limit()), (Attention::Bidirectional, 2048));
+    assert_eq!(g.activation, Activation::GeluTanh);
+
+    // 5.x: rope_parameters per layer kind, layer_types; causal Gemma caps texts at the window.
+    let v5 = r#"{"model_type":"gemma3_text","vocab_size":100,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":8192,"sliding_window":1024,
+        "layer_types":["sliding_attention","full_attention"],
+        "rope_parameters":{"full_attention":{"rope_type":"linear","factor":8.0,"rope_theta":1000000.0},
+        "sliding_attention":{"rope_type":"default","rope_theta":10000.0}}}"#;
+    let c = ModelConfig::from_json(v5).unwrap();
+    assert_eq!(c.head_dim, 256);
+    assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+    assert_eq!((c.default_attention(), c.max_tokens_limit()), (Attention::Causal, 1024));
+
+    let capped = v4.replace(r#""attn_logit_softcapping":null"#, r#""attn_logit_softcapping":50.0"#);
+    let err = format!("{:#}", ModelConfig::from_json(&capped).unwrap_err());
+    assert!(err.contains("attn_logit_softcapping"), "{err}");
 }
