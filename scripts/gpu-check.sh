@@ -12,8 +12,8 @@
 #      time, explicit attention mask, last token after the final norm):
 #      cosine >= 0.99999 (f32) / 0.999 (bf16);
 #   2. ours on DEVICE vs ours on the CPU (f32): cosine >= 0.99999 (f32) / 0.999 (bf16);
-# for each sentence-transformers fixture (BERT mean and CLS+Dense, DistilBERT, Gemma 3, XLM-R with
-# prompts, ModernBERT), in f32, bf16 and f16:
+# for each sentence-transformers fixture (BERT mean and CLS+Dense, DistilBERT, MPNet, Gemma 3,
+# XLM-R with prompts, ModernBERT), in f32, bf16 and f16:
 #   3. ours on DEVICE vs sentence-transformers on DEVICE in the same dtype, as the folder says
 #      (pooling, Dense, Normalize, prompts), when $PY can import sentence_transformers (it says
 #      so loudly when it cannot, and then only step 4 runs);
@@ -99,8 +99,8 @@ for model in "${models[@]}"; do
   check_model "$model" compare_transformers.py --no-normalize f32 bf16
 done
 
-encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-distilbert tests/fixtures/st-gemma3
-  tests/fixtures/st-xlmr-prompts tests/fixtures/st-modernbert)
+encoders=(tests/fixtures/st-bert-mean tests/fixtures/st-bert-cls-dense tests/fixtures/st-distilbert
+  tests/fixtures/st-mpnet tests/fixtures/st-gemma3 tests/fixtures/st-xlmr-prompts tests/fixtures/st-modernbert)
 st_compare=compare_sentence_transformers.py
 if ! "$PY" -c "import sentence_transformers" 2>/dev/null; then
   st_compare=

@@ -7,9 +7,9 @@ Run with the reference venv (torch + transformers + tokenizers) from
     ~/.cache/batch-embed-assets/venv-ref/bin/python scripts/make_fixtures.py [NAME ...]
 
 With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet; st for every
-sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert st-gemma3
-st-xlmr-prompts st-modernbert st-qwen2-last) only those are rebuilt, so adding a fixture leaves
-the others byte for byte as they were.
+sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert st-mpnet
+st-gemma3 st-xlmr-prompts st-modernbert st-qwen2-last) only those are rebuilt, so adding a
+fixture leaves the others byte for byte as they were.
 
 Everything it writes is deterministic for a given transformers/tokenizers version:
   tests/fixtures/<model>/            config.json, weights, tokenizer.json, reference.json
@@ -22,10 +22,9 @@ The reference vectors of the decoder fixtures (Qwen2, Qwen3, Mistral, Llama) are
 so the attention mode is exactly the one named in the case; the script checks that this
 explicit mask reproduces the model's own default (causal) path.
 
-The sentence-transformers fixtures (BERT, DistilBERT, EmbeddingGemma-style Gemma 3, XLM-RoBERTa,
-ModernBERT, Qwen2 with last-token
-pooling) are tiny random-weight models saved by sentence-transformers itself; their reference
-vectors are `SentenceTransformer.encode` of each text alone, for each case's settings (pooling,
+The sentence-transformers fixtures (BERT, DistilBERT, MPNet, EmbeddingGemma-style Gemma 3,
+XLM-RoBERTa, ModernBERT, Qwen2 with last-token pooling) are tiny random-weight models saved by
+sentence-transformers itself; their reference vectors are `SentenceTransformer.encode` of each text alone, for each case's settings (pooling,
 prompt, truncation, dimensions, normalisation), built as the sentence-transformers pipeline
 batch-embed's flags stand for.
 """
@@ -642,6 +641,39 @@ def build_st_fixtures(tok_eos, want):
             case("not normalised", normalize=False),
         ])
 
+    if want("st-mpnet"):
+        # MPNet (all-mpnet-base-v2's layout: the 2.x folder, mean + Normalize): the relative
+        # position bias matters (std 1), texts reach the 128-token limit and its log buckets.
+        from transformers import MPNetConfig, MPNetModel
+        torch.manual_seed(108)
+        mtok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+        mtok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        mtok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=900, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                            show_progress=False)
+        mtok.train_from_iterator(corpus(), trainer=trainer)
+        mtok.post_processor = processors.TemplateProcessing(
+            single="<s>:0 $A:0 </s>:0", pair="<s>:0 $A:0 </s>:0 </s>:0 $B:0 </s>:0",
+            special_tokens=[("<s>", 0), ("</s>", 2)])
+        mtok.decoder = decoders.WordPiece()
+        mhf = PreTrainedTokenizerFast(tokenizer_object=mtok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                      sep_token="</s>", cls_token="<s>", pad_token="<pad>", mask_token="<mask>")
+        mpnet = MPNetModel(MPNetConfig(
+            vocab_size=mtok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=130, relative_attention_num_buckets=32, pad_token_id=1,
+            bos_token_id=0, eos_token_id=2, hidden_act="gelu"), add_pooling_layer=False)
+        widen(mpnet, 0.2)
+        with torch.no_grad():
+            mpnet.encoder.relative_attention_bias.weight.normal_(0, 1.0)
+        mpnet.eval()
+        path = save_st("st-mpnet", mpnet, mhf, [Pooling(32, pooling_mode="mean"), Normalize()], max_seq_length=128,
+                       legacy=True)
+        write_st_reference(path, [
+            case("default"),
+            case("pooling cls", pooling="cls"),
+            case("max tokens 12", max_tokens=12),
+        ])
+
     if want("st-gemma3"):
         # EmbeddingGemma's layout: a bidirectional Gemma 3 (sliding-window and full layers with
         # their own rotary bases, sandwich norms, q/k norms, GQA, an explicit head_dim and a
@@ -823,7 +855,7 @@ def main():
     if want("reviews.parquet"):
         os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
         sample_parquet(os.path.join(ROOT, "examples", "reviews.parquet"))
-    st_names = ["st-bert-mean", "st-bert-cls-dense", "st-distilbert", "st-gemma3", "st-xlmr-prompts",
+    st_names = ["st-bert-mean", "st-bert-cls-dense", "st-distilbert", "st-mpnet", "st-gemma3", "st-xlmr-prompts",
                 "st-modernbert", "st-qwen2-last"]
     if any(want(n) for n in st_names) or "st" in wanted:
         build_st_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)

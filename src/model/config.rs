@@ -29,6 +29,9 @@ pub enum Architecture {
     Gemma3,
     /// BERT (BGE, E5, all-MiniLM, classic GTE): absolute positions, post-norm layers.
     Bert,
+    /// MPNet (all-mpnet-base-v2, multi-qa-mpnet-base): BERT's layers plus a learned relative
+    /// position bias on the attention scores, positions from `pad + 1` as in XLM-R.
+    MpNet,
     /// DistilBERT (msmarco-distilbert, multi-qa-distilbert, distiluse-base-multilingual): BERT's
     /// layers under other names, no token types.
     DistilBert,
@@ -41,7 +44,7 @@ pub enum Architecture {
 }
 
 const SUPPORTED: &str =
-    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, xlm-roberta, roberta, modernbert";
+    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Architecture {
             Architecture::Gemma3 => "gemma3",
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
+            Architecture::MpNet => "mpnet",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
         }
@@ -64,6 +68,7 @@ impl Architecture {
             self,
             Architecture::Bert
                 | Architecture::DistilBert
+                | Architecture::MpNet
                 | Architecture::XlmRoberta
                 | Architecture::ModernBert
         )
@@ -133,6 +138,8 @@ pub struct EncoderConfig {
     pub type_vocab_size: usize,
     /// XLM-R: the padding id; positions start at `pad_token_id + 1`.
     pub pad_token_id: u32,
+    /// MPNet: rows of `relative_attention_bias` (`relative_attention_num_buckets`).
+    pub relative_buckets: usize,
     pub modernbert: Option<ModernBertConfig>,
 }
 
@@ -289,6 +296,7 @@ impl ModelConfig {
             "bert" => return encoder_config(value, Architecture::Bert),
             "distilbert" => return encoder_config(distilbert_keys(value), Architecture::DistilBert),
             "gemma3_text" => return gemma3::config(value),
+            "mpnet" => return encoder_config(value, Architecture::MpNet),
             "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
@@ -387,7 +395,7 @@ impl ModelConfig {
     /// when some layer uses one; for XLM-R, the positions left after the `pad_token_id + 1`
     /// offset (512 of 514).
     pub fn max_tokens_limit(&self) -> usize {
-        if self.architecture == Architecture::XlmRoberta {
+        if matches!(self.architecture, Architecture::XlmRoberta | Architecture::MpNet) {
             let offset = self.encoder.as_ref().map_or(0, |e| e.pad_token_id as usize + 1);
             return self.max_position_embeddings.saturating_sub(offset).max(1);
         }
@@ -414,6 +422,7 @@ struct RawEncoderConfig {
     pad_token_id: Option<u32>,
     position_embedding_type: Option<String>,
     is_decoder: Option<bool>,
+    relative_attention_num_buckets: Option<usize>,
     // ModernBERT
     hidden_activation: Option<String>,
     norm_eps: Option<f64>,
@@ -461,6 +470,8 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
         Architecture::ModernBert => (raw.norm_eps.unwrap_or(1e-5), raw.pad_token_id.unwrap_or(0)),
         // NOTE: transformers' XLMRobertaConfig defaults pad_token_id to 1, BertConfig to 0.
         Architecture::XlmRoberta => (raw.layer_norm_eps.unwrap_or(1e-12), raw.pad_token_id.unwrap_or(1)),
+        // NOTE: transformers' MPNetEmbeddings fixes its padding index at 1, whatever the file says.
+        Architecture::MpNet => (raw.layer_norm_eps.unwrap_or(1e-12), 1),
         _ => (raw.layer_norm_eps.unwrap_or(1e-12), raw.pad_token_id.unwrap_or(0)),
     };
     Ok(ModelConfig {
@@ -485,11 +496,12 @@ fn encoder_config(value: serde_json::Value, architecture: Architecture) -> Resul
             layer_norm_eps: eps,
             activation,
             type_vocab_size: match architecture {
-                Architecture::DistilBert => 0,
+                Architecture::DistilBert | Architecture::MpNet => 0,
                 Architecture::Bert => raw.type_vocab_size.unwrap_or(2),
                 _ => raw.type_vocab_size.unwrap_or(1),
             },
             pad_token_id: pad,
+            relative_buckets: raw.relative_attention_num_buckets.unwrap_or(32),
             modernbert,
         }),
     })

@@ -169,6 +169,8 @@ pub struct Encoder {
     /// XLM-R: the padding id; positions count real tokens from `pad + 1`, as transformers'
     /// `create_position_ids_from_input_ids` does. `None`: BERT's 0, 1, 2, …
     position_pad: Option<u32>,
+    /// MPNet: `relative_attention_bias` (`[buckets, heads]`), added to every layer's scores.
+    relative_bias: Option<Tensor>,
     heads: usize,
     head_dim: usize,
     hidden_size: usize,
@@ -228,6 +230,7 @@ impl Encoder {
             layers,
             activation: enc.activation,
             position_pad,
+            relative_bias: None,
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim,
             hidden_size: h,
@@ -236,6 +239,12 @@ impl Encoder {
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
+    }
+
+    /// MPNet's relative position bias table (see mpnet.rs).
+    pub fn with_relative_bias(mut self, table: Tensor) -> Self {
+        self.relative_bias = Some(table);
+        self
     }
 
     /// Each token's position id: 0, 1, 2, … per text (BERT), or XLM-R's count of non-padding
@@ -268,18 +277,29 @@ impl EncoderLayer {
         layout: &attention::Layout,
         enc: &Encoder,
         rows: Option<(&Tensor, Queries)>,
+        bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (n, h, d) = (layout.tokens, enc.heads, enc.head_dim);
         let (q, k, v) = split_qkv(&self.qkv, x, n, h, d)?;
-        let (attn, residual) = match rows {
-            Some((rows, queries)) if layout.packed && queries != Queries::All => {
-                let out = super::varlen_cpu::attention(&q, &k, &v, &layout.spans, Visible::All, queries)?;
-                (out, x.index_select(rows, 0)?)
+        let (attn, residual) = match (rows, bias) {
+            (rows, Some(bias)) => {
+                let out = super::mpnet::attend(layout, &q, &k, &v, bias)?;
+                match rows {
+                    Some((rows, _)) => (out.index_select(rows, 0)?, x.index_select(rows, 0)?),
+                    None => (out, x.clone()),
+                }
             }
-            Some((rows, _)) => {
-                (layout.attend(&q, &k, &v, Visible::All)?.index_select(rows, 0)?, x.index_select(rows, 0)?)
-            }
-            None => (layout.attend(&q, &k, &v, Visible::All)?, x.clone()),
+            (rows, None) => match rows {
+                Some((rows, queries)) if layout.packed && queries != Queries::All => {
+                    let out = super::varlen_cpu::attention(&q, &k, &v, &layout.spans, Visible::All, queries)?;
+                    (out, x.index_select(rows, 0)?)
+                }
+                Some((rows, _)) => (
+                    layout.attend(&q, &k, &v, Visible::All)?.index_select(rows, 0)?,
+                    x.index_select(rows, 0)?,
+                ),
+                None => (layout.attend(&q, &k, &v, Visible::All)?, x.clone()),
+            },
         };
         let x = self.attention_norm.forward_sum(
             self.out.matmul(&attn)?,
@@ -345,12 +365,17 @@ impl super::EmbeddingModel for Encoder {
                 None => x.to_dtype(DType::F32),
             };
         };
+        let bias = match &self.relative_bias {
+            Some(table) => Some(super::mpnet::bias(table, batch.max_length as usize)?),
+            None => None,
+        };
+        let bias = bias.as_ref();
         for layer in rest {
-            x = layer.forward(&x, &layout, self, None)?;
+            x = layer.forward(&x, &layout, self, None, bias)?;
         }
         let x = match (rows, &rows_tensor) {
-            (Some(r), Some(t)) => last.forward(&x, &layout, self, Some((t, queries_for(r, batch))))?,
-            _ => last.forward(&x, &layout, self, None)?,
+            (Some(r), Some(t)) => last.forward(&x, &layout, self, Some((t, queries_for(r, batch))), bias)?,
+            _ => last.forward(&x, &layout, self, None, bias)?,
         };
         x.to_dtype(DType::F32)
     }

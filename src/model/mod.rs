@@ -20,6 +20,7 @@ pub mod hub;
 mod layers;
 mod llama;
 mod modernbert;
+mod mpnet;
 mod qwen2;
 mod qwen3;
 pub mod sentence_transformers;
@@ -316,6 +317,11 @@ pub fn load(
             let anchor = "embeddings.word_embeddings.weight";
             let vb = weights::var_builder(files, dtype, device, anchor, &["", "distilbert."])?;
             Box::new(distilbert::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::MpNet => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "mpnet."])?;
+            Box::new(mpnet::load(config, vb, packed).with_context(context)?)
         }
         Architecture::XlmRoberta => {
             let anchor = "embeddings.word_embeddings.weight";

@@ -137,6 +137,13 @@ fn distilbert_with_a_dense_layer_matches_sentence_transformers() {
 }
 
 #[test]
+fn mpnet_with_its_relative_position_bias_matches_sentence_transformers() {
+    // all-mpnet-base-v2's layout (2.x folder, mean + Normalize), positions from pad + 1, the
+    // relative bias over texts up to 128 tokens; CLS pooling and truncation.
+    check_fixture("st-mpnet");
+}
+
+#[test]
 fn gemma3_bidirectional_with_sliding_windows_and_two_dense_layers_matches_sentence_transformers() {
     // EmbeddingGemma's layout: bidirectional sliding-window (±8) and full layers with their own
     // rotary bases, GQA, head_dim and query_pre_attn_scalar that differ, sandwich and q/k
@@ -174,7 +181,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// fixture texts and long ones.
 #[test]
 fn encoders_in_bf16_and_f16_stay_close_to_f32() {
-    for name in ["st-bert-mean", "st-distilbert", "st-gemma3", "st-xlmr-prompts", "st-modernbert"] {
+    for name in ["st-bert-mean", "st-distilbert", "st-mpnet", "st-gemma3", "st-xlmr-prompts", "st-modernbert"]
+    {
         let reference = reference(name);
         let mut texts = reference.texts.clone();
         texts.push(reference.texts.iter().cycle().take(40).cloned().collect::<Vec<_>>().join(" "));

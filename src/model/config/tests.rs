@@ -98,7 +98,8 @@ fn names_an_unsupported_model_type() {
     let msg = format!("{err:#}");
     assert!(
         msg.contains("\"t5\"")
-            && msg.contains("qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, xlm-roberta"),
+            && msg
+                .contains("qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta"),
         "{msg}"
     );
 }
@@ -215,4 +216,20 @@ fn reads_gemma3_in_both_shapes() {
     let capped = v4.replace(r#""attn_logit_softcapping":null"#, r#""attn_logit_softcapping":50.0"#);
     let err = format!("{:#}", ModelConfig::from_json(&capped).unwrap_err());
     assert!(err.contains("attn_logit_softcapping"), "{err}");
+}
+
+#[test]
+fn reads_mpnet() {
+    // all-mpnet-base-v2's config.json: 514 positions, of which pad + 1 = 2 are never used.
+    let c = ModelConfig::from_json(
+        r#"{"model_type":"mpnet","vocab_size":30527,"hidden_size":768,"num_hidden_layers":12,
+        "num_attention_heads":12,"intermediate_size":3072,"hidden_act":"gelu","layer_norm_eps":1e-05,
+        "max_position_embeddings":514,"relative_attention_num_buckets":32,"pad_token_id":1}"#,
+    )
+    .unwrap();
+    assert_eq!((c.architecture, c.max_tokens_limit()), (Architecture::MpNet, 512));
+    let enc = c.encoder.as_ref().unwrap();
+    assert_eq!((enc.pad_token_id, enc.type_vocab_size, enc.relative_buckets), (1, 0, 32));
+    assert_eq!(enc.layer_norm_eps, 1e-5);
+    assert_eq!(c.default_attention(), Attention::Bidirectional);
 }
