@@ -277,16 +277,21 @@ impl EncoderLayer {
         layout: &attention::Layout,
         enc: &Encoder,
         rows: Option<(&Tensor, Queries)>,
-        bias: Option<&Tensor>,
+        bias: Option<&super::mpnet::RelativeBias>,
     ) -> Result<Tensor> {
         let (n, h, d) = (layout.tokens, enc.heads, enc.head_dim);
         let (q, k, v) = split_qkv(&self.qkv, x, n, h, d)?;
         let (attn, residual) = match (rows, bias) {
             (rows, Some(bias)) => {
-                let out = super::mpnet::attend(layout, &q, &k, &v, bias)?;
+                let attend = |queries| super::mpnet::attend(layout, &q, &k, &v, bias, queries);
                 match rows {
-                    Some((rows, _)) => (out.index_select(rows, 0)?, x.index_select(rows, 0)?),
-                    None => (out, x.clone()),
+                    Some((rows, queries)) if layout.packed && queries != Queries::All => {
+                        (attend(queries)?, x.index_select(rows, 0)?)
+                    }
+                    Some((rows, _)) => {
+                        (attend(Queries::All)?.index_select(rows, 0)?, x.index_select(rows, 0)?)
+                    }
+                    None => (attend(Queries::All)?, x.clone()),
                 }
             }
             (rows, None) => match rows {
@@ -366,7 +371,7 @@ impl super::EmbeddingModel for Encoder {
             };
         };
         let bias = match &self.relative_bias {
-            Some(table) => Some(super::mpnet::bias(table, batch.max_length as usize)?),
+            Some(table) => Some(super::mpnet::bias(table, batch.max_length as usize, self.packed)?),
             None => None,
         };
         let bias = bias.as_ref();

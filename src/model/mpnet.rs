@@ -2,7 +2,8 @@
 //! tensor names, positions counted from `pad + 1` (pad is 1) as XLM-R's, no token types, and a
 //! learned relative position bias added to every layer's attention scores: T5's bidirectional
 //! buckets of the key's offset from the query (32 buckets, exact below 8, logarithmic to 128),
-//! one value per head and bucket, shared by all layers.
+//! one value per head and bucket, shared by all layers. On the packed CPU path the attention
+//! kernel adds it per key offset (varlen_cpu.rs); on the padded path it joins the padding mask.
 //!
 //! Weight names: `embeddings.*`, `encoder.layer.N.{attention.attn.{q,k,v,o}, attention.LayerNorm,
 //! intermediate.dense, output.dense, output.LayerNorm}`, `encoder.relative_attention_bias`, with
@@ -13,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::{self, Layout, Visible};
 use super::encoder::{Encoder, TensorNames};
+use super::varlen_cpu::{self, Queries};
 use super::ModelConfig;
 
 const NAMES: TensorNames = TensorNames {
@@ -56,33 +58,59 @@ fn bucket(offset: i64) -> u32 {
     (base + within) as u32
 }
 
-/// The bias of every (query, key) pair of texts up to `len` tokens: `[heads, len, len]`.
-pub fn bias(table: &Tensor, len: usize) -> Result<Tensor> {
+/// One batch's bias, in the form its attention path reads.
+pub enum RelativeBias {
+    /// The packed CPU path: per head, the bias of each key offset `-center..=center`.
+    Offsets { values: Vec<f32>, center: usize },
+    /// The padded path: every (query, key) pair of the rectangle, `[heads, len, len]`.
+    Grid(Tensor),
+}
+
+/// The bias for texts up to `len` tokens, for the packed path or the padded one.
+pub fn bias(table: &Tensor, len: usize, packed: bool) -> Result<RelativeBias> {
+    if packed {
+        let rows: Vec<Vec<f32>> = table.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        let heads = table.dim(1)?;
+        let center = len.saturating_sub(1);
+        let values = (0..heads)
+            .flat_map(|h| {
+                let rows = &rows;
+                (-(center as i64)..=center as i64).map(move |o| rows[bucket(o) as usize][h])
+            })
+            .collect();
+        return Ok(RelativeBias::Offsets { values, center });
+    }
     let ids: Vec<u32> = (0..len).flat_map(|i| (0..len).map(move |j| bucket(j as i64 - i as i64))).collect();
     let ids = Tensor::new(ids.as_slice(), table.device())?;
     let heads = table.dim(1)?;
-    table.index_select(&ids, 0)?.reshape((len, len, heads))?.permute((2, 0, 1))?.contiguous()
+    Ok(RelativeBias::Grid(
+        table.index_select(&ids, 0)?.reshape((len, len, heads))?.permute((2, 0, 1))?.contiguous()?,
+    ))
 }
 
 /// Attention with the relative bias: q, k, v `[tokens, heads, d]` packed; returns
-/// `[tokens, heads * d]`. On the packed path each text alone, on the padded one the batch's
+/// `[tokens, heads * d]`, or on the packed path with `Queries::First`/`Last` one row per text.
+/// The packed path runs the CPU kernel with the bias per key offset; the padded one the batch's
 /// rectangle with the bias folded into the padding mask.
-pub fn attend(layout: &Layout, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn attend(
+    layout: &Layout,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &RelativeBias,
+    queries: Queries,
+) -> Result<Tensor> {
     let (_, h, d) = q.dims3()?;
-    let scale = 1.0 / (d as f64).sqrt();
-    if layout.packed {
-        let mut out = Vec::with_capacity(layout.spans.len());
-        for &(start, len) in &layout.spans {
-            let part = |x: &Tensor| x.narrow(0, start, len)?.transpose(0, 1)?.contiguous(); // [h, len, d]
-            let (q, k, v) = (part(q)?, part(k)?, part(v)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let scores = (scores + bias.narrow(1, 0, len)?.narrow(2, 0, len)?)?;
-            let o = attention::softmax(&scores)?.matmul(&v)?; // [h, len, d]
-            out.push(o.transpose(0, 1)?.contiguous()?.reshape((len, h * d))?);
+    let grid = match bias {
+        RelativeBias::Offsets { values, center } => {
+            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+            return varlen_cpu::attention_biased(&q, &k, &v, &layout.spans, queries, values.clone(), *center);
         }
-        return Tensor::cat(&out, 0);
-    }
-    let (texts, len) = (layout.spans.len(), bias.dim(1)?);
+        RelativeBias::Grid(grid) => grid,
+    };
+    let scale = 1.0 / (d as f64).sqrt();
+    let (texts, len) = (layout.spans.len(), grid.dim(1)?);
+    let bias = grid;
     let q = (layout.to_rect(q, h, d)? * scale)?;
     let (k, v) = (layout.to_rect(k, h, d)?, layout.to_rect(v, h, d)?);
     let bias = bias.reshape((1, h, 1, len, len))?;

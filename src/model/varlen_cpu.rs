@@ -38,13 +38,31 @@ pub fn attention(
     visible: Visible,
     queries: Queries,
 ) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &VarlenAttention { spans: spans.to_vec(), visible, queries })
+    q.apply_op3_no_bwd(k, v, &VarlenAttention { spans: spans.to_vec(), visible, queries, bias: None })
+}
+
+/// [`attention`] over whole texts with an additive bias on each score that depends on the key's
+/// offset from its query (MPNet's relative position bias): `bias[h * (2 * center + 1) + center +
+/// (key - query)]` for head `h`, offsets within ±`center`.
+pub fn attention_biased(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    spans: &[(usize, usize)],
+    queries: Queries,
+    bias: Vec<f32>,
+    center: usize,
+) -> Result<Tensor> {
+    let op =
+        VarlenAttention { spans: spans.to_vec(), visible: Visible::All, queries, bias: Some((bias, center)) };
+    q.apply_op3_no_bwd(k, v, &op)
 }
 
 struct VarlenAttention {
     spans: Vec<(usize, usize)>,
     visible: Visible,
     queries: Queries,
+    bias: Option<(Vec<f32>, usize)>,
 }
 
 impl CustomOp3 for VarlenAttention {
@@ -69,6 +87,10 @@ impl CustomOp3 for VarlenAttention {
         let (_, kv_heads, _) = l2.shape().dims3()?;
         let scale = 1.0 / (d as f32).sqrt();
         let (visible, queries) = (self.visible, self.queries);
+        // NOTE: the kernels' softmax scales the scores by 1/√d, so the bias goes in divided by it.
+        let bias: Option<(Vec<f32>, usize)> =
+            self.bias.as_ref().map(|(b, center)| (b.iter().map(|x| x / scale).collect(), *center));
+        let bias = bias.as_ref().map(|(b, c)| (b.as_slice(), *c));
         let rows = if queries == Queries::All { tokens } else { self.spans.len() };
         let mut out = vec![0f32; rows * heads * d];
         // Each text writes its own rows: cut the output into per-text slices, then fill them
@@ -81,20 +103,35 @@ impl CustomOp3 for VarlenAttention {
             tasks.push((start, len, mine));
             rest = tail;
         }
-        let shape = Dims { heads, kv_heads, d, scale, visible, queries };
+        let shape = Dims { heads, kv_heads, d, scale, visible, queries, bias };
         tasks.into_par_iter().for_each(|(start, len, o)| text_attention(q, k, v, o, start, len, &shape));
         Ok((CpuStorage::F32(out), Shape::from((rows, heads * d))))
     }
 }
 
 /// What every text's attention shares.
-struct Dims {
+#[derive(Clone, Copy)]
+struct Dims<'a> {
     heads: usize,
     kv_heads: usize,
     d: usize,
     scale: f32,
     visible: Visible,
     queries: Queries,
+    /// Per head, the (already unscaled) bias of each key offset, and the offset-0 index.
+    bias: Option<(&'a [f32], usize)>,
+}
+
+impl Dims<'_> {
+    /// Adds the bias of head `h` to the scores of query `i` over keys `keys`, in place.
+    #[inline(always)]
+    fn add_bias(&self, h: usize, i: usize, keys: std::ops::Range<usize>, scores: &mut [f32]) {
+        let Some((bias, center)) = self.bias else { return };
+        let row = &bias[h * (2 * center + 1)..][..2 * center + 1];
+        for (j, s) in keys.zip(scores.iter_mut()) {
+            *s += row[center + j - i];
+        }
+    }
 }
 
 /// Lanes of the blocked loops: one AVX-512 vector, two AVX2 ones.
@@ -104,8 +141,8 @@ const BLOCK: usize = 4;
 
 multiversion! {
     /// One text's attention (tokens `start..start + len`) into its rows of the output `o`.
-    fn text_attention(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], start: usize, len: usize, s: &Dims) {
-        let Dims { heads, kv_heads, d, scale, visible, queries } = *s;
+    fn text_attention(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], start: usize, len: usize, s: &Dims<'_>) {
+        let Dims { heads, kv_heads, d, scale, visible, queries, .. } = *s;
         let group = heads / kv_heads;
         if queries != Queries::All {
             // One query per text: dot products with each key.
@@ -119,6 +156,7 @@ multiversion! {
                 for (j, s) in keys.clone().zip(scores.iter_mut()) {
                     *s = dot(qi, &k[((start + j) * kv_heads + kvh) * d..][..d]);
                 }
+                s.add_bias(h, i, keys.clone(), scores);
                 softmax(scores, scale);
                 let row = &mut o[h * d..][..d];
                 for (j, &p) in keys.zip(scores.iter()) {
@@ -180,6 +218,7 @@ multiversion! {
                 }
                 for (b, keys) in ranges.iter().enumerate() {
                     let row = &mut weights[b * padded..][..padded];
+                    s.add_bias(h, first + b.min(n - 1), keys.clone(), &mut row[keys.clone()]);
                     softmax(&mut row[keys.clone()], scale);
                     row[lo..keys.start].fill(0.0);
                     row[keys.end..hi].fill(0.0);
@@ -350,7 +389,8 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-                let dims = Dims { heads, kv_heads, d, scale: 0.0, visible, queries: Queries::All };
+                let dims =
+                    Dims { heads, kv_heads, d, scale: 0.0, visible, queries: Queries::All, bias: None };
                 let want = reference(&q, &k, &v, &spans, &dims);
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 1e-5, "heads {heads}/{kv_heads}, d {d}, {visible:?}: max difference {worst}");
