@@ -302,6 +302,29 @@ impl Layout {
     }
 }
 
+/// A layer's attention and the residual rows it joins: every token's, or (`rows`, with `queries`
+/// naming them) only the pooled rows' — all the last layer needs; the packed path then computes
+/// just those queries.
+pub fn attend_rows(
+    layout: &Layout,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    visible: Visible,
+    x: &Tensor,
+    rows: Option<(&Tensor, super::varlen_cpu::Queries)>,
+) -> Result<(Tensor, Tensor)> {
+    use super::varlen_cpu::Queries;
+    Ok(match rows {
+        Some((rows, queries)) if layout.packed && queries != Queries::All => (
+            super::varlen_cpu::attention(q, k, v, &layout.spans, visible, queries)?,
+            x.index_select(rows, 0)?,
+        ),
+        Some((rows, _)) => {
+            (layout.attend(q, k, v, visible)?.index_select(rows, 0)?, x.index_select(rows, 0)?)
+        }
+        None => (layout.attend(q, k, v, visible)?, x.clone()),
+    })
+}
+
 /// Attention over the padded rectangle: `q` (already scaled by 1/√d) `[b, heads, l, d]`, `k` and
 /// `v` `[b, kv_heads, l, d]`, `mask` broadcastable to `[b, 1, 1, l, l]`; returns `[b, heads, l, d]`.
 ///

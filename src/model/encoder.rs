@@ -294,17 +294,7 @@ impl EncoderLayer {
                     None => (attend(Queries::All)?, x.clone()),
                 }
             }
-            (rows, None) => match rows {
-                Some((rows, queries)) if layout.packed && queries != Queries::All => {
-                    let out = super::varlen_cpu::attention(&q, &k, &v, &layout.spans, Visible::All, queries)?;
-                    (out, x.index_select(rows, 0)?)
-                }
-                Some((rows, _)) => (
-                    layout.attend(&q, &k, &v, Visible::All)?.index_select(rows, 0)?,
-                    x.index_select(rows, 0)?,
-                ),
-                None => (layout.attend(&q, &k, &v, Visible::All)?, x.clone()),
-            },
+            (rows, None) => attention::attend_rows(layout, (&q, &k, &v), Visible::All, x, rows)?,
         };
         let x = self.attention_norm.forward_sum(
             self.out.matmul(&attn)?,

@@ -157,17 +157,7 @@ impl Gemma3 {
         let k = attention::rope(&k, cos, sin)?;
         let q = if (self.query_factor - 1.0).abs() > f64::EPSILON { (q * self.query_factor)? } else { q };
         let visible = if layer.global { self.global_visible } else { self.local_visible };
-        let layout = &step.layout;
-        let (attn, residual) = match rows {
-            Some((rows, queries)) if layout.packed && queries != Queries::All => (
-                super::varlen_cpu::attention(&q, &k, &v, &layout.spans, visible, queries)?,
-                x.index_select(rows, 0)?,
-            ),
-            Some((rows, _)) => {
-                (layout.attend(&q, &k, &v, visible)?.index_select(rows, 0)?, x.index_select(rows, 0)?)
-            }
-            None => (layout.attend(&q, &k, &v, visible)?, x.clone()),
-        };
+        let (attn, residual) = attention::attend_rows(&step.layout, (&q, &k, &v), visible, x, rows)?;
         let x = (residual + layer.post_attention_norm.forward(&layer.o.forward(&attn)?)?)?;
         &x + self.mlp(layer, &x)?
     }

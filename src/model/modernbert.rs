@@ -132,17 +132,7 @@ impl ModernBert {
         let q = attention::rope(&q, cos, sin)?;
         let k = attention::rope(&k, cos, sin)?;
         let visible = if layer.global { Visible::All } else { Visible::Window(self.window) };
-        let layout = &step.layout;
-        let (attn, residual) = match rows {
-            Some((rows, queries)) if layout.packed && queries != Queries::All => (
-                super::varlen_cpu::attention(&q, &k, &v, &layout.spans, visible, queries)?,
-                x.index_select(rows, 0)?,
-            ),
-            Some((rows, _)) => {
-                (layout.attend(&q, &k, &v, visible)?.index_select(rows, 0)?, x.index_select(rows, 0)?)
-            }
-            None => (layout.attend(&q, &k, &v, visible)?, x.clone()),
-        };
+        let (attn, residual) = attention::attend_rows(&step.layout, (&q, &k, &v), visible, x, rows)?;
         let x = (residual + layer.wo.forward(&attn)?)?;
         &x + self.mlp(layer, &x)?
     }
