@@ -156,6 +156,13 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub restart: bool,
 
+    /// A row group of an input file whose bytes do not decode (a damaged file) does not stop
+    /// the worker: its rows are recorded as failed, with a warning naming the file and the row
+    /// group (printed with --quiet too), and the worker goes on. Without it the worker stops
+    /// there, naming them.
+    #[arg(long)]
+    pub skip_damaged: bool,
+
     /// Seconds between checkpoints: a part file is closed at least this often, so a preempted
     /// worker loses at most this much work.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]

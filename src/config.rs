@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use crate::chunked::{ChunkPool, Chunking};
 use crate::cli::{AttentionArg, ChunkPoolArg, DtypeArg, EmbedArgs, OutputDtypeArg, PoolingArg};
 use crate::device::{DeviceChoice, DtypeChoice};
+use crate::input::Damaged;
 use crate::model::source::ModelSource;
 use crate::model::{Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
@@ -57,6 +58,8 @@ pub struct EmbedConfig {
     pub batch_tokens: Option<usize>,
     pub cuda_lib_dir: Option<PathBuf>,
     pub rows_per_part: usize,
+    /// `--skip-damaged`: what a row group that does not decode does.
+    pub damaged: Damaged,
     pub quiet: bool,
     pub stop_timeout: std::time::Duration,
     pub force_unlock: bool,
@@ -204,6 +207,11 @@ impl EmbedConfig {
             batch_tokens: args.batch_tokens,
             cuda_lib_dir: args.cuda_lib_dir,
             rows_per_part: args.rows_per_part,
+            damaged: match args.skip_damaged {
+                // The warning is printed with --quiet too: rows are lost to it.
+                true => Damaged::Skip { quiet: false },
+                false => Damaged::Fail,
+            },
             quiet: args.quiet,
             stop_timeout: std::time::Duration::from_secs_f64(args.stop_timeout),
             force_unlock: args.force_unlock,

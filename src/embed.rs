@@ -47,6 +47,8 @@ pub enum Failure {
     NonFinite,
     /// A piece of the text does not fit in `--chunk-tokens` even alone.
     Unsplittable,
+    /// The row's row group in the input file does not decode, and `--skip-damaged` is on.
+    Damaged,
 }
 
 impl Failure {
@@ -60,6 +62,9 @@ impl Failure {
             }
             Failure::NonFinite => {
                 "the model's output holds NaN or infinite values (an overflow? f16 has a narrow range)"
+            }
+            Failure::Damaged => {
+                "its row group in the input file does not decode (the file is damaged); skipped by --skip-damaged"
             }
             Failure::Unsplittable => {
                 "a character of the text does not fit in a chunk of --chunk-tokens with the prompt"

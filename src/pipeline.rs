@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::EmbedConfig;
 use crate::embed::{Embedder, EmbedderOptions};
 use crate::heartbeat::{Heartbeat, Live};
-use crate::input::{self, Chunk, Inputs};
+use crate::input::{self, Chunk, Damaged, Inputs};
 use crate::lock::LockOptions;
 use crate::model::AttentionImpl;
 use crate::output::ShardWriter;
@@ -198,6 +198,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
             files: &inputs.files,
             ranges: stages::skip_owned(plan, ckpt.embed_done),
             chunk_rows,
+            damaged: cfg.damaged,
             quiet: cfg.quiet,
         };
         let write_plan = WritePlan {
@@ -299,7 +300,13 @@ fn plan_reuse(
     let state = ckpt.reuse.as_ref().expect("set above");
     let started = Instant::now();
     let by_id = ckpt.spec.rows.id_column.is_some();
-    let reuse = reuse::plan(&inputs.files, plan, by_id, ckpt.spec.vectors.chunk_rows(), &state.sources)?;
+    // Damaged rows are not reused; the read stage meets them again, and warns then.
+    let damaged = match cfg.damaged {
+        Damaged::Skip { .. } => Damaged::Skip { quiet: true },
+        Damaged::Fail => Damaged::Fail,
+    };
+    let reuse =
+        reuse::plan(&inputs.files, plan, damaged, by_id, ckpt.spec.vectors.chunk_rows(), &state.sources)?;
     note(&format!(
         "--reuse: {} of {} owned rows have a vector in {} parts of {} previous output(s) (matched by {} in {:.1}s); {} to embed",
         reuse.count,

@@ -19,9 +19,9 @@ use anyhow::Result;
 use arrow::array::{Array, UInt32Array};
 
 use crate::checkpoint::Checkpoint;
-use crate::embed::{Embedded, Embedder, Failure, Prepared};
+use crate::embed::{Embedded, Embedder, Prepared};
 use crate::heartbeat::Live;
-use crate::input::{self, Chunk, InputFile};
+use crate::input::{self, Chunk, Damaged, InputFile};
 use crate::output::{ChunkColumns, FinishedPart, ShardWriter};
 use crate::progress::Progress;
 use crate::shutdown::StopFlag;
@@ -40,6 +40,8 @@ pub struct ReadPlan<'a> {
     pub ranges: Vec<(usize, Vec<Range<u64>>)>,
     /// Rows per chunk: the unit that is tokenized, sorted and committed together.
     pub chunk_rows: usize,
+    /// What a row group that does not decode does: stop the worker, or fail its rows.
+    pub damaged: Damaged,
     pub quiet: bool,
 }
 
@@ -47,7 +49,8 @@ pub struct ReadPlan<'a> {
 pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<u64> {
     let mut bytes = 0;
     for (i, ranges) in &plan.ranges {
-        if !read_file(&plan.files[*i], ranges, plan.chunk_rows, &tx, plan.quiet, &mut bytes)? {
+        if !read_file(&plan.files[*i], ranges, (plan.chunk_rows, plan.damaged), &tx, plan.quiet, &mut bytes)?
+        {
             break; // a later stage stopped; it reports why
         }
     }
@@ -57,12 +60,12 @@ pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<u64> {
 /// Sends the owned rows `ranges` of `file` down `tx` in chunks. A read that fails (a flaky
 /// network filesystem or bucket mount) is retried with backoff from the first row not yet
 /// sent; after [`READ_ATTEMPTS`] the error names the file. Bytes that arrived but do not decode
-/// ([`input::Undecodable`]) end the read at once: reading them again gives the same. Returns false when the receiver is
-/// gone.
+/// ([`input::Undecodable`]) end the read at once, as reading them again gives the same, unless
+/// `damaged` says to skip them. Returns false when the receiver is gone.
 fn read_file(
     file: &InputFile,
     ranges: &[Range<u64>],
-    chunk_rows: usize,
+    (chunk_rows, damaged): (usize, Damaged),
     tx: &SyncSender<Chunk>,
     quiet: bool,
     bytes: &mut u64,
@@ -74,7 +77,7 @@ fn read_file(
             Some((_, r)) => r,
             None => return Ok(true),
         };
-        let error = match input::read_rows(file, &remaining, chunk_rows) {
+        let error = match input::read_rows(file, &remaining, chunk_rows, damaged) {
             Err(e) => e,
             Ok(mut chunks) => {
                 let mut error = None;
@@ -227,8 +230,8 @@ pub fn model(
             break;
         };
         let mut embedded = dedup.expand(&plan, unique);
-        for &row in &chunk.not_utf8 {
-            embedded.failures[row] = Some(Failure::NotUtf8); // read as null, for a better reason
+        for &(row, failure) in &chunk.failed {
+            embedded.failures[row] = Some(failure); // read as null, for a better reason
         }
         stats.tokens += embedded.tokens;
         stats.padded_tokens += embedded.padded_tokens;

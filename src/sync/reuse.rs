@@ -31,7 +31,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt32Type;
 use serde::{Deserialize, Serialize};
 
-use crate::input::InputFile;
+use crate::input::{Damaged, InputFile};
 use crate::output::{CHUNK, TEXT_HASH};
 use crate::run_spec::RunSpec;
 use crate::storage::parquet::{ParquetFile, ReadRequest};
@@ -191,11 +191,13 @@ struct Entry {
 }
 
 /// Plans the reuse: reads this worker's owned rows (`plan`, over `files`) for their keys and
-/// text hashes, then the key and hash columns of every source part, and pairs them. With
+/// text hashes (rows of a damaged row group skipped as `damaged` says: they are not reused),
+/// then the key and hash columns of every source part, and pairs them. With
 /// `chunk_rows`, a source row is its run of chunk rows.
 pub fn plan(
     files: &[InputFile],
     plan: &[(usize, Vec<Range<u64>>)],
+    damaged: Damaged,
     by_id: bool,
     chunk_rows: bool,
     sources: &[SourcePart],
@@ -205,7 +207,7 @@ pub fn plan(
     let mut index = 0u32;
     let mut input_bytes = 0;
     for (file, ranges) in plan {
-        let mut chunks = crate::input::read_rows(&files[*file], ranges, COPY_BATCH)?;
+        let mut chunks = crate::input::read_rows(&files[*file], ranges, COPY_BATCH, damaged)?;
         for chunk in chunks.by_ref() {
             let chunk = chunk?;
             let keys: Vec<Option<u128>> = match (&chunk.ids, by_id) {

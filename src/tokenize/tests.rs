@@ -346,7 +346,9 @@ fn the_fast_road_gives_the_tokenizers_ids_on_a_corpus() {
     let (mut texts, mut fast_texts) = (0, 0);
     let (mut ours, mut theirs) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for file in &inputs.files {
-        for chunk in crate::input::read_rows(file, &[file.global_rows()], 8192).unwrap() {
+        for chunk in
+            crate::input::read_rows(file, &[file.global_rows()], 8192, crate::input::Damaged::Fail).unwrap()
+        {
             let chunk = chunk.unwrap();
             let batch: Vec<&str> = (0..chunk.texts.len())
                 .filter(|&i| !chunk.texts.is_null(i))

@@ -246,6 +246,23 @@ fn a_damaged_row_group_on_a_bucket_is_named_and_not_retried() {
         .failure()
         .stderr(contains("s3://damaged/in/damaged.parquet: row group 2 of 4 (rows 128..192"))
         .stderr(contains("retrying").not());
+
+    // With --skip-damaged the group's rows are failures and the rest is as from a clean copy.
+    embed_s3(&s3.endpoint, &bucket.url("in/damaged.parquet"), &bucket.url("skipped"), &["--skip-damaged"])
+        .assert()
+        .success()
+        .stderr(contains("warning: s3://damaged/in/damaged.parquet: row group 2 of 4"));
+    s3_cmd(&s3.endpoint).arg("verify").arg(bucket.url("skipped")).assert().success();
+    let clean_in = dir.path().join("clean.parquet");
+    undamaged_file(&clean_in);
+    let clean = dir.path().join("clean");
+    embed_cmd(&clean_in, &clean, &[]).assert().success();
+    let copy = downloaded(&bucket, "skipped", dir.path());
+    let expected: Vec<(u64, Vec<f32>)> =
+        read_vectors(&clean).into_iter().filter(|(row, _)| !(128..192).contains(row)).collect();
+    assert_same_vectors(&expected, &read_vectors(&copy));
+    let failed: Vec<u64> = read_failures_any(&copy).into_iter().map(|f| f.0).collect();
+    assert_eq!(failed, (128..192).collect::<Vec<u64>>());
 }
 
 /// The chaos test on a bucket: SIGKILL at random instants, then SIGTERM, then run to the end.

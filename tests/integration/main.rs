@@ -4,6 +4,7 @@
 mod buckets;
 mod chunking;
 mod cli;
+mod damaged;
 mod encoders;
 mod examples;
 mod fleet;

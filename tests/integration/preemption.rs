@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 use crate::util::*;
@@ -312,20 +311,6 @@ fn flaky_input_reads_are_retried_and_a_dead_file_is_named() {
         .failure()
         .stderr(contains("giving up on"))
         .stderr(contains("shard-0.parquet after 6 attempts"));
-}
-
-#[test]
-fn a_damaged_row_group_fails_at_once_naming_it() {
-    let dir = tempdir();
-    let input = dir.path().join("damaged.parquet");
-    damaged_file(&input);
-    // Not retried (a flaky read is, for 15 s): reading the same bytes again cannot help.
-    embed_cmd(&input, &dir.path().join("out"), &[])
-        .assert()
-        .failure()
-        .stderr(contains("damaged.parquet: row group 2 of 4 (rows 128..192 of the file"))
-        .stderr(contains("the file is damaged"))
-        .stderr(contains("retrying").not());
 }
 
 #[test]

@@ -48,12 +48,18 @@ pub fn write_parquet_groups(path: &Path, columns: Vec<(&str, ArrayRef)>, group_r
     w.close().unwrap();
 }
 
-/// 256 texts in four row groups of 64, with row group 2's first page header overwritten by
-/// bytes no Thrift decoder accepts: the footer reads, rows 128..192 do not decode.
-pub fn damaged_file(path: &Path) {
+/// 256 texts (ids 1000…) in four row groups of 64, as [`damaged_file`] has before the damage.
+pub fn undamaged_file(path: &Path) {
     let texts: Vec<String> = (0..256).map(|i| format!("review number {i}")).collect();
     let texts = StringArray::from(texts.iter().map(String::as_str).collect::<Vec<_>>());
-    write_parquet_groups(path, vec![("text", Arc::new(texts) as ArrayRef)], 64);
+    let ids = Int64Array::from_iter_values(1000..1256);
+    write_parquet_groups(path, vec![("text", Arc::new(texts) as ArrayRef), ("id", Arc::new(ids))], 64);
+}
+
+/// [`undamaged_file`] with row group 2's first page header of the text column overwritten by
+/// bytes no Thrift decoder accepts: the footer reads, rows 128..192 do not decode.
+pub fn damaged_file(path: &Path) {
+    undamaged_file(path);
     let meta = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
     let column = meta.metadata().row_group(2).column(0);
     let at = column.dictionary_page_offset().unwrap_or(column.data_page_offset()) as usize;

@@ -1,0 +1,134 @@
+//! Damaged input files: a row group whose bytes do not decode stops the worker at once, naming
+//! it; with `--skip-damaged` its rows are recorded as failed and every other row is embedded as
+//! from an undamaged copy, across workers, part boundaries, a resume and `--reuse`.
+
+use std::path::Path;
+
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
+
+use crate::util::*;
+
+/// The rows of the damaged row group (group 2 of 4, 64 rows each).
+const DAMAGED: std::ops::Range<u64> = 128..192;
+
+fn status_json(out: &Path) -> serde_json::Value {
+    let output = batch_embed().arg("status").arg(out).arg("--json").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The damaged run's vectors are the undamaged run's less the damaged rows, and its failures
+/// are exactly those rows, each saying why.
+fn assert_damaged_rows_failed(clean: &Path, out: &Path) {
+    let expected: Vec<(u64, Vec<f32>)> =
+        read_vectors(clean).into_iter().filter(|(row, _)| !DAMAGED.contains(row)).collect();
+    assert_same_vectors(&expected, &read_vectors(out));
+    let failures = read_failures(out);
+    assert_eq!(failures.iter().map(|f| f.0).collect::<Vec<u64>>(), DAMAGED.collect::<Vec<u64>>());
+    assert!(failures.iter().all(|f| f.1.contains("does not decode") && f.1.contains("--skip-damaged")));
+    batch_embed().arg("verify").arg(out).assert().success().stdout(contains("OK: complete and sound"));
+}
+
+#[test]
+fn a_damaged_row_group_fails_at_once_naming_it() {
+    let dir = tempdir();
+    let input = dir.path().join("damaged.parquet");
+    damaged_file(&input);
+    // Not retried (a flaky read is, for 15 s): reading the same bytes again cannot help.
+    embed_cmd(&input, &dir.path().join("out"), &[])
+        .assert()
+        .failure()
+        .stderr(contains("damaged.parquet: row group 2 of 4 (rows 128..192 of the file"))
+        .stderr(contains("the file is damaged"))
+        .stderr(contains("retrying").not());
+}
+
+#[test]
+fn skip_damaged_records_the_row_group_as_failed_and_embeds_every_other_row() {
+    let dir = tempdir();
+    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
+    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
+    undamaged_file(&clean_in);
+    damaged_file(&damaged_in);
+    let clean = dir.path().join("clean-out");
+    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+
+    // Three workers in blocks of 16 rows: each owns part of the damaged group, and chunks of 16
+    // rows (parts of 16) put its failures across several commits.
+    let out = dir.path().join("out");
+    for w in 0..3 {
+        let worker = w.to_string();
+        let args =
+            ["--id-column", "id", "--num-workers", "3", "--worker-id", &worker, "--stride-block", "16"];
+        let mut args = args.to_vec();
+        args.extend(["--rows-per-part", "16", "--skip-damaged"]);
+        embed_cmd(&damaged_in, &out, &args)
+            .assert()
+            .success()
+            .stderr(contains("warning: "))
+            .stderr(contains("in.parquet: row group 2 of 4 (rows 128..192 of the file"))
+            .stderr(contains("recorded as failed (--skip-damaged)"));
+    }
+    assert_damaged_rows_failed(&clean, &out);
+    let status = status_json(&out);
+    assert_eq!(status["rows_failed"], 64, "{status}");
+    assert_eq!(status["rows_embedded"], 192, "{status}");
+}
+
+#[test]
+fn a_skip_damaged_run_cut_short_resumes_to_the_same_output() {
+    let dir = tempdir();
+    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
+    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
+    undamaged_file(&clean_in);
+    damaged_file(&damaged_in);
+    let clean = dir.path().join("clean-out");
+    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+
+    // Commits of 16 rows; the 10th fails like a full disk, inside the rows after the damage.
+    let out = dir.path().join("out");
+    let args = ["--id-column", "id", "--rows-per-part", "16", "--checkpoint-every", "0", "--skip-damaged"];
+    let mut failing = args.to_vec();
+    failing.extend(["--debug-faults", "commit=10"]);
+    embed_cmd(&damaged_in, &out, &failing).assert().failure().stderr(contains("no space left on device"));
+    assert_eq!(done(&worker0(&out).join("checkpoint.json")), 144, "nine commits kept");
+    embed_cmd(&damaged_in, &out, &args).assert().success();
+    assert_damaged_rows_failed(&clean, &out);
+
+    // Without the flag, a resume meets the damage again and stops; with it, the worker is done.
+    let stopped = dir.path().join("stopped");
+    let mut failing = args[..4].to_vec();
+    failing.extend(["--skip-damaged", "--debug-faults", "commit=4"]);
+    embed_cmd(&damaged_in, &stopped, &failing).assert().failure();
+    embed_cmd(&damaged_in, &stopped, &args[..4]).assert().failure().stderr(contains("row group 2 of 4"));
+}
+
+#[test]
+fn reuse_over_a_damaged_input_copies_what_it_can_and_records_the_rest() {
+    let dir = tempdir();
+    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
+    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
+    undamaged_file(&clean_in);
+    damaged_file(&damaged_in);
+    let clean = dir.path().join("clean-out");
+    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+
+    let prev = clean.to_str().unwrap();
+    let out = dir.path().join("out");
+    embed_cmd(&damaged_in, &out, &["--id-column", "id", "--reuse", prev])
+        .assert()
+        .failure()
+        .stderr(contains("row group 2 of 4"));
+    std::fs::remove_dir_all(&out).unwrap();
+    embed_cmd(&damaged_in, &out, &["--id-column", "id", "--reuse", prev, "--skip-damaged"])
+        .assert()
+        .success()
+        .stderr(contains("row group 2 of 4").count(1));
+    assert_damaged_rows_failed(&clean, &out);
+    let status = status_json(&out);
+    assert_eq!(status["rows_reused"], 192, "{status}");
+}
