@@ -22,7 +22,7 @@ use columns::ColumnRef;
 mod columns;
 mod rows;
 
-pub use rows::{read_rows, Chunk, Chunks, Damaged, Undecodable};
+pub use rows::{read_rows, Changed, Chunk, Chunks, Damaged, Undecodable};
 
 /// One input file, checked.
 #[derive(Clone, Debug)]

@@ -61,7 +61,8 @@ pub fn read(plan: ReadPlan<'_>, tx: SyncSender<Chunk>) -> Result<u64> {
 /// network filesystem or bucket mount) is retried with backoff from the first row not yet
 /// sent; after [`READ_ATTEMPTS`] the error names the file. Bytes that arrived but do not decode
 /// ([`input::Undecodable`]) end the read at once, as reading them again gives the same, unless
-/// `damaged` says to skip them. Returns false when the receiver is gone.
+/// `damaged` says to skip them; so does a file replaced since the run was planned
+/// ([`input::Changed`]). Returns false when the receiver is gone.
 fn read_file(
     file: &InputFile,
     ranges: &[Range<u64>],
@@ -104,7 +105,9 @@ fn read_file(
                 }
             }
         };
-        if error.downcast_ref::<input::Undecodable>().is_some() {
+        if error.downcast_ref::<input::Undecodable>().is_some()
+            || error.downcast_ref::<input::Changed>().is_some()
+        {
             return Err(error);
         }
         if attempt >= READ_ATTEMPTS {

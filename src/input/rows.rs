@@ -55,6 +55,9 @@ pub fn read_rows(
     damaged: Damaged,
 ) -> Result<Chunks> {
     let parquet = ParquetFile::open(&file.path)?;
+    if parquet.footer_hash != file.footer_hash {
+        return Err(Changed { path: file.path.display().to_string() }.into());
+    }
     let wanted: Vec<&columns::ColumnRef> = file.text_columns.iter().chain(&file.id_column).collect();
     let roots: Vec<usize> = wanted.iter().map(|c| c.root).collect();
     let mut leaves: Vec<usize> = wanted.iter().flat_map(|c| c.leaves.iter().copied()).collect();
@@ -113,6 +116,29 @@ impl std::fmt::Display for Undecodable {
 }
 
 impl std::error::Error for Undecodable {}
+
+/// An input file whose footer is not the one its rows were numbered from: it was replaced or
+/// rewritten while the run was going on. Not retried: the run would read other rows than it
+/// planned, under the same row numbers.
+#[derive(Debug)]
+pub struct Changed {
+    path: String,
+}
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} changed while this run was going on (its Parquet footer is not the one its rows were \
+             numbered from), so its rows may no longer be the ones planned; put the old file back \
+             and run the same command, or embed the new inputs into another --output (--reuse keeps \
+             the vectors of unchanged texts) or start this one over with --restart",
+            self.path
+        )
+    }
+}
+
+impl std::error::Error for Changed {}
 
 pub struct Chunks {
     /// The reader of `rows[next..end]`; `None` when that is empty.

@@ -1,4 +1,5 @@
-//! Damaged input files: a row group whose bytes do not decode stops the worker at once, naming
+//! Input files that go bad under a run. A file replaced while the run goes on stops it, naming
+//! the file. A row group whose bytes do not decode stops the worker at once, naming
 //! it; with `--skip-damaged` its rows are recorded as failed and every other row is embedded as
 //! from an undamaged copy, across workers, part boundaries, a resume and `--reuse`.
 
@@ -131,4 +132,37 @@ fn reuse_over_a_damaged_input_copies_what_it_can_and_records_the_rest() {
     assert_damaged_rows_failed(&clean, &out);
     let status = status_json(&out);
     assert_eq!(status["rows_reused"], 192, "{status}");
+}
+
+#[test]
+fn an_input_file_replaced_while_the_run_goes_on_stops_it_naming_the_file() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let texts: Vec<String> = (0..400).map(|i| format!("first file, review {i}")).collect();
+    write_texts(&input.join("a.parquet"), &texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
+    write_texts(&input.join("b.parquet"), &[Some("second file, one row")]);
+    let out = dir.path().join("out");
+    let log = dir.path().join("log");
+    let args = ["--rows-per-part", "16", "--checkpoint-every", "0", "--debug-chunk-delay-ms", "40"];
+    let mut child =
+        embed_child(&input, &out, &args).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    // Once rows are committed, the run was planned from the old b.parquet, which it has not
+    // opened yet (a.parquet takes 25 chunks of 40 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while done(&worker0(&out).join("checkpoint.json")) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    write_texts(&input.join("b.parquet"), &[Some("second file, now"), Some("two rows")]);
+    assert_eq!(wait_exit(&mut child, std::time::Duration::from_secs(60)), 1);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.contains("b.parquet changed while this run was going on"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    // What was committed stays; the resume is refused as a different run until the file is back.
+    assert_eq!(done(&worker0(&out).join("checkpoint.json")), 400);
+    embed_cmd(&input, &out, &[]).assert().failure().stderr(contains("different run"));
+    write_texts(&input.join("b.parquet"), &[Some("second file, one row")]);
+    embed_cmd(&input, &out, &[]).assert().success();
+    batch_embed().arg("verify").arg(&out).assert().success();
 }
