@@ -2,6 +2,7 @@
 //! their checkpoints, progress and committed failures. Read-only; nothing here takes a lock.
 //! The output may be local or on a bucket (storage/).
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use anyhow::{bail, Context, Result};
@@ -28,25 +29,34 @@ impl WorkerEntry {
         WorkerProgress::load(&self.dir)
     }
 
-    /// The rows of the committed failures: the first `failures_bytes` of failures.jsonl (a
-    /// folder on a disk) and every failure file the checkpoint lists (on a bucket).
-    pub fn failed_rows(&self, ckpt: &Checkpoint) -> Result<Vec<u64>> {
-        let mut rows = read_failures(&self.dir.join(FAILURES), ckpt.failures_bytes)?;
+    /// The committed failures: the first `failures_bytes` of failures.jsonl (a folder on a
+    /// disk) and every failure file the checkpoint lists (on a bucket).
+    pub fn failures(&self, ckpt: &Checkpoint) -> Result<Failures> {
+        let mut failures = Failures::default();
+        read_failures(&self.dir.join(FAILURES), ckpt.failures_bytes, &mut failures)?;
         for file in &ckpt.failure_files {
             let path = self.dir.join(&file.file);
-            let found = read_failures(&path, u64::MAX)?;
-            if found.len() as u64 != file.rows {
-                bail!(
-                    "{} holds {} failure records; the checkpoint says {}",
-                    path.display(),
-                    found.len(),
-                    file.rows
-                );
+            let before = failures.rows.len();
+            read_failures(&path, u64::MAX, &mut failures)?;
+            let found = failures.rows.len() - before;
+            if found as u64 != file.rows {
+                bail!("{} holds {found} failure records; the checkpoint says {}", path.display(), file.rows);
             }
-            rows.extend(found);
         }
-        Ok(rows)
+        Ok(failures)
     }
+
+    /// The rows of [`WorkerEntry::failures`].
+    pub fn failed_rows(&self, ckpt: &Checkpoint) -> Result<Vec<u64>> {
+        Ok(self.failures(ckpt)?.rows)
+    }
+}
+
+/// A worker's committed failures: the rows, and how many gave each reason.
+#[derive(Debug, Default)]
+pub struct Failures {
+    pub rows: Vec<u64>,
+    pub reasons: BTreeMap<String, u64>,
 }
 
 /// The worker folders (`worker-ID-of-N`) under `output`, sorted by (N, id). Fails when `output`
@@ -71,21 +81,31 @@ pub fn workers_required(output: &Location, what: &str) -> Result<Vec<WorkerEntry
     Ok(found)
 }
 
-/// The rows of the first `committed` bytes of a failures file (all of it for `u64::MAX`).
-fn read_failures(path: &Location, committed: u64) -> Result<Vec<u64>> {
+/// The records in the first `committed` bytes of a failures file (all of it for `u64::MAX`),
+/// added to `out`.
+fn read_failures(path: &Location, committed: u64, out: &mut Failures) -> Result<()> {
     if committed == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let bytes = path.read()?.with_context(|| format!("cannot open {}: it does not exist", path.display()))?;
     let end = bytes.len().min(usize::try_from(committed).unwrap_or(usize::MAX));
-    let mut rows = Vec::new();
+    #[derive(serde::Deserialize)]
+    struct Record {
+        row: u64,
+        #[serde(default)]
+        reason: String,
+    }
     for (n, line) in bytes[..end].lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let row = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v.get("row")?.as_u64())
+        let record = serde_json::from_str::<Record>(&line)
             .with_context(|| format!("{} line {} is not a failure record", path.display(), n + 1))?;
-        rows.push(row);
+        out.rows.push(record.row);
+        match out.reasons.get_mut(&record.reason) {
+            Some(count) => *count += 1,
+            None => {
+                out.reasons.insert(record.reason, 1);
+            }
+        }
     }
-    Ok(rows)
+    Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Report {
     pub rows_input: u64,
     pub rows_embedded: u64,
     pub rows_failed: u64,
+    /// The failed rows by the reason recorded for them.
+    pub failures_by_reason: BTreeMap<String, u64>,
     pub rows_missing: u64,
     pub duplicates: u64,
     /// Output rows of chunks (one row per chunk runs; 0 otherwise).
@@ -54,6 +56,7 @@ pub struct WorkerReport {
     pub rows_owned: u64,
     pub rows_embedded: u64,
     pub rows_failed: u64,
+    pub failures_by_reason: BTreeMap<String, u64>,
     pub rows_missing: u64,
     pub duplicates: u64,
     /// Global row ranges with neither a vector nor a failure (at most a few listed).
@@ -130,6 +133,9 @@ pub fn verify(output: &Location, deep: bool) -> Result<Report> {
     for w in &report.workers {
         report.rows_embedded += w.rows_embedded;
         report.rows_failed += w.rows_failed;
+        for (reason, n) in &w.failures_by_reason {
+            *report.failures_by_reason.entry(reason.clone()).or_default() += n;
+        }
         report.rows_missing += w.rows_missing;
         report.duplicates += w.duplicates;
         report.chunks += w.chunks;
@@ -263,10 +269,11 @@ fn check_worker(
             ckpt.chunks, w.chunks
         ));
     }
-    match entry.failed_rows(ckpt) {
-        Ok(rows) => {
-            w.rows_failed = rows.len() as u64;
-            for row in rows {
+    match entry.failures(ckpt) {
+        Ok(failures) => {
+            w.rows_failed = failures.rows.len() as u64;
+            w.failures_by_reason = failures.reasons;
+            for row in failures.rows {
                 mark(row, &mut seen, &mut w);
             }
         }
@@ -412,6 +419,16 @@ pub fn render(r: &Report) -> String {
         r.duplicates,
         if r.chunks > 0 { format!("; {} chunk rows", r.chunks) } else { String::new() }
     );
+    if !r.failures_by_reason.is_empty() {
+        // Most frequent first.
+        let mut reasons: Vec<(&String, &u64)> = r.failures_by_reason.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let _ = writeln!(s, "failed rows by reason:");
+        for (reason, n) in reasons {
+            let _ =
+                writeln!(s, "  {n:>10}  {}", if reason.is_empty() { "(no reason given)" } else { reason });
+        }
+    }
     for w in &r.workers {
         let _ = write!(
             s,

@@ -28,7 +28,15 @@ fn assert_damaged_rows_failed(clean: &Path, out: &Path) {
     let failures = read_failures(out);
     assert_eq!(failures.iter().map(|f| f.0).collect::<Vec<u64>>(), DAMAGED.collect::<Vec<u64>>());
     assert!(failures.iter().all(|f| f.1.contains("does not decode") && f.1.contains("--skip-damaged")));
-    batch_embed().arg("verify").arg(out).assert().success().stdout(contains("OK: complete and sound"));
+    batch_embed()
+        .arg("verify")
+        .arg(out)
+        .assert()
+        .success()
+        .stdout(contains(
+            "failed rows by reason:\n          64  its row group in the input file does not decode",
+        ))
+        .stdout(contains("OK: complete and sound"));
 }
 
 #[test]

@@ -65,6 +65,10 @@ fn a_complete_run_passes_and_a_missing_worker_is_named() {
     assert_eq!(r["rows_input"], 150);
     let total = r["rows_embedded"].as_u64().unwrap() + r["rows_failed"].as_u64().unwrap();
     assert_eq!(total, 150);
+    // The corpus has a null text at rows 13 and 110, each on another worker's folder.
+    assert_eq!(r["failures_by_reason"], serde_json::json!({"text is null": 2}));
+    assert_eq!(r["workers"][0]["failures_by_reason"], serde_json::json!({}));
+    verify(&out).assert().success().stdout(contains("failed rows by reason:\n           2  text is null\n"));
 }
 
 #[test]
