@@ -15,6 +15,7 @@ pub mod config;
 pub mod device;
 pub mod embed;
 pub mod error_text;
+pub mod failures;
 pub mod faults;
 pub mod fleet;
 pub mod heartbeat;

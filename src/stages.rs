@@ -8,7 +8,6 @@
 //! A stage returns when its input ends or its output is gone (a later stage stopped; that stage
 //! reports why). The first error is the cause; the others only saw their channel close.
 
-use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +19,7 @@ use arrow::array::{Array, UInt32Array};
 
 use crate::checkpoint::Checkpoint;
 use crate::embed::{Embedded, Embedder, Prepared};
+use crate::failures;
 use crate::heartbeat::Live;
 use crate::input::{self, Chunk, Damaged, InputFile};
 use crate::output::{ChunkColumns, FinishedPart, ShardWriter};
@@ -382,6 +382,7 @@ fn write_parts(
             } else {
                 let mut keep: Vec<u32> = Vec::with_capacity(chunk_rows.len() - failed);
                 let mut values = Vec::with_capacity((chunk_rows.len() - failed) * embedded.dim);
+                let mut failures = Vec::with_capacity(failed);
                 for (i, failure) in embedded.failures.iter().enumerate() {
                     match failure {
                         None => {
@@ -390,13 +391,11 @@ fn write_parts(
                                 &embedded.values[i * embedded.dim..(i + 1) * embedded.dim],
                             );
                         }
-                        Some(f) => {
-                            let line = serde_json::json!({"row": chunk_rows[i], "reason": f.reason()});
-                            writeln!(failure_lines, "{line}")?;
-                            pending.failed += 1;
-                        }
+                        Some(f) => failures.push((i, *f)),
                     }
                 }
+                failures::write_records(&chunk_rows, &failures, chunk_ids.as_ref(), &mut failure_lines)?;
+                pending.failed += failures.len() as u64;
                 let rows = keep.iter().map(|&i| chunk_rows[i as usize]).collect();
                 let hashes = keep.iter().map(|&i| chunk_hashes[i as usize]).collect();
                 let ids = match &chunk_ids {
@@ -449,12 +448,10 @@ fn chunk_rows_of(
     };
     let mut take: Vec<u32> = Vec::with_capacity(index.chunks());
     let every_row = embedded.failed() == 0;
+    let mut failed = Vec::new();
     for (i, &row) in rows.iter().enumerate() {
         match embedded.vectors(i) {
-            Err(f) => {
-                let line = serde_json::json!({"row": row, "reason": f.reason()});
-                writeln!(failure_lines, "{line}")?;
-            }
+            Err(f) => failed.push((i, f)),
             Ok((v, spans)) => {
                 for (j, &(start, end)) in spans.unwrap_or_default().iter().enumerate() {
                     out.rows.push(row);
@@ -470,6 +467,7 @@ fn chunk_rows_of(
             }
         }
     }
+    failures::write_records(rows, &failed, ids, failure_lines)?;
     if every_row {
         // Every row's chunks, in order: the model stage's buffer as it is.
         out.values = std::mem::take(&mut embedded.values);

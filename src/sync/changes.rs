@@ -3,7 +3,10 @@
 //!
 //! - `DIR/upserted.parquet`: `id`, `embedding`, `text_hash` for every id that is new in CURRENT
 //!   or whose text changed (or every id, when the two runs' vectors were made differently);
-//! - `DIR/deleted.parquet`: `id` for every id of PREVIOUS that CURRENT no longer has;
+//! - `DIR/deleted.parquet`: `id` for every id of PREVIOUS that CURRENT no longer has. An id whose
+//!   row CURRENT has but could not embed (a null text, say: its failure record carries the id)
+//!   is neither upserted nor deleted: the database keeps what PREVIOUS gave it. A failure whose id
+//!   is not known (a damaged row group) makes CURRENT count as incomplete;
 //! - `DIR/duplicates.parquet` (only when there are some): ids that occur more than once in one
 //!   snapshot, with the snapshot and the count. Such an id is left out of the change set: a
 //!   key-value store cannot hold both rows, and picking one would be a silent merge.
@@ -49,6 +52,8 @@ pub struct ChangeReport {
     pub changed: u64,
     pub new: u64,
     pub deleted: u64,
+    /// Ids PREVIOUS has whose row failed in CURRENT: neither upserted nor deleted.
+    pub failed_kept: u64,
     /// Ids that occur more than once in PREVIOUS / in CURRENT (left out of the change set).
     pub duplicate_ids_previous: u64,
     pub duplicate_ids_current: u64,
@@ -158,10 +163,26 @@ pub fn changes(
     report.chunk_rows = chunked;
     report.vectors_differ = cur.spec.vectors_differences(&prev.spec);
     let id_type = part_id_type(&cur)?;
-    if let (Some(a), Some(b)) = (part_id_type(&prev)?, &id_type) {
-        if &a != b {
+    let prev_id_type = part_id_type(&prev)?;
+    if let (Some(a), Some(b)) = (&prev_id_type, &id_type) {
+        if a != b {
             bail!("the ids are {a} in PREVIOUS and {b} in CURRENT; they cannot be matched");
         }
+    }
+    // CURRENT's failed rows: their ids stay as PREVIOUS has them.
+    let (failed, unknown) = match id_type.as_ref().or(prev_id_type.as_ref()) {
+        Some(t) => failed_ids(current, t)?,
+        None => (HashSet::new(), 0),
+    };
+    if unknown > 0 {
+        let what = format!(
+            "CURRENT {} has {unknown} failed rows whose id is not known (their row group of the input did not decode, or an older batch-embed wrote no ids in failure records)",
+            current.display()
+        );
+        if !allow_incomplete {
+            bail!("{what}; any of them that PREVIOUS holds would look deleted: fix the input and run CURRENT again, or pass --allow-incomplete to go on so");
+        }
+        report.incomplete.push(what);
     }
     dir.create_dir_all()?;
 
@@ -268,7 +289,10 @@ pub fn changes(
             if left_out(&key) {
                 return;
             }
-            if !seen[j] {
+            if !seen[j] && failed.contains(&key) {
+                report.failed_kept += 1;
+                seen[j] = true;
+            } else if !seen[j] {
                 rows.push(row);
                 report.deleted += 1;
                 seen[j] = true; // once, even for a duplicated id
@@ -299,6 +323,43 @@ pub fn changes(
         report.files.push(dup_path.display().to_string());
     }
     Ok(report)
+}
+
+/// The id keys of CURRENT's failure records (ids read back as `id_type`), and how many records
+/// have no id.
+fn failed_ids(output: &Location, id_type: &DataType) -> Result<(HashSet<u128>, u64)> {
+    const BATCH: usize = 8192;
+    let mut keys = HashSet::new();
+    let mut unknown = 0;
+    let mut pending: Vec<serde_json::Value> = Vec::new();
+    let flush = |pending: &mut Vec<serde_json::Value>, keys: &mut HashSet<u128>| -> Result<()> {
+        let values: Vec<&serde_json::Value> = pending.iter().collect();
+        let ids = crate::failures::ids_from_json(&values, id_type)?;
+        keys.extend(super::id_keys(&ids)?.into_iter().flatten());
+        pending.clear();
+        Ok(())
+    };
+    for w in crate::fleet::workers(output)? {
+        let Some(ckpt) = w.checkpoint()? else { continue };
+        let mut error = None;
+        w.for_each_failure(&ckpt, |r| match r.id {
+            None => unknown += 1,
+            Some(serde_json::Value::Null) => {}
+            Some(id) => {
+                pending.push(id);
+                if pending.len() == BATCH && error.is_none() {
+                    error = flush(&mut pending, &mut keys).err();
+                }
+            }
+        })?;
+        if let Some(e) = error {
+            return Err(e.context(format!("cannot read the ids of {}'s failure records", w.dir.display())));
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut keys)?;
+    }
+    Ok((keys, unknown))
 }
 
 /// The type of a run's `id` column, from its first part.
@@ -549,6 +610,13 @@ pub fn render(r: &ChangeReport) -> String {
         "ids: {} unchanged, {} changed, {} new, {} deleted",
         r.unchanged, r.changed, r.new, r.deleted
     );
+    if r.failed_kept > 0 {
+        let _ = writeln!(
+            s,
+            "note: {} ids of PREVIOUS have a row in CURRENT that got no vector (see its failures); they are neither upserted nor deleted, so the database keeps their old vectors",
+            r.failed_kept
+        );
+    }
     if !r.vectors_differ.is_empty() {
         let _ = writeln!(
             s,

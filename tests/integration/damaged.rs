@@ -1,7 +1,8 @@
 //! Input files that go bad under a run. A file replaced while the run goes on stops it, naming
 //! the file. A row group whose bytes do not decode stops the worker at once, naming
 //! it; with `--skip-damaged` its rows are recorded as failed and every other row is embedded as
-//! from an undamaged copy, across workers, part boundaries, a resume and `--reuse`.
+//! from an undamaged copy, across workers, part boundaries, a resume and `--reuse`; `changes`
+//! keeps the ids of rows that failed and refuses to guess the ids it could not read.
 
 use std::path::Path;
 
@@ -173,4 +174,56 @@ fn an_input_file_replaced_while_the_run_goes_on_stops_it_naming_the_file() {
     write_texts(&input.join("b.parquet"), &[Some("second file, one row")]);
     embed_cmd(&input, &out, &[]).assert().success();
     batch_embed().arg("verify").arg(&out).assert().success();
+}
+
+#[test]
+fn changes_keeps_ids_whose_row_failed_and_refuses_ids_it_cannot_know() {
+    let dir = tempdir();
+    let p = |name: &str| dir.path().join(name);
+    std::fs::create_dir_all(p("a")).unwrap();
+    undamaged_file(&p("a/in.parquet"));
+    embed_cmd(&p("a/in.parquet"), &p("out-a"), &["--id-column", "id"]).assert().success();
+
+    // CURRENT: id 1005's text is now null (a failure that carries its id), id 1006 is gone.
+    std::fs::create_dir_all(p("b")).unwrap();
+    let (ids, texts): (Vec<i64>, Vec<Option<String>>) = (0..256)
+        .filter(|&i| i != 6)
+        .map(|i| (1000 + i, (i != 5).then(|| format!("review number {i}"))))
+        .unzip();
+    write_parquet(
+        &p("b/in.parquet"),
+        vec![
+            ("text", std::sync::Arc::new(arrow::array::StringArray::from(texts)) as arrow::array::ArrayRef),
+            ("id", std::sync::Arc::new(arrow::array::Int64Array::from(ids))),
+        ],
+    );
+    embed_cmd(&p("b/in.parquet"), &p("out-b"), &["--id-column", "id"]).assert().success();
+    let failures = std::fs::read_to_string(worker0(&p("out-b")).join("failures.jsonl")).unwrap();
+    assert_eq!(failures, "{\"id\":1005,\"reason\":\"text is null\",\"row\":5}\n");
+    let changes = |current: &str, out: &str, extra: &[&str]| {
+        let mut cmd = batch_embed();
+        cmd.arg("changes").arg(p("out-a")).arg(p(current)).arg("--output").arg(p(out)).args(extra);
+        cmd
+    };
+    changes("out-b", "changes-b", &[])
+        .assert()
+        .success()
+        .stdout(contains("ids: 254 unchanged, 0 changed, 0 new, 1 deleted"))
+        .stdout(contains("1 ids of PREVIOUS have a row in CURRENT that got no vector"));
+    assert_eq!(crate::sync::change_ids(&p("changes-b/deleted.parquet")), [1006]);
+    assert!(crate::sync::change_ids(&p("changes-b/upserted.parquet")).is_empty());
+
+    // CURRENT with a damaged row group skipped: those rows' ids are unknown, so a change set
+    // would delete them; refused unless the user accepts that.
+    std::fs::create_dir_all(p("c")).unwrap();
+    damaged_file(&p("c/in.parquet"));
+    embed_cmd(&p("c/in.parquet"), &p("out-c"), &["--id-column", "id", "--skip-damaged"]).assert().success();
+    changes("out-c", "changes-c", &[])
+        .assert()
+        .failure()
+        .stderr(contains("has 64 failed rows whose id is not known"))
+        .stderr(contains("--allow-incomplete"));
+    assert!(!p("changes-c").exists(), "nothing written");
+    changes("out-c", "changes-c", &["--allow-incomplete"]).assert().success().stdout(contains("64 deleted"));
+    assert_eq!(crate::sync::change_ids(&p("changes-c/deleted.parquet")), (1128..1192).collect::<Vec<i64>>());
 }

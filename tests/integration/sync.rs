@@ -461,7 +461,7 @@ fn read_table_vectors(path: &Path) -> Vec<((i64, u32), Vec<f32>)> {
 }
 
 /// The ids of a change-set file, sorted.
-fn change_ids(path: &Path) -> Vec<i64> {
+pub fn change_ids(path: &Path) -> Vec<i64> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
