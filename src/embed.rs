@@ -52,6 +52,25 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A stable name for scripts (the `code` of a failure record).
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::NullText => "null_text",
+            Failure::NotUtf8 => "not_utf8",
+            Failure::NoTokens => "no_tokens",
+            Failure::OutOfMemory => "out_of_memory",
+            Failure::NonFinite => "non_finite",
+            Failure::Unsplittable => "unsplittable",
+            Failure::Damaged => "damaged",
+        }
+    }
+
+    /// The row has no text to embed (as opposed to a text that could not be embedded): for
+    /// `changes`, such a row is gone from the corpus.
+    pub fn no_text(code: &str) -> bool {
+        code == Failure::NullText.code() || code == Failure::NoTokens.code()
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             Failure::NullText => "text is null",

@@ -1,9 +1,10 @@
-//! Failure records: one JSON line per row that got no vector, `{"row": N, "reason": "…",
-//! "id": …}`, in a worker folder's `failures.jsonl` (on a bucket, one `failures-*.jsonl` per
-//! commit). With an id column, `id` is the row's id as JSON (arrow's JSON form of its type;
-//! `null` for a null id), left out only where the id could not be read: a row of a damaged row
-//! group. `verify` counts the records by reason; `changes` keys their ids, so that a row CURRENT
-//! could not embed is not taken for a deleted one.
+//! Failure records: one JSON line per row that got no vector, `{"row": N, "code": "…",
+//! "reason": "…", "id": …}`, in a worker folder's `failures.jsonl` (on a bucket, one
+//! `failures-*.jsonl` per commit). `code` is [`Failure::code`], `reason` a sentence. With an id
+//! column, `id` is the row's id as JSON (arrow's JSON form of its type; `null` for a null id),
+//! left out only where the id could not be read: a row of a damaged row group. `verify` counts
+//! the records by reason; `changes` keys the ids of rows whose text could not be embedded, so
+//! that such a row is not taken for a deleted one.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -34,7 +35,8 @@ pub fn write_records(
         None => None,
     };
     for (k, &(i, failure)) in failed.iter().enumerate() {
-        let mut line = serde_json::json!({"row": rows[i], "reason": failure.reason()});
+        let mut line =
+            serde_json::json!({"row": rows[i], "code": failure.code(), "reason": failure.reason()});
         match &ids {
             // The row's bytes did not decode: its id is not known.
             Some(_) if failure == Failure::Damaged => {}
@@ -78,6 +80,9 @@ pub fn ids_from_json(values: &[&serde_json::Value], id_type: &DataType) -> Resul
 #[derive(Debug, serde::Deserialize)]
 pub struct FailureRecord {
     pub row: u64,
+    /// [`Failure::code`]; empty in records of batch-embed before it had codes.
+    #[serde(default)]
+    pub code: String,
     #[serde(default)]
     pub reason: String,
     /// `None` when the record has no `id` (no id column, or the id not known); `Some(Null)` for a
@@ -169,7 +174,7 @@ mod tests {
         write_records(&rows, &[(1, Failure::NoTokens)], None, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"reason\":\"text tokenizes to no tokens\",\"row\":11}\n"
+            "{\"code\":\"no_tokens\",\"reason\":\"text tokenizes to no tokens\",\"row\":11}\n"
         );
     }
 }

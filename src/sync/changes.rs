@@ -3,10 +3,11 @@
 //!
 //! - `DIR/upserted.parquet`: `id`, `embedding`, `text_hash` for every id that is new in CURRENT
 //!   or whose text changed (or every id, when the two runs' vectors were made differently);
-//! - `DIR/deleted.parquet`: `id` for every id of PREVIOUS that CURRENT no longer has. An id whose
-//!   row CURRENT has but could not embed (a null text, say: its failure record carries the id)
-//!   is neither upserted nor deleted: the database keeps what PREVIOUS gave it. A failure whose id
-//!   is not known (a damaged row group) makes CURRENT count as incomplete;
+//! - `DIR/deleted.parquet`: `id` for every id of PREVIOUS that CURRENT no longer has (a row whose
+//!   text is now null, or tokenizes to nothing, counts as gone). An id whose row CURRENT has but
+//!   could not embed (out of memory, NaN, bytes that are not UTF-8, …: its failure record carries
+//!   the id) is neither upserted nor deleted: the database keeps what PREVIOUS gave it. A failure
+//!   whose id is not known (a damaged row group) makes CURRENT count as incomplete;
 //! - `DIR/duplicates.parquet` (only when there are some): ids that occur more than once in one
 //!   snapshot, with the snapshot and the count. Such an id is left out of the change set: a
 //!   key-value store cannot hold both rows, and picking one would be a silent merge.
@@ -34,6 +35,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
+use crate::embed::Failure;
 use crate::output::{CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
 use crate::run_spec::RunSpec;
 use crate::storage::parquet::{ParquetFile, ReadRequest};
@@ -325,8 +327,9 @@ pub fn changes(
     Ok(report)
 }
 
-/// The id keys of CURRENT's failure records (ids read back as `id_type`), and how many records
-/// have no id.
+/// The id keys of CURRENT's rows whose text could not be embedded (ids read back from their
+/// failure records as `id_type`; rows with no text, null or no tokens, are not among them: those
+/// are deletions), and how many such records have no id.
 fn failed_ids(output: &Location, id_type: &DataType) -> Result<(HashSet<u128>, u64)> {
     const BATCH: usize = 8192;
     let mut keys = HashSet::new();
@@ -343,6 +346,8 @@ fn failed_ids(output: &Location, id_type: &DataType) -> Result<(HashSet<u128>, u
         let Some(ckpt) = w.checkpoint()? else { continue };
         let mut error = None;
         w.for_each_failure(&ckpt, |r| match r.id {
+            // A row with no text is gone from the corpus, whatever its id.
+            _ if Failure::no_text(&r.code) => {}
             None => unknown += 1,
             Some(serde_json::Value::Null) => {}
             Some(id) => {

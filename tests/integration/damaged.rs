@@ -184,12 +184,16 @@ fn changes_keeps_ids_whose_row_failed_and_refuses_ids_it_cannot_know() {
     undamaged_file(&p("a/in.parquet"));
     embed_cmd(&p("a/in.parquet"), &p("out-a"), &["--id-column", "id"]).assert().success();
 
-    // CURRENT: id 1005's text is now null (a failure that carries its id), id 1006 is gone.
+    // CURRENT: id 1005's text is now null (gone, like id 1006); id 1007's text changed into one
+    // that fails to embed (out of memory even alone), a failure that carries its id.
     std::fs::create_dir_all(p("b")).unwrap();
-    let (ids, texts): (Vec<i64>, Vec<Option<String>>) = (0..256)
-        .filter(|&i| i != 6)
-        .map(|i| (1000 + i, (i != 5).then(|| format!("review number {i}"))))
-        .unzip();
+    let text = |i: i64| match i {
+        5 => None,
+        7 => Some("a long review that runs out of memory on its own ".repeat(8)),
+        _ => Some(format!("review number {i}")),
+    };
+    let (ids, texts): (Vec<i64>, Vec<Option<String>>) =
+        (0..256).filter(|&i| i != 6).map(|i| (1000 + i, text(i))).unzip();
     write_parquet(
         &p("b/in.parquet"),
         vec![
@@ -197,9 +201,13 @@ fn changes_keeps_ids_whose_row_failed_and_refuses_ids_it_cannot_know() {
             ("id", std::sync::Arc::new(arrow::array::Int64Array::from(ids))),
         ],
     );
-    embed_cmd(&p("b/in.parquet"), &p("out-b"), &["--id-column", "id"]).assert().success();
+    embed_cmd(&p("b/in.parquet"), &p("out-b"), &["--id-column", "id", "--debug-faults", "oom-above=40"])
+        .assert()
+        .success();
     let failures = std::fs::read_to_string(worker0(&p("out-b")).join("failures.jsonl")).unwrap();
-    assert_eq!(failures, "{\"id\":1005,\"reason\":\"text is null\",\"row\":5}\n");
+    let lines: Vec<&str> = failures.lines().collect();
+    assert_eq!(lines[0], "{\"code\":\"null_text\",\"id\":1005,\"reason\":\"text is null\",\"row\":5}");
+    assert!(lines[1].starts_with("{\"code\":\"out_of_memory\",\"id\":1007,"), "{failures}");
     let changes = |current: &str, out: &str, extra: &[&str]| {
         let mut cmd = batch_embed();
         cmd.arg("changes").arg(p("out-a")).arg(p(current)).arg("--output").arg(p(out)).args(extra);
@@ -208,9 +216,9 @@ fn changes_keeps_ids_whose_row_failed_and_refuses_ids_it_cannot_know() {
     changes("out-b", "changes-b", &[])
         .assert()
         .success()
-        .stdout(contains("ids: 254 unchanged, 0 changed, 0 new, 1 deleted"))
+        .stdout(contains("ids: 253 unchanged, 0 changed, 0 new, 2 deleted"))
         .stdout(contains("1 ids of PREVIOUS have a row in CURRENT that got no vector"));
-    assert_eq!(crate::sync::change_ids(&p("changes-b/deleted.parquet")), [1006]);
+    assert_eq!(crate::sync::change_ids(&p("changes-b/deleted.parquet")), [1005, 1006]);
     assert!(crate::sync::change_ids(&p("changes-b/upserted.parquet")).is_empty());
 
     // CURRENT with a damaged row group skipped: those rows' ids are unknown, so a change set
