@@ -35,10 +35,16 @@ pub fn geglu(x: &Tensor, intermediate: usize) -> Result<Tensor> {
     x.apply_op1_no_bwd(&Glu { intermediate, act: GluAct::Gelu })
 }
 
+/// Gemma's `gelu_tanh(gate) * up` for `x = [gate | up]`, as [`swiglu`].
+pub fn geglu_tanh(x: &Tensor, intermediate: usize) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Glu { intermediate, act: GluAct::GeluTanh })
+}
+
 #[derive(Clone, Copy)]
 enum GluAct {
     Silu,
     Gelu,
+    GeluTanh,
 }
 
 struct Glu {
@@ -58,6 +64,11 @@ multiversion! {
             GluAct::Gelu => {
                 for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
                     *o = fast_math::gelu(g) * u;
+                }
+            }
+            GluAct::GeluTanh => {
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    *o = fast_math::gelu_tanh(g) * u;
                 }
             }
         }
@@ -119,10 +130,7 @@ multiversion! {
             A::Tanh => row.iter_mut().for_each(|x| *x = x.tanh()),
             A::Relu => row.iter_mut().for_each(|x| *x = x.max(0.0)),
             A::Gelu => row.iter_mut().for_each(|x| *x = fast_math::gelu(*x)),
-            // NOTE: candle's tanh GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-            A::GeluTanh => row.iter_mut().for_each(|x| {
-                *x = 0.5 * *x * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (*x + 0.044715 * *x * *x * *x)).tanh())
-            }),
+            A::GeluTanh => row.iter_mut().for_each(|x| *x = fast_math::gelu_tanh(*x)),
             A::Silu => row.iter_mut().for_each(|x| *x /= 1.0 + fast_math::exp(-*x)),
             A::Sigmoid => row.iter_mut().for_each(|x| *x = 1.0 / (1.0 + fast_math::exp(-*x))),
         }

@@ -18,7 +18,7 @@ use super::ModelConfig;
 use crate::batch::Batch;
 
 /// Whether the fused CPU kernels apply to `x` (f32 on the CPU).
-fn cpu_f32(x: &Tensor) -> bool {
+pub(super) fn cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 

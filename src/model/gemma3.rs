@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::{self, Rotary, Visible, MAX_ATTENTION_ELEMENTS};
 use super::config::{Activation, RopeScaling};
-use super::encoder::{queries_for, Linear};
+use super::encoder::{cpu_f32, queries_for, Linear};
 use super::layers::{DecoderOptions, RmsNorm};
 use super::varlen_cpu::Queries;
 use super::ModelConfig;
@@ -31,8 +31,8 @@ struct Layer {
     k_norm: RmsNorm,
     post_attention_norm: RmsNorm,
     pre_mlp_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate and up projections fused: `[2 * intermediate, hidden]`.
+    gate_up: Linear,
     down: Linear,
     post_mlp_norm: RmsNorm,
     global: bool,
@@ -54,6 +54,7 @@ pub struct Gemma3 {
     kv_heads: usize,
     head_dim: usize,
     hidden_size: usize,
+    intermediate: usize,
     packed: bool,
     attention_limit: std::sync::atomic::AtomicUsize,
     dtype: DType,
@@ -94,8 +95,16 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, opts: DecoderOptions) -> Result<G
                 k_norm: RmsNorm::load_offset(a.pp("k_norm"), d, eps)?,
                 post_attention_norm: norm("post_attention_layernorm", h)?,
                 pre_mlp_norm: norm("pre_feedforward_layernorm", h)?,
-                gate: Linear::load(vb.pp("mlp.gate_proj"), h, i, false)?,
-                up: Linear::load(vb.pp("mlp.up_proj"), h, i, false)?,
+                gate_up: Linear {
+                    weight: Tensor::cat(
+                        &[
+                            vb.pp("mlp.gate_proj").get((i, h), "weight")?,
+                            vb.pp("mlp.up_proj").get((i, h), "weight")?,
+                        ],
+                        0,
+                    )?,
+                    bias: None,
+                },
                 down: Linear::load(vb.pp("mlp.down_proj"), i, h, false)?,
                 post_mlp_norm: norm("post_feedforward_layernorm", h)?,
                 global: g.global_layers[n],
@@ -124,6 +133,7 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, opts: DecoderOptions) -> Result<G
         kv_heads: kv,
         head_dim: d,
         hidden_size: h,
+        intermediate: i,
         packed: opts.packed,
         attention_limit: std::sync::atomic::AtomicUsize::new(MAX_ATTENTION_ELEMENTS),
         dtype,
@@ -134,7 +144,15 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, opts: DecoderOptions) -> Result<G
 impl Gemma3 {
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let normed = layer.pre_mlp_norm.forward(x)?;
-        let gated = (self.activation.apply(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
+        let gate_up = layer.gate_up.matmul(&normed)?;
+        let i = self.intermediate;
+        let gated = if cpu_f32(&gate_up) && self.activation == Activation::GeluTanh {
+            // One parallel pass, with a vectorised tanh (libm's was a fifth of the run).
+            super::cpu_ops::geglu_tanh(&gate_up, i)?
+        } else {
+            (self.activation.apply(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
+        };
+        drop(gate_up); // [tokens, 2 × intermediate]: the largest activation, gone before `down`
         layer.post_mlp_norm.forward(&layer.down.forward(&gated)?)
     }
 
