@@ -14,5 +14,6 @@ mod pipeline;
 mod preemption;
 mod reference;
 mod sync;
+mod templates;
 mod util;
 mod verify;
