@@ -34,63 +34,7 @@ pub struct EmbedderOptions {
     pub chunking: Option<Chunking>,
 }
 
-/// Why a row got no vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    NullText,
-    /// A binary text column held bytes that are not UTF-8.
-    NotUtf8,
-    NoTokens,
-    /// The model ran out of memory on this text even in a batch of its own, twice.
-    OutOfMemory,
-    /// The vector holds NaN or infinite values (an overflow, e.g. of f16's range).
-    NonFinite,
-    /// A piece of the text does not fit in `--chunk-tokens` even alone.
-    Unsplittable,
-    /// The row's row group in the input file does not decode, and `--skip-damaged` is on.
-    Damaged,
-}
-
-impl Failure {
-    /// A stable name for scripts (the `code` of a failure record).
-    pub fn code(self) -> &'static str {
-        match self {
-            Failure::NullText => "null_text",
-            Failure::NotUtf8 => "not_utf8",
-            Failure::NoTokens => "no_tokens",
-            Failure::OutOfMemory => "out_of_memory",
-            Failure::NonFinite => "non_finite",
-            Failure::Unsplittable => "unsplittable",
-            Failure::Damaged => "damaged",
-        }
-    }
-
-    /// The row has no text to embed (as opposed to a text that could not be embedded): for
-    /// `changes`, such a row is gone from the corpus.
-    pub fn no_text(code: &str) -> bool {
-        code == Failure::NullText.code() || code == Failure::NoTokens.code()
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::NullText => "text is null",
-            Failure::NotUtf8 => "text is not valid UTF-8 (a binary column holds other bytes)",
-            Failure::NoTokens => "text tokenizes to no tokens",
-            Failure::OutOfMemory => {
-                "out of memory even in a batch of its own, also when retried after the batch budget shrank"
-            }
-            Failure::NonFinite => {
-                "the model's output holds NaN or infinite values (an overflow? f16 has a narrow range)"
-            }
-            Failure::Damaged => {
-                "its row group in the input file does not decode (the file is damaged); skipped by --skip-damaged"
-            }
-            Failure::Unsplittable => {
-                "a character of the text does not fit in a chunk of --chunk-tokens with the prompt"
-            }
-        }
-    }
-}
+pub use crate::failures::Failure;
 
 /// The result for a list of texts, in the order given.
 #[derive(Debug, Default)]

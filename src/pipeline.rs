@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::EmbedConfig;
 use crate::embed::{Embedder, EmbedderOptions};
 use crate::heartbeat::{Heartbeat, Live};
-use crate::input::{self, Chunk, Damaged, Inputs};
+use crate::input::{self, Chunk, Inputs};
 use crate::lock::LockOptions;
 use crate::model::AttentionImpl;
 use crate::output::ShardWriter;
@@ -301,10 +301,7 @@ fn plan_reuse(
     let started = Instant::now();
     let by_id = ckpt.spec.rows.id_column.is_some();
     // Damaged rows are not reused; the read stage meets them again, and warns then.
-    let damaged = match cfg.damaged {
-        Damaged::Skip { .. } => Damaged::Skip { quiet: true },
-        Damaged::Fail => Damaged::Fail,
-    };
+    let damaged = cfg.damaged.quietly();
     let reuse =
         reuse::plan(&inputs.files, plan, damaged, by_id, ckpt.spec.vectors.chunk_rows(), &state.sources)?;
     note(&format!(

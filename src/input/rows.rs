@@ -44,6 +44,16 @@ pub enum Damaged {
     Skip { quiet: bool },
 }
 
+impl Damaged {
+    /// The same choice without the warning (for a pass that reads the rows again later).
+    pub fn quietly(self) -> Self {
+        match self {
+            Damaged::Skip { .. } => Damaged::Skip { quiet: true },
+            Damaged::Fail => Damaged::Fail,
+        }
+    }
+}
+
 /// Streams the rows of `file` within `owned` (global row ranges, increasing, inside the file)
 /// in chunks of up to `chunk_rows` rows. Row groups with no owned row are not read; within the
 /// others, unowned rows are skipped by a row selection (pages are skipped where the file has a

@@ -4,7 +4,7 @@
 //! from an undamaged copy, across workers, part boundaries, a resume and `--reuse`; `changes`
 //! keeps the ids of rows that failed and refuses to guess the ids it could not read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
@@ -40,6 +40,19 @@ fn assert_damaged_rows_failed(clean: &Path, out: &Path) {
         .stdout(contains("OK: complete and sound"));
 }
 
+/// The damaged file in `dir/damaged/`, and the output of a run over its undamaged copy (with
+/// ids), to compare with.
+fn damaged_and_clean_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let (clean_in, damaged_in) = (dir.join("clean/in.parquet"), dir.join("damaged/in.parquet"));
+    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
+    undamaged_file(&clean_in);
+    damaged_file(&damaged_in);
+    let clean = dir.join("clean-out");
+    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+    (damaged_in, clean)
+}
+
 #[test]
 fn a_damaged_row_group_fails_at_once_naming_it() {
     let dir = tempdir();
@@ -57,13 +70,7 @@ fn a_damaged_row_group_fails_at_once_naming_it() {
 #[test]
 fn skip_damaged_records_the_row_group_as_failed_and_embeds_every_other_row() {
     let dir = tempdir();
-    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
-    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
-    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
-    undamaged_file(&clean_in);
-    damaged_file(&damaged_in);
-    let clean = dir.path().join("clean-out");
-    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+    let (damaged_in, clean) = damaged_and_clean_run(dir.path());
 
     // Three workers in blocks of 16 rows: each owns part of the damaged group, and chunks of 16
     // rows (parts of 16) put its failures across several commits.
@@ -90,13 +97,7 @@ fn skip_damaged_records_the_row_group_as_failed_and_embeds_every_other_row() {
 #[test]
 fn a_skip_damaged_run_cut_short_resumes_to_the_same_output() {
     let dir = tempdir();
-    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
-    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
-    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
-    undamaged_file(&clean_in);
-    damaged_file(&damaged_in);
-    let clean = dir.path().join("clean-out");
-    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+    let (damaged_in, clean) = damaged_and_clean_run(dir.path());
 
     // Commits of 16 rows; the 10th fails like a full disk, inside the rows after the damage.
     let out = dir.path().join("out");
@@ -119,13 +120,7 @@ fn a_skip_damaged_run_cut_short_resumes_to_the_same_output() {
 #[test]
 fn reuse_over_a_damaged_input_copies_what_it_can_and_records_the_rest() {
     let dir = tempdir();
-    let (clean_in, damaged_in) = (dir.path().join("clean/in.parquet"), dir.path().join("damaged/in.parquet"));
-    std::fs::create_dir_all(clean_in.parent().unwrap()).unwrap();
-    std::fs::create_dir_all(damaged_in.parent().unwrap()).unwrap();
-    undamaged_file(&clean_in);
-    damaged_file(&damaged_in);
-    let clean = dir.path().join("clean-out");
-    embed_cmd(&clean_in, &clean, &["--id-column", "id"]).assert().success();
+    let (damaged_in, clean) = damaged_and_clean_run(dir.path());
 
     let prev = clean.to_str().unwrap();
     let out = dir.path().join("out");
