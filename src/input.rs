@@ -8,10 +8,9 @@
 //! storage/): the reading itself is storage/parquet.rs.
 
 use std::ops::Range;
-use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use arrow::datatypes::DataType;
 
 use crate::storage::parquet::ParquetFile;
@@ -20,8 +19,10 @@ use crate::template::Template;
 use columns::ColumnRef;
 
 mod columns;
+mod discover;
 mod rows;
 
+pub use discover::{discover, Discovered};
 pub use rows::{read_rows, Changed, Chunk, Chunks, Damaged, Undecodable};
 
 /// One input file, checked.
@@ -39,6 +40,8 @@ pub struct InputFile {
     /// The template's columns, in the template's order.
     text_columns: Vec<ColumnRef>,
     id_column: Option<ColumnRef>,
+    /// The type ids are read as: the id column's type in every file (`id_types::common`).
+    id_type: Option<DataType>,
     template: Arc<Template>,
 }
 
@@ -49,61 +52,13 @@ impl InputFile {
     }
 }
 
-/// Expands files and folders (searched recursively for `*.parquet`) into a sorted, de-duplicated
-/// list of files. On a bucket, a URL naming an object is that file, and any other URL is a
-/// prefix listed recursively.
-pub fn discover(inputs: &[Location]) -> Result<Vec<Location>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        match input {
-            Location::Local(input) if input.is_dir() => {
-                let mut found = Vec::new();
-                walk(input, &mut found).with_context(|| format!("cannot list {}", input.display()))?;
-                files.extend(found.into_iter().map(Location::Local));
-            }
-            Location::Local(input) if input.is_file() => files.push(Location::Local(input.clone())),
-            Location::Local(input) => bail!("input {} does not exist", input.display()),
-            Location::Object(o) => {
-                if !o.is_root() && o.size()?.is_some() {
-                    files.push(input.clone());
-                } else {
-                    let found = o.list_all()?;
-                    files.extend(
-                        found
-                            .into_iter()
-                            .filter(|(f, _)| f.name().ends_with(".parquet"))
-                            .map(|(f, _)| Location::Object(f)),
-                    );
-                }
-            }
-        }
-    }
-    files.sort();
-    files.dedup();
-    if files.is_empty() {
-        let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-        bail!("no Parquet files (*.parquet) found in {}", names.join(", "));
-    }
-    Ok(files)
-}
-
-fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// Whether a column of this type can be read as text: strings, and the binary columns older
 /// writers (Hive, Impala, Spark before 1.5's `binaryAsString`) store strings in without the
 /// UTF-8 annotation; a value there that is not UTF-8 is that row's failure.
 fn is_text(t: &DataType) -> bool {
     match t {
+        // A column all of whose values are null, as pandas writes a shard with no texts.
+        DataType::Null => true,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => true,
         DataType::Dictionary(_, value) => is_text(value),
@@ -124,7 +79,7 @@ impl Inputs {
 }
 
 /// Reads every file's footer and checks that it has a string column for each of `template`'s
-/// columns (and a column `id_column` of one type across files). Nothing but footers is read.
+/// columns (and a column `id_column` whose types across files read as one, `id_types::common`). Nothing but footers is read.
 pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>) -> Result<Inputs> {
     let template = Arc::new(template.clone());
     let mut files = Vec::with_capacity(paths.len());
@@ -165,17 +120,19 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
                     );
                 };
                 let field = &found.field;
-                match &id_type {
-                    Some((t, first)) if t != field.data_type() => bail!(
-                        "column \"{id}\" has type {} in {} but {} in {}; --id-column needs one type",
-                        t,
-                        first.display(),
-                        field.data_type(),
-                        path.display()
-                    ),
-                    Some(_) => {}
-                    None => id_type = Some((field.data_type().clone(), path.clone())),
-                }
+                id_type = match id_type {
+                    None => Some((field.data_type().clone(), path.clone())),
+                    Some((t, first)) => match crate::id_types::common(&t, field.data_type()) {
+                        Some(common) => Some((common, first)),
+                        None => bail!(
+                            "column \"{id}\" has type {} in {} but {} in {}; --id-column needs one type (or integers of different widths, or strings of different layouts)",
+                            t,
+                            first.display(),
+                            field.data_type(),
+                            path.display()
+                        ),
+                    },
+                };
                 Some(found)
             }
         };
@@ -191,9 +148,14 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
             row_groups,
             text_columns,
             id_column,
+            id_type: None,
             template: template.clone(),
         });
         first_row += rows;
     }
-    Ok(Inputs { files, id_type: id_type.map(|(t, _)| t) })
+    let id_type = id_type.map(|(t, _)| t);
+    for file in &mut files {
+        file.id_type = id_type.clone();
+    }
+    Ok(Inputs { files, id_type })
 }

@@ -19,6 +19,7 @@ pub mod failures;
 pub mod faults;
 pub mod fleet;
 pub mod heartbeat;
+pub mod id_types;
 pub mod identity;
 pub mod input;
 pub mod launcher;

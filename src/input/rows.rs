@@ -94,7 +94,11 @@ pub fn read_rows(
         first_row: file.first_row,
         row_groups: file.row_groups.clone(),
         text_columns: file.text_columns.iter().map(|c| (at(c.root), c.path.clone())).collect(),
-        id_column: file.id_column.as_ref().map(|c| (at(c.root), c.path.clone(), c.field.data_type().clone())),
+        id_column: file
+            .id_column
+            .as_ref()
+            .zip(file.id_type.clone())
+            .map(|(c, t)| (at(c.root), c.path.clone(), t)),
         template: file.template.clone(),
     };
     chunks.open(0..chunks.rows.len())?;
@@ -171,7 +175,7 @@ pub struct Chunks {
     first_row: u64,
     row_groups: Vec<u64>,
     /// Where the template's columns and the id column are in a batch read: the position of
-    /// their top-level column, and the struct fields below it (and the id's type).
+    /// their top-level column, and the struct fields below it (and the type the ids are read as).
     text_columns: Vec<(usize, Vec<String>)>,
     id_column: Option<(usize, Vec<String>, DataType)>,
     template: Arc<Template>,
@@ -379,7 +383,12 @@ impl Chunks {
             .with_context(|| format!("{} returned more rows than its footer lists", self.path.display()))?
             .to_vec();
         self.next += n;
-        let ids = self.id_column.as_ref().map(|(i, path, _)| columns::descend(batch.column(*i), path));
+        let ids = match &self.id_column {
+            Some((i, path, t)) => {
+                Some(crate::id_types::cast_to(&columns::descend(batch.column(*i), path), t)?)
+            }
+            None => None,
+        };
         let hashes = texts.iter().map(|t| t.map_or(0, crate::sync::text_hash)).collect();
         Ok(Chunk { rows, texts, hashes, ids, failed })
     }

@@ -49,7 +49,7 @@ pub enum Architecture {
 }
 
 const SUPPORTED: &str =
-    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, modernbert";
+    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -269,12 +269,14 @@ impl ModelConfig {
             "qwen3" => Architecture::Qwen3,
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
-            // NOTE: transformers' RobertaModel and XLMRobertaModel are the same network.
+            // NOTE: transformers' RobertaModel, XLMRobertaModel and CamembertModel are one network.
             "bert" => return encoder_config(value, Architecture::Bert),
             "distilbert" => return encoder_config(distilbert_keys(value), Architecture::DistilBert),
             "gemma3_text" => return gemma3::config(value),
             "mpnet" => return encoder_config(value, Architecture::MpNet),
-            "xlm-roberta" | "roberta" => return encoder_config(value, Architecture::XlmRoberta),
+            "xlm-roberta" | "roberta" | "camembert" => {
+                return encoder_config(value, Architecture::XlmRoberta)
+            }
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),

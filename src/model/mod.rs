@@ -188,9 +188,26 @@ impl ModelFiles {
         };
         let config = model_dir.join("config.json");
         let tokenizer = model_dir.join("tokenizer.json");
-        for f in [&config, &tokenizer] {
-            if !f.is_file() {
-                anyhow::bail!("{} is missing from the model directory", f.display());
+        if !config.is_file() {
+            anyhow::bail!("{} is missing from the model directory", config.display());
+        }
+        if !tokenizer.is_file() {
+            // NOTE: older checkpoints ship only the slow tokenizer's files; transformers converts
+            // them to the fast tokenizer that tokenizer.json holds.
+            let slow: Vec<&str> =
+                ["vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json"]
+                    .into_iter()
+                    .filter(|f| model_dir.join(f).is_file())
+                    .collect();
+            let how = "batch-embed reads the fast tokenizer's tokenizer.json; make it once with Python's transformers: \
+                       AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)";
+            match slow.is_empty() {
+                true => anyhow::bail!("{} is missing from the model directory; {how}", tokenizer.display()),
+                false => anyhow::bail!(
+                    "{} is missing from the model directory, which has only the slow tokenizer's {}; {how}",
+                    tokenizer.display(),
+                    slow.join(", ")
+                ),
             }
         }
         let (weights, index) = weights::locate(&model_dir)?;
@@ -357,5 +374,21 @@ pub fn fake(config: &ModelConfig, attention: Attention, device: &Device) -> Load
         attention,
         dtype: DType::F32,
         device: device.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelFiles;
+
+    #[test]
+    fn a_folder_with_only_the_slow_tokenizer_says_how_to_make_tokenizer_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let err = format!("{:#}", ModelFiles::locate(dir.path()).unwrap_err());
+        assert!(err.contains("tokenizer.json is missing") && err.contains("save_pretrained"), "{err}");
+        std::fs::write(dir.path().join("vocab.txt"), "[PAD]\n").unwrap();
+        let err = format!("{:#}", ModelFiles::locate(dir.path()).unwrap_err());
+        assert!(err.contains("has only the slow tokenizer's vocab.txt"), "{err}");
     }
 }

@@ -283,6 +283,11 @@ impl ObjectLocation {
         self.key.filename().unwrap_or_default()
     }
 
+    /// The object's key in its bucket (`a/b.parquet`; empty for the root).
+    pub fn key(&self) -> &str {
+        self.key.as_ref()
+    }
+
     /// Whether this is a bucket's root (no key).
     pub fn is_root(&self) -> bool {
         self.key.as_ref().is_empty()

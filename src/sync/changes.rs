@@ -167,7 +167,7 @@ pub fn changes(
     let id_type = part_id_type(&cur)?;
     let prev_id_type = part_id_type(&prev)?;
     if let (Some(a), Some(b)) = (&prev_id_type, &id_type) {
-        if a != b {
+        if crate::id_types::key_type(a) != crate::id_types::key_type(b) {
             bail!("the ids are {a} in PREVIOUS and {b} in CURRENT; they cannot be matched");
         }
     }

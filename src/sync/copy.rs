@@ -17,6 +17,7 @@ use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use super::reuse::{ReusePlan, ReuseState, COPY_BATCH};
 use crate::heartbeat::Live;
+use crate::id_types::{cast_to, key_type};
 use crate::output::{ChunkColumns, CHUNK, CHUNK_END, CHUNK_START, TEXT_HASH};
 use crate::partition::Partition;
 use crate::progress::Progress;
@@ -87,15 +88,17 @@ pub fn copy(
                 }
                 Piece::Batch(si, batch) => (si, batch),
             };
-            let CopiedRows { owned: owned_indices, hashes, ids, values, chunks } = batch;
-            if let (Some(ids), Some(want)) = (&ids, id_type) {
-                if ids.data_type() != want {
+            let CopiedRows { owned: owned_indices, hashes, mut ids, values, chunks } = batch;
+            if let (Some(got), Some(want)) = (&ids, id_type) {
+                // Ids of another width or string layout are the same ids: written as this run's.
+                if key_type(got.data_type()) != key_type(want) {
                     bail!(
                         "{}: its id column is {}, this run's is {want}; they cannot be matched",
                         state.sources[si].path,
-                        ids.data_type()
+                        got.data_type()
                     );
                 }
+                ids = Some(cast_to(got, want).with_context(|| state.sources[si].path.clone())?);
             }
             let dim = values.len() / owned_indices.len().max(1);
             // In pieces that fill the open part to --rows-per-part, checking for a stop between;

@@ -31,13 +31,15 @@ pub fn hash_from_bytes(bytes: &[u8]) -> u128 {
 }
 
 /// A key per id value: XXH3-128 of the value in Arrow's row format (a byte encoding that is the
-/// same for equal values of one type), `None` for a null id. Ids of one run have one type, so
-/// equal keys mean equal ids (a collision of 128-bit hashes aside, and a reuse also needs equal
-/// text hashes).
+/// same for equal values of one type), `None` for a null id. The ids are first cast to their
+/// family's key type (`id_types::key_type`), so an `int32` 7 and an `int64` 7 get one key, as do a
+/// `string` and a `large_string` "B00X": equal keys mean equal ids (a collision of 128-bit hashes
+/// aside, and a reuse also needs equal text hashes).
 pub fn id_keys(ids: &ArrayRef) -> Result<Vec<Option<u128>>> {
+    let ids = crate::id_types::cast_to(ids, &crate::id_types::key_type(ids.data_type()))?;
     let converter = RowConverter::new(vec![SortField::new(ids.data_type().clone())])
         .context("ids of this type cannot be keyed")?;
-    let rows = converter.convert_columns(std::slice::from_ref(ids)).context("cannot key the ids")?;
+    let rows = converter.convert_columns(std::slice::from_ref(&ids)).context("cannot key the ids")?;
     Ok((0..ids.len())
         .map(|i| (!ids.is_null(i)).then(|| twox_hash::XxHash3_128::oneshot(rows.row(i).as_ref())))
         .collect())
@@ -69,5 +71,10 @@ mod tests {
         let k = id_keys(&strs).unwrap();
         assert_eq!(k[0], k[2]);
         assert_ne!(k[0], k[1]);
+        // The same ids stored wider, or in another string layout, key alike.
+        let wide: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![Some(7), None, Some(7), Some(8)]));
+        assert_eq!(id_keys(&wide).unwrap(), id_keys(&ints).unwrap());
+        let large: ArrayRef = Arc::new(arrow::array::LargeStringArray::from(vec!["a", "b", "a"]));
+        assert_eq!(id_keys(&large).unwrap(), k);
     }
 }

@@ -340,7 +340,8 @@ fn the_fast_road_gives_the_tokenizers_ids_on_a_corpus() {
     assert!(t.has_fast_road(), "this tokenizer does not take a fast road");
     let files =
         crate::input::discover(&[crate::storage::Location::Local(var("BATCH_EMBED_CHECK_TEXTS").into())])
-            .unwrap();
+            .unwrap()
+            .files;
     let inputs = crate::input::open_all(&files, &crate::template::Template::column("text"), None).unwrap();
     let reference = Reference::new(&t);
     let (mut texts, mut fast_texts) = (0, 0);

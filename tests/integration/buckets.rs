@@ -214,6 +214,9 @@ fn local_and_bucket_inputs_mix_with_local_paths_numbered_first() {
         let name = format!("shard-{f}.parquet");
         bucket.put(&format!("in/{name}"), std::fs::read(input.join(&name)).unwrap());
     }
+    // Under the prefix, Spark's attempt folders and dot files are left out, as on disk.
+    bucket.put("in/_temporary/0/shard-9.parquet", std::fs::read(input.join("shard-1.parquet")).unwrap());
+    bucket.put("in/.shard-1.parquet", std::fs::read(input.join("shard-1.parquet")).unwrap());
     let first = input.join("shard-0.parquet");
     let mut cmd = embed_s3(&s3.endpoint, &bucket.url("in"), &bucket.url("out"), &["--id-column", "id"]);
     cmd.arg(&first).assert().success();

@@ -192,7 +192,7 @@ fn bad_model_directories_fail_naming_the_problem() {
     let gpt2 = copy("gpt2");
     let cfg = std::fs::read_to_string(gpt2.join("config.json")).unwrap().replace("\"qwen2\"", "\"gpt2\"");
     std::fs::write(gpt2.join("config.json"), cfg).unwrap();
-    fails_with(&gpt2, &[], "model_type \"gpt2\" is not supported; supported model types: qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, modernbert");
+    fails_with(&gpt2, &[], "model_type \"gpt2\" is not supported; supported model types: qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert");
 
     let bad_json = copy("bad-json");
     std::fs::write(bad_json.join("config.json"), "{ not json").unwrap();

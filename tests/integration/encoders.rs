@@ -159,6 +159,35 @@ fn xlm_roberta_with_prompts_matches_sentence_transformers() {
     check_fixture("st-xlmr-prompts");
 }
 
+/// transformers' CamembertModel is its RobertaModel under another name: the XLM-R fixture relabelled
+/// `camembert` (its `config.json` only) runs as XLM-R and gives the fixture's golden vectors.
+/// Loaded as a CamembertModel by sentence-transformers 6.3 / transformers 5.25, the relabelled
+/// folder gave those vectors to 6e-8.
+#[test]
+fn camembert_runs_as_the_roberta_network_it_is() {
+    let dir = tempdir();
+    let model = dir.path().join("camembert");
+    copy_dir(&fixture("st-xlmr-prompts"), &model);
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let relabelled =
+        text.replace("\"xlm-roberta\"", "\"camembert\"").replace("XLMRobertaModel", "CamembertModel");
+    assert_ne!(relabelled, text);
+    std::fs::write(&config, relabelled).unwrap();
+    let reference = reference("st-xlmr-prompts");
+    let case = reference.cases.iter().find(|c| c.name == "default prompt").unwrap();
+    let input = dir.path().join("in.parquet");
+    write_texts(&input, &reference.texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
+    let out = dir.path().join("out");
+    embed_with(&model, &input, &out, &[]).assert().success();
+    let vectors = read_vectors(&out);
+    assert_eq!(vectors.len(), case.embeddings.len());
+    for (row, v) in &vectors {
+        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
+        assert!(d < TOLERANCE, "row {row}: differs from the golden vector by {d}");
+    }
+}
+
 #[test]
 fn modernbert_with_prompts_left_out_of_the_pooling_matches_sentence_transformers() {
     // Global and sliding-window layers (window ±8, texts up to ~300 tokens), the 4.x config

@@ -10,6 +10,7 @@ mod encoders;
 mod examples;
 mod fleet;
 mod hub;
+mod inputs;
 mod moto;
 mod pipeline;
 mod preemption;

@@ -125,12 +125,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Copies a directory (one level) into `dest`.
+/// Copies a directory and the folders in it into `dest`.
 pub fn copy_dir(src: &Path, dest: &Path) {
     std::fs::create_dir_all(dest).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        match e.file_type().unwrap().is_dir() {
+            true => copy_dir(&e.path(), &dest.join(e.file_name())),
+            false => drop(std::fs::copy(e.path(), dest.join(e.file_name())).unwrap()),
+        }
     }
 }
 

@@ -123,6 +123,8 @@ fn reads_encoders() {
     )
     .unwrap();
     assert_eq!((x.architecture, x.max_tokens_limit()), (Architecture::XlmRoberta, 512));
+    let camembert = ModelConfig::from_json(&BERT.replace("\"bert\"", "\"camembert\"")).unwrap();
+    assert_eq!(camembert.architecture, Architecture::XlmRoberta);
     let relative = BERT.replace("\"absolute\"", "\"relative_key\"");
     assert!(format!("{:#}", ModelConfig::from_json(&relative).unwrap_err()).contains("relative_key"));
     let act = BERT.replace("\"gelu\"", "\"quick_gelu\"");
