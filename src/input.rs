@@ -19,11 +19,13 @@ use crate::template::Template;
 use columns::ColumnRef;
 
 mod columns;
+mod damage;
 mod discover;
 mod rows;
 
+pub use damage::{Changed, Damaged, Undecodable};
 pub use discover::{discover, Discovered};
-pub use rows::{read_rows, Changed, Chunk, Chunks, Damaged, Undecodable};
+pub use rows::{read_rows, Chunk, Chunks};
 
 /// One input file, checked.
 #[derive(Clone, Debug)]
@@ -66,6 +68,18 @@ fn is_text(t: &DataType) -> bool {
     }
 }
 
+/// Whether a template can write a column of this type into its text, as Arrow's cast to a
+/// string writes it: numbers (decimals too), booleans, dates, times and timestamps.
+fn is_formattable(t: &DataType) -> bool {
+    let scalar = match t {
+        DataType::Dictionary(_, value) => return is_formattable(value),
+        DataType::Boolean | DataType::Date32 | DataType::Date64 => true,
+        DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_) => true,
+        t => t.is_numeric(),
+    };
+    scalar && arrow::compute::can_cast_types(t, &DataType::Utf8)
+}
+
 /// The files with their columns checked, and the type of the id column if one was asked for.
 pub struct Inputs {
     pub files: Vec<InputFile>,
@@ -99,11 +113,19 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
                 bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
             };
             let field = &found.field;
-            if !is_text(field.data_type()) {
+            let t = field.data_type();
+            // A template may name numbers, dates and the like beside its text ("{title} ({year})");
+            // one bare column must hold the text itself.
+            let (usable, kinds) = match template.single_column() {
+                Some(_) => (is_text(t), "a string or binary type"),
+                None => {
+                    (is_text(t) || is_formattable(t), "a string, binary, number, boolean, date or time type")
+                }
+            };
+            if !usable {
                 bail!(
-                    "column \"{column}\" of {} has type {}, not a string or binary type ({pick}); its columns are: {}",
+                    "column \"{column}\" of {} has type {t}, not {kinds} ({pick}); its columns are: {}",
                     path.display(),
-                    field.data_type(),
                     names()
                 );
             }

@@ -12,6 +12,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Strin
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
+use super::damage::{Changed, Damaged, Undecodable};
 use super::{columns, InputFile};
 use crate::embed::Failure;
 use crate::storage::parquet::{Batches, ParquetFile, ReadRequest};
@@ -31,27 +32,6 @@ pub struct Chunk {
     /// (a binary column held bytes that are not UTF-8, or the row's row group is damaged): their
     /// failure says so instead of "null".
     pub failed: Vec<(usize, Failure)>,
-}
-
-/// What to do with a row group whose bytes arrive but do not decode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Damaged {
-    /// Stop with an [`Undecodable`] error.
-    #[default]
-    Fail,
-    /// Yield its owned rows as failed rows ([`Failure::Damaged`]), say so on stderr unless
-    /// `quiet`, and read on after it (`--skip-damaged`).
-    Skip { quiet: bool },
-}
-
-impl Damaged {
-    /// The same choice without the warning (for a pass that reads the rows again later).
-    pub fn quietly(self) -> Self {
-        match self {
-            Damaged::Skip { .. } => Damaged::Skip { quiet: true },
-            Damaged::Fail => Damaged::Fail,
-        }
-    }
 }
 
 /// Streams the rows of `file` within `owned` (global row ranges, increasing, inside the file)
@@ -104,55 +84,6 @@ pub fn read_rows(
     chunks.open(0..chunks.rows.len())?;
     Ok(chunks)
 }
-
-/// Rows whose bytes were read but do not decode: the file is damaged (or is not what its footer
-/// says), and reading it again would give the same, so it is not retried.
-#[derive(Debug)]
-pub struct Undecodable {
-    path: String,
-    /// The row group that does not decode, counted from 0, and its rows in the file.
-    group: usize,
-    groups: usize,
-    rows: Range<u64>,
-    cause: String,
-}
-
-impl std::fmt::Display for Undecodable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: row group {} of {} (rows {}..{} of the file, both counted from 0) does not decode \
-             ({}); the file is damaged or uses what this reader does not support, and reading it \
-             again gives the same",
-            self.path, self.group, self.groups, self.rows.start, self.rows.end, self.cause
-        )
-    }
-}
-
-impl std::error::Error for Undecodable {}
-
-/// An input file whose footer is not the one its rows were numbered from: it was replaced or
-/// rewritten while the run was going on. Not retried: the run would read other rows than it
-/// planned, under the same row numbers.
-#[derive(Debug)]
-pub struct Changed {
-    path: String,
-}
-
-impl std::fmt::Display for Changed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} changed while this run was going on (its Parquet footer is not the one its rows were \
-             numbered from), so its rows may no longer be the ones planned; put the old file back \
-             and run the same command, or embed the new inputs into another --output (--reuse keeps \
-             the vectors of unchanged texts) or start this one over with --restart",
-            self.path
-        )
-    }
-}
-
-impl std::error::Error for Changed {}
 
 pub struct Chunks {
     /// The reader of `rows[next..end]`; `None` when that is empty.
@@ -338,8 +269,9 @@ impl Chunks {
     }
 
     fn convert(&mut self, batch: arrow::array::RecordBatch) -> Result<Chunk> {
-        // Utf8View, LargeUtf8, binary and dictionary-encoded values all become plain Utf8; a
-        // binary value that is not UTF-8 becomes null (the cast's `safe` mode) and is noted.
+        // Utf8View, LargeUtf8, binary, dictionary-encoded and (in a template) number, date and time
+        // values all become plain Utf8; a binary value that is not UTF-8 becomes null (the cast's
+        // `safe` mode) and is noted.
         let mut not_utf8 = None::<Vec<bool>>;
         let columns = self
             .text_columns

@@ -1,11 +1,15 @@
-//! `--text-template`: the text built from several columns (nulls empty, a row with every column
-//! null a failure), only those columns read, and bad templates or chunk flags refused before
-//! anything is written.
+//! `--text-template`: the text built from several columns (nulls empty, numbers and dates written
+//! as text, a row with every column null a failure), only those columns read, and bad templates
+//! or chunk flags refused before anything is written.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::Int32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use predicates::str::contains;
 
@@ -118,6 +122,56 @@ fn a_text_template_builds_the_text_from_its_columns_and_reads_only_those() {
         .stderr(contains("text_template was"));
 }
 
+/// The text_hash of each row of an output, by row.
+fn text_hashes(out: &Path) -> Vec<(u64, u128)> {
+    let mut got = Vec::new();
+    for part in part_files(out) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(part).unwrap()).unwrap();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            let rows =
+                b.column_by_name("row").unwrap().as_primitive::<arrow::datatypes::UInt64Type>().clone();
+            let h = b.column_by_name("text_hash").unwrap().as_fixed_size_binary().clone();
+            got.extend((0..h.len()).map(|i| (rows.value(i), batch_embed::sync::hash_from_bytes(h.value(i)))));
+        }
+    }
+    got.sort();
+    got
+}
+
+#[test]
+fn a_template_writes_numbers_booleans_and_dates_as_text() {
+    let dir = tempdir();
+    let input = dir.path().join("books.parquet");
+    write_parquet(
+        &input,
+        vec![
+            (
+                "title",
+                Arc::new(StringArray::from(vec![Some("Dune"), Some("Untitled draft"), None])) as ArrayRef,
+            ),
+            ("year", Arc::new(Int32Array::from(vec![Some(1965), None, Some(2001)]))),
+            ("rating", Arc::new(Float64Array::from(vec![Some(4.5), Some(3.0), None]))),
+            ("in_print", Arc::new(BooleanArray::from(vec![Some(true), Some(false), None]))),
+            // Days since 1970-01-01: 1965-08-01.
+            ("published", Arc::new(Date32Array::from(vec![Some(-1614), None, None]))),
+            ("seen", Arc::new(TimestampMillisecondArray::from(vec![Some(1_700_000_000_500), None, None]))),
+        ],
+    );
+    let out = dir.path().join("out");
+    let template =
+        "{title} ({year}): {rating} stars, in print: {in_print}, published {published}, seen {seen}";
+    embed_cmd(&input, &out, &["--text-template", template]).assert().success();
+    let want = [
+        "Dune (1965): 4.5 stars, in print: true, published 1965-08-01, seen 2023-11-14T22:13:20.500",
+        "Untitled draft (): 3.0 stars, in print: false, published , seen ",
+        " (2001):  stars, in print: , published , seen ",
+    ];
+    let want: Vec<(u64, u128)> =
+        want.iter().enumerate().map(|(i, t)| (i as u64, batch_embed::sync::text_hash(t))).collect();
+    assert_eq!(text_hashes(&out), want, "the rows' texts as the template wrote them");
+}
+
 #[test]
 fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
     let dir = tempdir();
@@ -127,6 +181,10 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
         vec![
             ("title", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
             ("n", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            (
+                "tags",
+                Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>([Some([Some(1)])])) as ArrayRef,
+            ),
         ],
     );
     let out = dir.path().join("out");
@@ -144,9 +202,14 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
         assert!(!out.exists(), "{args:?}: nothing may be written");
     };
     fails(&["--text-template", "{title} {body}"], "has no column \"body\" (named in --text-template");
-    fails(&["--text-template", "{title} {body}"], "its columns are: title, n");
-    fails(&["--text-template", "{title}: {n}"], "column \"n\" of");
-    fails(&["--text-template", "{title}: {n}"], "has type Int64, not a string or binary type");
+    fails(&["--text-template", "{title} {body}"], "its columns are: title, n, tags");
+    fails(&["--text-template", "{title}: {tags}"], "column \"tags\" of");
+    fails(
+        &["--text-template", "{title}: {tags}"],
+        "not a string, binary, number, boolean, date or time type",
+    );
+    // A number may go into a template beside text, but is no text of its own.
+    fails(&["--text-column", "n"], "has type Int64, not a string or binary type");
     fails(&["--text-template", "{title"], "is never closed");
     fails(&["--text-template", "title}"], "closes no placeholder");
     fails(&["--text-template", "no placeholder"], "names no column");
