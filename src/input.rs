@@ -7,6 +7,7 @@
 //! that number is the `row` column of the output. Files may be local or in a bucket (see
 //! storage/): the reading itself is storage/parquet.rs.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -39,8 +40,8 @@ pub struct InputFile {
     pub first_row: u64,
     /// Rows in each row group, in order.
     row_groups: Vec<u64>,
-    /// The template's columns, in the template's order.
-    text_columns: Vec<ColumnRef>,
+    /// The template's columns, in the template's order (`None`: not in this file, read as null).
+    text_columns: Vec<Option<ColumnRef>>,
     id_column: Option<ColumnRef>,
     /// The type ids are read as: the id column's type in every file (`id_types::common`).
     id_type: Option<DataType>,
@@ -68,6 +69,44 @@ fn is_text(t: &DataType) -> bool {
     }
 }
 
+/// `column` of `template` in one file, checked: `None` where a template of several columns names
+/// a column this file lacks (an older shard written before the column was added: its rows read
+/// it as null). A bare text column must be there.
+fn text_column(
+    template: &Template,
+    column: &str,
+    path: &Location,
+    parquet: &ParquetFile,
+) -> Result<Option<ColumnRef>> {
+    let schema = parquet.schema();
+    let names = || columns::names(schema);
+    let pick = match template.single_column() {
+        Some(_) => "pick one with --text-column".to_string(),
+        None => format!("named in --text-template {:?}", template.source()),
+    };
+    let Some(found) = columns::find(schema, parquet.parquet_schema(), column) else {
+        if template.single_column().is_none() {
+            return Ok(None);
+        }
+        bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
+    };
+    let t = found.field.data_type();
+    // A template may name numbers, dates and the like beside its text ("{title} ({year})"); one
+    // bare column must hold the text itself.
+    let (usable, kinds) = match template.single_column() {
+        Some(_) => (is_text(t), "a string or binary type"),
+        None => (is_text(t) || is_formattable(t), "a string, binary, number, boolean, date or time type"),
+    };
+    if !usable {
+        bail!(
+            "column \"{column}\" of {} has type {t}, not {kinds} ({pick}); its columns are: {}",
+            path.display(),
+            names()
+        );
+    }
+    Ok(Some(found))
+}
+
 /// Whether a template can write a column of this type into its text, as Arrow's cast to a
 /// string writes it: numbers (decimals too), booleans, dates, times and timestamps.
 fn is_formattable(t: &DataType) -> bool {
@@ -84,6 +123,8 @@ fn is_formattable(t: &DataType) -> bool {
 pub struct Inputs {
     pub files: Vec<InputFile>,
     pub id_type: Option<DataType>,
+    /// The template's columns that some files lack (read as null there), with those files.
+    pub missing_columns: BTreeMap<String, Vec<String>>,
 }
 
 impl Inputs {
@@ -92,44 +133,72 @@ impl Inputs {
     }
 }
 
+/// Finds the input files and checks them ([`discover`], then [`open_all`]), saying through `note`
+/// what was left out, what is a Delta Lake table and which template columns some files lack.
+pub fn find(
+    inputs: &[Location],
+    template: &Template,
+    id_column: Option<&str>,
+    note: &mut dyn FnMut(&str),
+) -> Result<Inputs> {
+    let found = discover(inputs)?;
+    if let Some(first) = found.hidden.first() {
+        let n = found.hidden.len();
+        note(&format!(
+            "left out {n} hidden Parquet file{} (a name or folder starting with '.' or '_'), e.g. {first}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    for table in &found.delta_tables {
+        note(&format!(
+            "{table} is a Delta Lake table (it has a _delta_log): every Parquet file in it is read, also those of versions its log has since removed (until a VACUUM); to embed one version, name its files"
+        ));
+    }
+    let inputs = open_all(&found.files, template, id_column)?;
+    for (column, lacking) in &inputs.missing_columns {
+        note(&format!(
+            "column \"{column}\" of --text-template is not in {} of the {} input files (e.g. {}): read as null there",
+            lacking.len(),
+            inputs.files.len(),
+            lacking[0]
+        ));
+    }
+    Ok(inputs)
+}
+
 /// Reads every file's footer and checks that it has a string column for each of `template`'s
-/// columns (and a column `id_column` whose types across files read as one, `id_types::common`). Nothing but footers is read.
+/// columns, or for a template of several columns at least one of them, each named column in some
+/// file; and a column `id_column` whose types across files read as one (`id_types::common`).
+/// Nothing but footers is read.
 pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>) -> Result<Inputs> {
     let template = Arc::new(template.clone());
     let mut files = Vec::with_capacity(paths.len());
     let mut first_row = 0;
     let mut id_type: Option<(DataType, Location)> = None;
+    let mut missing_columns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut first_columns = None;
     for (path, parquet) in paths.iter().zip(ParquetFile::open_all(paths)?) {
         let schema = parquet.schema();
         let names = || columns::names(schema);
+        first_columns.get_or_insert_with(names);
         let find = |name: &str| columns::find(schema, parquet.parquet_schema(), name);
-        let mut text_columns = Vec::with_capacity(template.columns().len());
-        for column in template.columns() {
-            let pick = match template.single_column() {
-                Some(_) => "pick one with --text-column".to_string(),
-                None => format!("named in --text-template {:?}", template.source()),
-            };
-            let Some(found) = find(column) else {
-                bail!("{} has no column \"{column}\" ({pick}); its columns are: {}", path.display(), names());
-            };
-            let field = &found.field;
-            let t = field.data_type();
-            // A template may name numbers, dates and the like beside its text ("{title} ({year})");
-            // one bare column must hold the text itself.
-            let (usable, kinds) = match template.single_column() {
-                Some(_) => (is_text(t), "a string or binary type"),
-                None => {
-                    (is_text(t) || is_formattable(t), "a string, binary, number, boolean, date or time type")
-                }
-            };
-            if !usable {
-                bail!(
-                    "column \"{column}\" of {} has type {t}, not {kinds} ({pick}); its columns are: {}",
-                    path.display(),
-                    names()
-                );
+        let text_columns: Vec<Option<ColumnRef>> = template
+            .columns()
+            .iter()
+            .map(|c| text_column(&template, c, path, &parquet))
+            .collect::<Result<_>>()?;
+        if text_columns.iter().all(Option::is_none) {
+            bail!(
+                "{} has none of the columns --text-template {:?} names; its columns are: {}",
+                path.display(),
+                template.source(),
+                names()
+            );
+        }
+        for (column, found) in template.columns().iter().zip(&text_columns) {
+            if found.is_none() {
+                missing_columns.entry(column.clone()).or_default().push(path.display().to_string());
             }
-            text_columns.push(found);
         }
         let id_column = match id_column {
             None => None,
@@ -175,9 +244,16 @@ pub fn open_all(paths: &[Location], template: &Template, id_column: Option<&str>
         });
         first_row += rows;
     }
+    if let Some((column, _)) = missing_columns.iter().find(|(_, in_files)| in_files.len() == files.len()) {
+        bail!(
+            "no input file has the column \"{column}\" that --text-template {:?} names; the first file's columns are: {}",
+            template.source(),
+            first_columns.unwrap_or_default()
+        );
+    }
     let id_type = id_type.map(|(t, _)| t);
     for file in &mut files {
         file.id_type = id_type.clone();
     }
-    Ok(Inputs { files, id_type })
+    Ok(Inputs { files, id_type, missing_columns })
 }

@@ -56,20 +56,7 @@ pub fn run(cfg: &EmbedConfig, stop: &StopFlag) -> Result<Summary> {
         }
     };
     // Check every input, the model files and the device before anything is written.
-    let found = input::discover(&cfg.inputs)?;
-    if let Some(first) = found.hidden.first() {
-        let n = found.hidden.len();
-        note(&format!(
-            "left out {n} hidden Parquet file{} (a name or folder starting with '.' or '_'), e.g. {first}",
-            if n == 1 { "" } else { "s" }
-        ));
-    }
-    for table in &found.delta_tables {
-        note(&format!(
-            "{table} is a Delta Lake table (it has a _delta_log): every Parquet file in it is read, also those of versions its log has since removed (until a VACUUM); to embed one version, name its files"
-        ));
-    }
-    let inputs = input::open_all(&found.files, &cfg.template, cfg.id_column.as_deref())?;
+    let inputs = input::find(&cfg.inputs, &cfg.template, cfg.id_column.as_deref(), &mut note)?;
     let plan: Vec<(usize, Vec<Range<u64>>)> = inputs
         .files
         .iter()

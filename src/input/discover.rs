@@ -2,7 +2,7 @@
 //! `*.parquet`, bucket prefixes listed recursively; inside a folder or prefix, what folder
 //! readers (Spark, pyarrow datasets) leave out is left out too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -30,7 +30,7 @@ pub fn discover(inputs: &[Location]) -> Result<Discovered> {
     for input in inputs {
         match input {
             Location::Local(dir) if dir.is_dir() => {
-                found.walk(dir).with_context(|| format!("cannot list {}", dir.display()))?
+                found.walk(dir, &mut Vec::new()).with_context(|| format!("cannot list {}", dir.display()))?
             }
             Location::Local(file) if file.is_file() => found.files.push(input.clone()),
             Location::Local(missing) => bail!("input {} does not exist", missing.display()),
@@ -60,7 +60,14 @@ fn is_hidden(name: &str) -> bool {
 }
 
 impl Discovered {
-    fn walk(&mut self, dir: &Path) -> std::io::Result<()> {
+    /// Searches `dir`; `above` are the folders it is in (canonical), so that a link back to one
+    /// of them is not followed round and round.
+    fn walk(&mut self, dir: &Path, above: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let here = dir.canonicalize()?;
+        if above.contains(&here) {
+            return Ok(());
+        }
+        above.push(here);
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let path = entry.path();
@@ -73,11 +80,11 @@ impl Discovered {
                 match hide {
                     true => {
                         let mut inside = Discovered::default();
-                        inside.walk(&path)?;
+                        inside.walk(&path, above)?;
                         let files = inside.files.iter().map(|f| f.display().to_string());
                         self.hidden.extend(inside.hidden.into_iter().chain(files));
                     }
-                    false => self.walk(&path)?,
+                    false => self.walk(&path, above)?,
                 }
             } else if path.extension().is_some_and(|e| e == "parquet") {
                 match hide {
@@ -86,6 +93,7 @@ impl Discovered {
                 }
             }
         }
+        above.pop();
         Ok(())
     }
 
@@ -108,5 +116,22 @@ impl Discovered {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_back_to_a_folder_above_is_not_followed_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("2024")).unwrap();
+        std::fs::write(data.join("2024/a.parquet"), b"").unwrap();
+        std::os::unix::fs::symlink(&data, data.join("2024/loop")).unwrap();
+        let found = discover(&[Location::Local(data.clone())]).unwrap();
+        let files: Vec<String> = found.files.iter().map(|f| f.display().to_string()).collect();
+        assert_eq!(files, [data.join("2024/a.parquet").display().to_string()]);
     }
 }

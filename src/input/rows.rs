@@ -48,7 +48,8 @@ pub fn read_rows(
     if parquet.footer_hash != file.footer_hash {
         return Err(Changed { path: file.path.display().to_string() }.into());
     }
-    let wanted: Vec<&columns::ColumnRef> = file.text_columns.iter().chain(&file.id_column).collect();
+    let wanted: Vec<&columns::ColumnRef> =
+        file.text_columns.iter().flatten().chain(&file.id_column).collect();
     let roots: Vec<usize> = wanted.iter().map(|c| c.root).collect();
     let mut leaves: Vec<usize> = wanted.iter().flat_map(|c| c.leaves.iter().copied()).collect();
     leaves.sort_unstable();
@@ -73,7 +74,11 @@ pub fn read_rows(
         path: file.path.clone(),
         first_row: file.first_row,
         row_groups: file.row_groups.clone(),
-        text_columns: file.text_columns.iter().map(|c| (at(c.root), c.path.clone())).collect(),
+        text_columns: file
+            .text_columns
+            .iter()
+            .map(|c| c.as_ref().map(|c| (at(c.root), c.path.clone())))
+            .collect(),
         id_column: file
             .id_column
             .as_ref()
@@ -107,7 +112,7 @@ pub struct Chunks {
     row_groups: Vec<u64>,
     /// Where the template's columns and the id column are in a batch read: the position of
     /// their top-level column, and the struct fields below it (and the type the ids are read as).
-    text_columns: Vec<(usize, Vec<String>)>,
+    text_columns: Vec<Option<(usize, Vec<String>)>>,
     id_column: Option<(usize, Vec<String>, DataType)>,
     template: Arc<Template>,
 }
@@ -277,7 +282,10 @@ impl Chunks {
             .text_columns
             .iter()
             .zip(self.template.columns())
-            .map(|((i, path), name)| {
+            .map(|(at, name)| {
+                let Some((i, path)) = at else {
+                    return Ok(StringArray::new_null(batch.num_rows()));
+                };
                 let column = &columns::descend(batch.column(*i), path);
                 let cast = arrow::compute::cast(column, &DataType::Utf8).with_context(|| {
                     format!("cannot read the text column \"{name}\" of {}", self.path.display())

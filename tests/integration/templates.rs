@@ -201,8 +201,11 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
             .stderr(contains(message));
         assert!(!out.exists(), "{args:?}: nothing may be written");
     };
-    fails(&["--text-template", "{title} {body}"], "has no column \"body\" (named in --text-template");
-    fails(&["--text-template", "{title} {body}"], "its columns are: title, n, tags");
+    fails(
+        &["--text-template", "{title} {body}"],
+        "no input file has the column \"body\" that --text-template",
+    );
+    fails(&["--text-template", "{title} {body}"], "the first file's columns are: title, n, tags");
     fails(&["--text-template", "{title}: {tags}"], "column \"tags\" of");
     fails(
         &["--text-template", "{title}: {tags}"],
@@ -242,4 +245,56 @@ fn bad_templates_and_chunk_flags_fail_before_anything_is_written() {
     for lone in [&["--chunk-overlap", "4"][..], &["--max-chunks", "2"], &["--chunk-pool", "mean"]] {
         fails(&[&tt[..], lone].concat(), "--chunk-tokens");
     }
+}
+
+#[test]
+fn a_template_column_missing_from_older_files_reads_as_null_there() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let strs = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    // The older shard was written before `subtitle` was added.
+    write_parquet(
+        &input.join("a-old.parquet"),
+        vec![("title", strs(&["Old"])), ("body", strs(&["first body"]))],
+    );
+    write_parquet(
+        &input.join("b-new.parquet"),
+        vec![
+            ("title", strs(&["New"])),
+            ("subtitle", strs(&["a subtitle"])),
+            ("body", strs(&["second body"])),
+        ],
+    );
+    let template = r"{title}\n{subtitle}\n{body}";
+    let out = dir.path().join("out");
+    batch_embed()
+        .args(["embed", "--model"])
+        .arg(fixture("qwen2-gqa"))
+        .arg("--output")
+        .arg(&out)
+        .args(["--text-template", template])
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(contains("column \"subtitle\" of --text-template is not in 1 of the 2 input files (e.g."))
+        .stderr(contains("a-old.parquet): read as null there"));
+    let want = ["Old\n\nfirst body", "New\na subtitle\nsecond body"];
+    let want: Vec<(u64, u128)> =
+        want.iter().enumerate().map(|(i, t)| (i as u64, batch_embed::sync::text_hash(t))).collect();
+    assert_eq!(text_hashes(&out), want);
+
+    // A column no file has is a misspelling; a file with none of the columns is not of this corpus.
+    let fails = |template: &str, message: &str| {
+        embed_cmd(&input, &dir.path().join("refused"), &["--text-template", template])
+            .assert()
+            .failure()
+            .stderr(contains(message));
+    };
+    fails(r"{title}\n{subtitel}", "no input file has the column \"subtitel\"");
+    fails(r"{title}\n{subtitel}", "the first file's columns are: title, body");
+    write_parquet(&input.join("c-other.parquet"), vec![("label", strs(&["x"]))]);
+    fails(template, "c-other.parquet has none of the columns --text-template");
+    // A bare column must be in every file.
+    fails("{subtitle}", "a-old.parquet has no column \"subtitle\" (pick one with --text-column)");
 }
