@@ -1,13 +1,13 @@
 //! Inputs and outputs on a bucket (s3:// against a real S3 server, moto, on 127.0.0.1): the same
 //! output as on disk, resume after kill -9 and SIGTERM, one writer per worker folder, transient
 //! faults survived, `verify`, `status`, `--reuse` and `changes` on bucket URLs, only owned pages
-//! fetched. Bad URLs are in bucket_urls.rs.
+//! fetched. Bad URLs are in bucket_urls.rs, inputs mixed with local files and damaged ones in
+//! bucket_inputs.rs.
 
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 use crate::moto::*;
@@ -39,20 +39,20 @@ fn wait_for_progress(child: &mut Child, bucket: &Bucket, key: &str, rows: u64) {
 }
 
 /// A local copy of an output on the bucket, for the file-based checks.
-fn downloaded(bucket: &Bucket, prefix: &str, dir: &Path) -> std::path::PathBuf {
+pub fn downloaded(bucket: &Bucket, prefix: &str, dir: &Path) -> std::path::PathBuf {
     let local = dir.join(format!("copy-of-{}", prefix.replace('/', "-")));
     bucket.download(prefix, &local);
     local
 }
 
-fn assert_same_output(clean: &Path, copy: &Path) {
+pub fn assert_same_output(clean: &Path, copy: &Path) {
     assert_same_vectors(&read_vectors(clean), &read_vectors(copy));
     assert_eq!(read_failures_any(clean), read_failures_any(copy));
 }
 
 /// Failure records of every worker folder, in either form (failures.jsonl on a disk,
 /// failures-*.jsonl on a bucket), as (row, reason).
-fn read_failures_any(dir: &Path) -> Vec<(u64, String)> {
+pub fn read_failures_any(dir: &Path) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     for w in std::fs::read_dir(dir).unwrap() {
         let w = w.unwrap().path();
@@ -199,73 +199,6 @@ fn three_workers_on_a_bucket_give_the_output_of_the_same_run_on_disk() {
         .assert()
         .failure()
         .stdout(contains("part-000099-stray.parquet is not in the checkpoint"));
-}
-
-#[test]
-fn local_and_bucket_inputs_mix_with_local_paths_numbered_first() {
-    let Some(s3) = moto() else { return };
-    let bucket = s3.bucket("mixed");
-    let dir = tempdir();
-    let input = corpus(dir.path(), 300);
-    let local = dir.path().join("local");
-    embed_cmd(&input, &local, &["--id-column", "id"]).assert().success();
-    // shard-0 stays local; shards 1..3 (and the empty one) go to the bucket.
-    for f in 1..4 {
-        let name = format!("shard-{f}.parquet");
-        bucket.put(&format!("in/{name}"), std::fs::read(input.join(&name)).unwrap());
-    }
-    // Under the prefix, Spark's attempt folders and dot files are left out, as on disk.
-    bucket.put("in/_temporary/0/shard-9.parquet", std::fs::read(input.join("shard-1.parquet")).unwrap());
-    bucket.put("in/.shard-1.parquet", std::fs::read(input.join("shard-1.parquet")).unwrap());
-    let first = input.join("shard-0.parquet");
-    let mut cmd = embed_s3(&s3.endpoint, &bucket.url("in"), &bucket.url("out"), &["--id-column", "id"]);
-    cmd.arg(&first).assert().success();
-    assert_same_output(&local, &downloaded(&bucket, "out", dir.path()));
-    let ckpt: serde_json::Value =
-        serde_json::from_slice(&bucket.get("out/worker-00000-of-00001/checkpoint.json").unwrap()).unwrap();
-    let paths: Vec<&str> = ckpt["spec"]["rows"]["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["path"].as_str().unwrap())
-        .collect();
-    assert!(paths[0].ends_with("shard-0.parquet") && paths[0].starts_with('/'), "{paths:?}");
-    assert_eq!(
-        &paths[1..],
-        ["s3://mixed/in/shard-1.parquet", "s3://mixed/in/shard-2.parquet", "s3://mixed/in/shard-3.parquet"]
-    );
-}
-
-#[test]
-fn a_damaged_row_group_on_a_bucket_is_named_and_not_retried() {
-    let Some(s3) = moto() else { return };
-    let bucket = s3.bucket("damaged");
-    let dir = tempdir();
-    let file = dir.path().join("damaged.parquet");
-    damaged_file(&file);
-    bucket.put("in/damaged.parquet", std::fs::read(&file).unwrap());
-    embed_s3(&s3.endpoint, &bucket.url("in/damaged.parquet"), &bucket.url("out"), &[])
-        .assert()
-        .failure()
-        .stderr(contains("s3://damaged/in/damaged.parquet: row group 2 of 4 (rows 128..192"))
-        .stderr(contains("retrying").not());
-
-    // With --skip-damaged the group's rows are failures and the rest is as from a clean copy.
-    embed_s3(&s3.endpoint, &bucket.url("in/damaged.parquet"), &bucket.url("skipped"), &["--skip-damaged"])
-        .assert()
-        .success()
-        .stderr(contains("warning: s3://damaged/in/damaged.parquet: row group 2 of 4"));
-    s3_cmd(&s3.endpoint).arg("verify").arg(bucket.url("skipped")).assert().success();
-    let clean_in = dir.path().join("clean.parquet");
-    undamaged_file(&clean_in);
-    let clean = dir.path().join("clean");
-    embed_cmd(&clean_in, &clean, &[]).assert().success();
-    let copy = downloaded(&bucket, "skipped", dir.path());
-    let expected: Vec<(u64, Vec<f32>)> =
-        read_vectors(&clean).into_iter().filter(|(row, _)| !(128..192).contains(row)).collect();
-    assert_same_vectors(&expected, &read_vectors(&copy));
-    let failed: Vec<u64> = read_failures_any(&copy).into_iter().map(|f| f.0).collect();
-    assert_eq!(failed, (128..192).collect::<Vec<u64>>());
 }
 
 /// The chaos test on a bucket: SIGKILL at random instants, then SIGTERM, then run to the end.

@@ -1,6 +1,7 @@
 //! End-to-end tests: the model against transformers' golden vectors, and the binary as a user
 //! runs it. One test binary, so the crate is linked once.
 
+mod bucket_inputs;
 mod bucket_urls;
 mod buckets;
 mod chunking;
