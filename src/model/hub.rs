@@ -116,7 +116,8 @@ trait Files {
 }
 
 /// Fetches what the model needs, in order: `modules.json` first (it says where the transformer
-/// is and which module files matter), then the transformer's config, tokenizer and weights
+/// is and which module files matter), then the transformer's config, tokenizer (`tokenizer.json`,
+/// else the slow tokenizer's `vocab.txt` and its configs) and weights
 /// (safetensors only: the sharded index and its shards, or `model.safetensors`), then the
 /// sentence-transformers module files. A needed file the model lacks is an error from `missing`.
 fn fetch_needed(files: &mut dyn Files, missing: &dyn Fn(&str) -> anyhow::Error) -> Result<()> {
@@ -129,8 +130,14 @@ fn fetch_needed(files: &mut dyn Files, missing: &dyn Fn(&str) -> anyhow::Error) 
     };
     let at =
         |name: &str| if transformer.is_empty() { name.to_string() } else { format!("{transformer}/{name}") };
-    for rel in [at("config.json"), at("tokenizer.json")] {
-        files.fetch(&rel)?.ok_or_else(|| missing(&rel))?;
+    files.fetch(&at("config.json"))?.ok_or_else(|| missing(&at("config.json")))?;
+    // An older BERT-family model may have only the slow tokenizer's files (tokenize/from_vocab.rs).
+    if files.fetch(&at("tokenizer.json"))?.is_none() {
+        if files.fetch(&at(crate::tokenize::from_vocab::VOCAB))?.is_none() {
+            return Err(missing(&at("tokenizer.json")));
+        }
+        files.fetch(&at("tokenizer_config.json"))?;
+        files.fetch(&at("special_tokens_map.json"))?;
     }
     match files.fetch(&at("model.safetensors.index.json"))? {
         Some(index) => {

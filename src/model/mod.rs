@@ -187,9 +187,18 @@ impl ModelFiles {
             _ => dir.to_path_buf(),
         };
         let config = model_dir.join("config.json");
-        let tokenizer = model_dir.join("tokenizer.json");
+        let mut tokenizer = model_dir.join("tokenizer.json");
         if !config.is_file() {
             anyhow::bail!("{} is missing from the model directory", config.display());
+        }
+        let slow_class = match tokenizer.is_file() {
+            true => Ok(None),
+            false => crate::tokenize::from_vocab::slow_class(&model_dir),
+        };
+        if let Ok(Some(_)) = slow_class {
+            // NOTE: older BERT-family checkpoints ship only the slow tokenizer's vocab.txt, which
+            // transformers converts to the fast tokenizer; tokenize/from_vocab.rs does the same.
+            tokenizer = model_dir.join(crate::tokenize::from_vocab::VOCAB);
         }
         if !tokenizer.is_file() {
             // NOTE: older checkpoints ship only the slow tokenizer's files; transformers converts
@@ -201,6 +210,10 @@ impl ModelFiles {
                     .collect();
             let how = "batch-embed reads the fast tokenizer's tokenizer.json; make it once with Python's transformers: \
                        AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)";
+            let how = match slow_class {
+                Err(e) => format!("{e}; {how}"),
+                _ => how.to_string(),
+            };
             match slow.is_empty() {
                 true => anyhow::bail!("{} is missing from the model directory; {how}", tokenizer.display()),
                 false => anyhow::bail!(
@@ -221,7 +234,8 @@ impl ModelFiles {
         })
     }
 
-    /// A hash of what identifies the model's computation: config.json, tokenizer.json and the
+    /// A hash of what identifies the model's computation: config.json, tokenizer.json (or vocab.txt
+    /// and the slow tokenizer's configs) and the
     /// weights' index or safetensors headers (names, dtypes, shapes, offsets) and sizes, not the
     /// weight bytes, so it is quick for a 15 GB model; then, for a sentence-transformers
     /// folder, every file of its modules (configs whole, Dense weights by header, or whole for
@@ -231,6 +245,16 @@ impl ModelFiles {
         let mut h = Sha256::new();
         for f in [Some(&self.config), Some(&self.tokenizer), self.index.as_ref()].into_iter().flatten() {
             h.update(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?);
+        }
+        // A tokenizer built from vocab.txt also follows the slow tokenizer's config files.
+        if self.tokenizer.file_name().is_some_and(|n| n == crate::tokenize::from_vocab::VOCAB) {
+            let dir = self.tokenizer.parent().unwrap_or(Path::new("."));
+            for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+                if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                    h.update(name.as_bytes());
+                    h.update(bytes);
+                }
+            }
         }
         for w in &self.weights {
             h.update(
@@ -387,8 +411,14 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         let err = format!("{:#}", ModelFiles::locate(dir.path()).unwrap_err());
         assert!(err.contains("tokenizer.json is missing") && err.contains("save_pretrained"), "{err}");
-        std::fs::write(dir.path().join("vocab.txt"), "[PAD]\n").unwrap();
+        std::fs::write(dir.path().join("sentencepiece.bpe.model"), "").unwrap();
         let err = format!("{:#}", ModelFiles::locate(dir.path()).unwrap_err());
-        assert!(err.contains("has only the slow tokenizer's vocab.txt"), "{err}");
+        assert!(err.contains("has only the slow tokenizer's sentencepiece.bpe.model"), "{err}");
+        // A vocab.txt of a kind tokenize/from_vocab.rs does not build.
+        std::fs::write(dir.path().join("vocab.txt"), "[PAD]\n").unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"tokenizer_class": "XLNetTokenizer"}"#)
+            .unwrap();
+        let err = format!("{:#}", ModelFiles::locate(dir.path()).unwrap_err());
+        assert!(err.contains("its tokenizer is XLNetTokenizer") && err.contains("save_pretrained"), "{err}");
     }
 }

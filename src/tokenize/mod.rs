@@ -16,6 +16,7 @@ use tokenizers::{
 mod boundary;
 mod byte_bpe;
 pub mod chunk;
+pub mod from_vocab;
 mod normal_form;
 mod wordpiece;
 
@@ -90,8 +91,12 @@ impl TextTokenizer {
         prompt: Option<String>,
         lowercase: bool,
     ) -> Result<Self> {
-        let mut json = std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        // A folder from before fast tokenizers has only the slow tokenizer's vocab.txt.
+        let mut json = match path.file_name().is_some_and(|n| n == from_vocab::VOCAB) {
+            true => from_vocab::tokenizer_json(path)?,
+            false => std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?,
+        };
         if lowercase {
             json = with_lowercase(&json)
                 .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;

@@ -188,6 +188,56 @@ fn camembert_runs_as_the_roberta_network_it_is() {
     }
 }
 
+/// A folder saved before fast tokenizers: the BERT fixture with its tokenizer.json replaced by the
+/// slow tokenizer's vocab.txt and a 4.x tokenizer_config.json. sentence-transformers 6.3 (its
+/// transformers builds the tokenizer from vocab.txt) gave the fixture's golden vectors on that
+/// folder to 1.8e-7; batch-embed, building it the same way, must too.
+#[test]
+fn a_bert_folder_with_only_vocab_txt_matches_sentence_transformers() {
+    let dir = tempdir();
+    let model = dir.path().join("slow-bert");
+    copy_dir(&fixture("st-bert-mean"), &model);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
+    let mut vocab: Vec<(&str, u64)> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, id)| (t.as_str(), id.as_u64().unwrap()))
+        .collect();
+    vocab.sort_by_key(|v| v.1);
+    assert!(vocab.iter().enumerate().all(|(i, v)| v.1 == i as u64));
+    let lines: String = vocab.iter().map(|(t, _)| format!("{t}\n")).collect();
+    std::fs::write(model.join("vocab.txt"), lines).unwrap();
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}"#,
+    )
+    .unwrap();
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+
+    let reference = reference("st-bert-mean");
+    let case = reference.cases.iter().find(|c| c.name == "default").unwrap();
+    let input = dir.path().join("in.parquet");
+    write_texts(&input, &reference.texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
+    let out = dir.path().join("out");
+    embed_with(&model, &input, &out, &[]).assert().success();
+    let vectors = read_vectors(&out);
+    assert_eq!(vectors.len(), case.embeddings.len());
+    for (row, v) in &vectors {
+        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
+        assert!(d < TOLERANCE, "row {row}: differs from sentence-transformers by {d}");
+    }
+
+    // A slow tokenizer of another kind is named, with how to make tokenizer.json.
+    std::fs::write(model.join("tokenizer_config.json"), r#"{"tokenizer_class": "XLNetTokenizer"}"#).unwrap();
+    embed_with(&model, &input, &dir.path().join("refused"), &[])
+        .assert()
+        .failure()
+        .stderr(contains("its tokenizer is XLNetTokenizer from vocab.txt, which batch-embed does not build"))
+        .stderr(contains("save_pretrained"));
+}
+
 #[test]
 fn modernbert_with_prompts_left_out_of_the_pooling_matches_sentence_transformers() {
     // Global and sliding-window layers (window ±8, texts up to ~300 tokens), the 4.x config

@@ -134,6 +134,21 @@ fn a_hub_id_is_read_from_a_python_laid_out_cache_offline() {
 }
 
 #[test]
+fn a_cached_model_with_only_the_slow_tokenizer_is_read_offline() {
+    let dir = tempdir();
+    let input = texts_file(dir.path());
+    let folder = dir.path().join("slow");
+    slow_bert_folder(&folder);
+    let plain = dir.path().join("plain");
+    embed_with(&folder, &input, &plain, &[]).assert().success();
+    let cache = dir.path().join("cache");
+    lay_out_cache(&cache, &files_of(&folder), true, &["main"]);
+    let out = dir.path().join("out");
+    embed_hub(ID, &cache, &input, &out, &[("HF_HUB_OFFLINE", "1")]).assert().success();
+    assert_same_vectors(&read_vectors(&out), &read_vectors(&plain));
+}
+
+#[test]
 fn offline_a_missing_file_or_model_names_the_cache_folder() {
     let dir = tempdir();
     let input = texts_file(dir.path());

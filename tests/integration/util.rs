@@ -293,3 +293,24 @@ pub fn part_metadata(path: &Path) -> std::collections::HashMap<String, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
     reader.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
+
+/// The BERT fixture (st-bert-mean) as a folder from before fast tokenizers: its tokenizer.json
+/// replaced by the slow tokenizer's vocab.txt and a 4.x tokenizer_config.json.
+pub fn slow_bert_folder(dest: &Path) {
+    copy_dir(&fixture("st-bert-mean"), dest);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dest.join("tokenizer.json")).unwrap()).unwrap();
+    let mut vocab: Vec<(&str, u64)> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, id)| (t.as_str(), id.as_u64().unwrap()))
+        .collect();
+    vocab.sort_by_key(|v| v.1);
+    assert!(vocab.iter().enumerate().all(|(i, v)| v.1 == i as u64));
+    let lines: String = vocab.iter().map(|(t, _)| format!("{t}\n")).collect();
+    std::fs::write(dest.join("vocab.txt"), lines).unwrap();
+    let config = r#"{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}"#;
+    std::fs::write(dest.join("tokenizer_config.json"), config).unwrap();
+    std::fs::remove_file(dest.join("tokenizer.json")).unwrap();
+}
