@@ -159,6 +159,29 @@ fn xlm_roberta_with_prompts_matches_sentence_transformers() {
     check_fixture("st-xlmr-prompts");
 }
 
+/// The binary with `model` on the texts of fixture `name` (written to an input in `dir`, which
+/// is returned) gives case `case`'s golden vectors.
+fn binary_matches_case(
+    model: &std::path::Path,
+    name: &str,
+    case: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let reference = reference(name);
+    let case = reference.cases.iter().find(|c| c.name == case).unwrap();
+    let input = dir.join("in.parquet");
+    write_texts(&input, &reference.texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
+    let out = dir.join("out");
+    embed_with(model, &input, &out, &[]).assert().success();
+    let vectors = read_vectors(&out);
+    assert_eq!(vectors.len(), case.embeddings.len());
+    for (row, v) in &vectors {
+        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
+        assert!(d < TOLERANCE, "{name} \"{}\" row {row}: differs from the golden vector by {d}", case.name);
+    }
+    input
+}
+
 /// transformers' CamembertModel is its RobertaModel under another name: the XLM-R fixture relabelled
 /// `camembert` (its `config.json` only) runs as XLM-R and gives the fixture's golden vectors.
 /// Loaded as a CamembertModel by sentence-transformers 6.3 / transformers 5.25, the relabelled
@@ -174,18 +197,7 @@ fn camembert_runs_as_the_roberta_network_it_is() {
         text.replace("\"xlm-roberta\"", "\"camembert\"").replace("XLMRobertaModel", "CamembertModel");
     assert_ne!(relabelled, text);
     std::fs::write(&config, relabelled).unwrap();
-    let reference = reference("st-xlmr-prompts");
-    let case = reference.cases.iter().find(|c| c.name == "default prompt").unwrap();
-    let input = dir.path().join("in.parquet");
-    write_texts(&input, &reference.texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
-    let out = dir.path().join("out");
-    embed_with(&model, &input, &out, &[]).assert().success();
-    let vectors = read_vectors(&out);
-    assert_eq!(vectors.len(), case.embeddings.len());
-    for (row, v) in &vectors {
-        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
-        assert!(d < TOLERANCE, "row {row}: differs from the golden vector by {d}");
-    }
+    binary_matches_case(&model, "st-xlmr-prompts", "default prompt", dir.path());
 }
 
 /// A folder saved before fast tokenizers: the BERT fixture with its tokenizer.json replaced by the
@@ -196,38 +208,9 @@ fn camembert_runs_as_the_roberta_network_it_is() {
 fn a_bert_folder_with_only_vocab_txt_matches_sentence_transformers() {
     let dir = tempdir();
     let model = dir.path().join("slow-bert");
-    copy_dir(&fixture("st-bert-mean"), &model);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
-    let mut vocab: Vec<(&str, u64)> = json["model"]["vocab"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(t, id)| (t.as_str(), id.as_u64().unwrap()))
-        .collect();
-    vocab.sort_by_key(|v| v.1);
-    assert!(vocab.iter().enumerate().all(|(i, v)| v.1 == i as u64));
-    let lines: String = vocab.iter().map(|(t, _)| format!("{t}\n")).collect();
-    std::fs::write(model.join("vocab.txt"), lines).unwrap();
-    std::fs::write(
-        model.join("tokenizer_config.json"),
-        r#"{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}"#,
-    )
-    .unwrap();
-    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    slow_bert_folder(&model);
 
-    let reference = reference("st-bert-mean");
-    let case = reference.cases.iter().find(|c| c.name == "default").unwrap();
-    let input = dir.path().join("in.parquet");
-    write_texts(&input, &reference.texts.iter().map(|t| Some(t.as_str())).collect::<Vec<_>>());
-    let out = dir.path().join("out");
-    embed_with(&model, &input, &out, &[]).assert().success();
-    let vectors = read_vectors(&out);
-    assert_eq!(vectors.len(), case.embeddings.len());
-    for (row, v) in &vectors {
-        let d = max_abs_diff(v, &case.embeddings[*row as usize]);
-        assert!(d < TOLERANCE, "row {row}: differs from sentence-transformers by {d}");
-    }
+    let input = binary_matches_case(&model, "st-bert-mean", "default", dir.path());
 
     // A slow tokenizer of another kind is named, with how to make tokenizer.json.
     std::fs::write(model.join("tokenizer_config.json"), r#"{"tokenizer_class": "XLNetTokenizer"}"#).unwrap();
