@@ -102,7 +102,8 @@ pub struct VerifyArgs {
 pub struct EmbedArgs {
     /// Parquet files, or folders searched recursively for *.parquet; or URLs of objects or
     /// prefixes (s3://, gs://, az://; credentials from the usual environment). Rows are numbered
-    /// over all files in sorted order (local paths, then URLs).
+    /// over all files in sorted order (local paths, then URLs). Inside folders and prefixes,
+    /// names starting with '.' or '_' (Spark's _temporary, Delta Lake's _delta_log) are left out.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -138,7 +139,8 @@ pub struct EmbedArgs {
     #[arg(long, default_value_t = crate::partition::DEFAULT_BLOCK, value_name = "K")]
     pub stride_block: u64,
 
-    /// Column copied to the output as `id`, with its original type.
+    /// Column copied to the output as `id`, with its original type (files whose ids differ only
+    /// in width or string layout: the type that holds them all).
     #[arg(long, value_name = "NAME")]
     pub id_column: Option<String>,
 
@@ -172,9 +174,10 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "text", value_name = "NAME")]
     pub text_column: String,
 
-    /// Build each row's text from several string columns instead: {column} placeholders in
-    /// literal text, e.g. "{title}\n\n{text}" (\n, \t and \\ are escapes; {{ and }} are braces).
-    /// A null column is empty; a row whose named columns are all null fails. Only the named
+    /// Build each row's text from several columns instead: {column} placeholders in literal
+    /// text, e.g. "{title}\n\n{text}" (\n, \t and \\ are escapes; {{ and }} are braces). String
+    /// columns, and numbers, booleans, dates and times written as text. A null column, or one a
+    /// file lacks, is empty; a row whose named columns are all null fails. Only the named
     /// columns are read.
     #[arg(long, value_name = "TEMPLATE", conflicts_with = "text_column")]
     pub text_template: Option<String>,
