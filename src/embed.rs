@@ -219,6 +219,15 @@ impl Embedder {
             TextTokenizer::from_file_with(&files.tokenizer, max_tokens, options.prompt.clone(), lowercase)?;
         if let Some(chunking) = &options.chunking {
             Chunker::new(&tokenizer, chunking.settings)?;
+        } else if let Some(prompt) = tokenizer.prompt() {
+            // NOTE: a prompt that fills the whole length limit leaves every text cut to nothing:
+            // each row would get the prompt's vector (or none, with `include_prompt: false`).
+            let empty = tokenizer.encode_batch(&[""])?.remove(0);
+            if empty.truncated || empty.ids.len() >= max_tokens {
+                anyhow::bail!(
+                    "the prompt {prompt:?} and the special tokens take all of the {max_tokens} tokens a text is cut to, so no text would be left: raise --max-tokens or shorten the prompt (--prompt)"
+                );
+            }
         }
         Ok(tokenizer)
     }

@@ -117,8 +117,9 @@ trait Files {
 
 /// Fetches what the model needs, in order: `modules.json` first (it says where the transformer
 /// is and which module files matter), then the transformer's config, tokenizer (`tokenizer.json`,
-/// else the slow tokenizer's `vocab.txt` and its configs) and weights
-/// (safetensors only: the sharded index and its shards, or `model.safetensors`), then the
+/// else the slow tokenizer's `vocab.txt` and its configs) and weights (safetensors: the sharded
+/// index and its shards, or `model.safetensors`; only where there are none, PyTorch's
+/// `pytorch_model.bin` or its sharded index and shards, never both), then the
 /// sentence-transformers module files. A needed file the model lacks is an error from `missing`.
 fn fetch_needed(files: &mut dyn Files, missing: &dyn Fn(&str) -> anyhow::Error) -> Result<()> {
     let modules = files.fetch("modules.json")?;
@@ -139,36 +140,27 @@ fn fetch_needed(files: &mut dyn Files, missing: &dyn Fn(&str) -> anyhow::Error) 
         files.fetch(&at("tokenizer_config.json"))?;
         files.fetch(&at("special_tokens_map.json"))?;
     }
-    match files.fetch(&at("model.safetensors.index.json"))? {
-        Some(index) => {
-            let text = std::fs::read_to_string(&index)
-                .with_context(|| format!("cannot read {}", index.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", index.display()))?;
-            let shards: BTreeSet<&str> = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .with_context(|| format!("{} has no \"weight_map\" object", index.display()))?
-                .values()
-                .filter_map(|v| v.as_str())
-                .collect();
-            for shard in shards {
-                let rel = at(shard);
+    // Safetensors where the model has them; PyTorch's pickles only where it has nothing else.
+    let mut found = false;
+    for (single, index) in [
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ] {
+        if let Some(index) = files.fetch(&at(index))? {
+            for shard in super::weights::shards(&index)? {
+                let rel = at(&shard);
                 files.fetch(&rel)?.ok_or_else(|| missing(&rel))?;
             }
+            found = true;
+            break;
         }
-        None => {
-            let rel = at("model.safetensors");
-            if files.fetch(&rel)?.is_none() {
-                if files.has(&at("pytorch_model.bin")) {
-                    bail!(
-                        "{}; the model has only pytorch_model.bin, and batch-embed reads safetensors weights (convert them, e.g. with transformers' save_pretrained(safe_serialization=True))",
-                        missing(&rel)
-                    );
-                }
-                return Err(missing(&rel));
-            }
+        if files.fetch(&at(single))?.is_some() {
+            found = true;
+            break;
         }
+    }
+    if !found {
+        return Err(missing(&at("model.safetensors")));
     }
     if let Some(path) = modules {
         let text =

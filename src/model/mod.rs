@@ -168,7 +168,8 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub tokenizer: PathBuf,
     pub weights: Vec<PathBuf>,
-    /// `model.safetensors.index.json` when the weights are sharded.
+    /// `model.safetensors.index.json` (or `pytorch_model.bin.index.json`) when the weights are
+    /// sharded.
     pub index: Option<PathBuf>,
     /// What `modules.json` and the files it names say, for a sentence-transformers folder.
     pub sentence_transformers: Option<SentenceTransformers>,
@@ -257,10 +258,7 @@ impl ModelFiles {
             }
         }
         for w in &self.weights {
-            h.update(
-                weights::safetensors_header(w)
-                    .with_context(|| format!("{} is not a readable safetensors file", w.display()))?,
-            );
+            h.update(weights::identity(w)?);
         }
         // NOTE: appended after the files every model has, so a plain folder's hash is what it
         // was before sentence-transformers folders were read.
@@ -268,10 +266,7 @@ impl ModelFiles {
             let f = self.dir.join(rel);
             h.update(rel.as_bytes());
             if rel.ends_with(".safetensors") {
-                h.update(
-                    weights::safetensors_header(&f)
-                        .with_context(|| format!("{} is not a readable safetensors file", f.display()))?,
-                );
+                h.update(weights::identity(&f)?);
             } else {
                 h.update(std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?);
             }

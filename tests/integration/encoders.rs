@@ -221,6 +221,51 @@ fn a_bert_folder_with_only_vocab_txt_matches_sentence_transformers() {
         .stderr(contains("save_pretrained"));
 }
 
+/// A checkpoint from before safetensors: the BERT fixture's own weights as `torch.save` writes
+/// them (scripts/fixtures/pytorch_bin.py, which checked that sentence-transformers gives the
+/// golden vectors on these folders): one `pytorch_model.bin` with the int64 position-id buffer
+/// old checkpoints carry, and two shards with an index under the task model's `bert.` prefix.
+/// Safetensors win where a folder has both; the weights' identity is in the run's description.
+#[test]
+fn a_folder_with_pytorch_model_bin_weights_matches_sentence_transformers() {
+    let dir = tempdir();
+    let mut hashes = Vec::new();
+    for layout in ["single", "sharded"] {
+        let model = dir.path().join(layout);
+        copy_dir(&fixture("st-bert-mean"), &model);
+        std::fs::remove_file(model.join("model.safetensors")).unwrap();
+        for entry in std::fs::read_dir(fixture("pytorch-bin").join(layout)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+        }
+        let run = dir.path().join(format!("run-{layout}"));
+        std::fs::create_dir(&run).unwrap();
+        binary_matches_case(&model, "st-bert-mean", "default", &run);
+        let meta = part_metadata(&part_files(&run.join("out"))[0]);
+        hashes.push(meta["batch_embed.model_hash"].clone());
+    }
+    assert_ne!(hashes[0], hashes[1], "other weight files, another model hash");
+
+    // Both formats in one folder: the safetensors are read (a damaged pickle beside them is
+    // never opened).
+    let both = dir.path().join("both");
+    copy_dir(&fixture("st-bert-mean"), &both);
+    std::fs::write(both.join("pytorch_model.bin"), b"not a zip").unwrap();
+    let run = dir.path().join("run-both");
+    std::fs::create_dir(&run).unwrap();
+    binary_matches_case(&both, "st-bert-mean", "default", &run);
+
+    // A pickle that is not a checkpoint is named.
+    let bad = dir.path().join("bad");
+    copy_dir(&fixture("st-bert-mean"), &bad);
+    std::fs::remove_file(bad.join("model.safetensors")).unwrap();
+    std::fs::write(bad.join("pytorch_model.bin"), b"not a zip").unwrap();
+    embed_with(&bad, &run.join("in.parquet"), &dir.path().join("refused"), &[])
+        .assert()
+        .failure()
+        .stderr(contains("pytorch_model.bin is not a PyTorch checkpoint batch-embed can read"));
+}
+
 #[test]
 fn modernbert_with_prompts_left_out_of_the_pooling_matches_sentence_transformers() {
     // Global and sliding-window layers (window ±8, texts up to ~300 tokens), the 4.x config
@@ -354,6 +399,11 @@ fn the_binary_records_pooling_prompt_dense_and_dimensions() {
         (vec!["--attention", "causal"], "bert is a bidirectional encoder"),
         (vec!["--prompt-name", "query"], "names no prompts"),
         (vec!["--prompt", "x", "--prompt-name", "query"], "cannot be used with"),
+        // A prompt that fills the length limit would leave every text cut to nothing.
+        (
+            vec!["--max-tokens", "4", "--prompt", "represent this review for retrieval: "],
+            "take all of the 4 tokens a text is cut to, so no text would be left",
+        ),
     ] {
         batch_embed()
             .args(["embed", "--model"])
@@ -365,5 +415,9 @@ fn the_binary_records_pooling_prompt_dense_and_dimensions() {
             .assert()
             .failure()
             .stderr(contains(expect));
+        assert!(
+            !dir.path().join("refused").join("worker-00000-of-00001").exists(),
+            "{expect}: nothing written"
+        );
     }
 }

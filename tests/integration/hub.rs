@@ -340,6 +340,44 @@ fn a_hub_id_is_downloaded_into_the_cache_once_and_only_what_it_needs() {
     assert_same_vectors(&read_vectors(&unreachable), &vectors);
 }
 
+/// A repository from before safetensors (only sharded `pytorch_model-*.bin` and their index):
+/// the index and its shards are downloaded, nothing else of the weights, and the vectors are the
+/// ones the same weights give from safetensors.
+#[test]
+fn a_hub_model_with_only_pytorch_weights_is_downloaded_and_read() {
+    let dir = tempdir();
+    let input = texts_file(dir.path());
+    let mut files = files_of(&fixture("st-bert-mean"));
+    files.remove("model.safetensors");
+    files.extend(files_of(&fixture("pytorch-bin/sharded")));
+    files.insert("tf_model.h5".into(), vec![3; 1000]);
+    let hub = fake_hub(files, "t");
+    let endpoint = format!("http://127.0.0.1:{}", hub.port);
+    let env = [("HF_ENDPOINT", endpoint.as_str()), ("HF_TOKEN", "t")];
+    let out = dir.path().join("out");
+    embed_hub(ID, &dir.path().join("cache"), &input, &out, &env).assert().success();
+    let fetched = hub.requests.lock().unwrap().clone();
+    let weights: Vec<&str> =
+        fetched.iter().map(String::as_str).filter(|f| f.contains("model") && !f.contains("json")).collect();
+    assert_eq!(
+        weights,
+        ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+        "{fetched:?}"
+    );
+    assert!(fetched.iter().any(|f| f == "pytorch_model.bin.index.json"), "{fetched:?}");
+
+    let local = dir.path().join("local");
+    batch_embed()
+        .args(["embed", "--model"])
+        .arg(fixture("st-bert-mean"))
+        .arg("--output")
+        .arg(&local)
+        .arg(&input)
+        .assert()
+        .success();
+    assert_same_vectors(&read_vectors(&out), &read_vectors(&local));
+}
+
 #[test]
 fn an_unknown_hub_id_says_the_hub_does_not_serve_it() {
     let dir = tempdir();
