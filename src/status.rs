@@ -75,10 +75,12 @@ pub fn collect(output: &crate::storage::Location, stale: Duration) -> Result<Fle
     let now = unix_now();
     // Every worker's checkpoint and progress, read once (many at a time on a bucket).
     let loaded = crate::storage::par_map(&entries, output.is_remote(), |e| {
-        (e.checkpoint().ok().flatten(), e.progress())
+        let checkpoint = e.checkpoint();
+        let unreadable = checkpoint.as_ref().err().map(|e| format!("{e:#}"));
+        (checkpoint.ok().flatten(), e.progress(), unreadable)
     });
     // The fleet's shape from the first checkpoint (all workers of a run share it).
-    let reference = loaded.iter().find_map(|(c, _)| c.clone()).map(|c| c.spec.rows);
+    let reference = loaded.iter().find_map(|(c, _, _)| c.clone()).map(|c| c.spec.rows);
     let n = reference
         .as_ref()
         .map(|f| f.num_workers)
@@ -95,9 +97,12 @@ pub fn collect(output: &crate::storage::Location, stale: Duration) -> Result<Fle
         let ckpt = entry.and_then(|i| loaded[i].0.clone());
         let progress = entry.and_then(|i| loaded[i].1.clone());
         let Some(ckpt) = ckpt else {
+            // A checkpoint that does not read (damaged by hand, or of another version) stops
+            // the worker at its next start: say so instead of "not started".
+            let unreadable = entry.and_then(|i| loaded[i].2.clone());
             workers.push(WorkerStatus {
                 worker_id: id,
-                state: "not started".into(),
+                state: if unreadable.is_some() { "failed" } else { "not started" }.into(),
                 rows_done: 0,
                 rows_owned: owned_by_rule.unwrap_or(0),
                 rows_failed: 0,
@@ -108,7 +113,7 @@ pub fn collect(output: &crate::storage::Location, stale: Duration) -> Result<Fle
                 rows_per_s: 0.0,
                 host: None,
                 updated_s_ago: None,
-                error: None,
+                error: unreadable,
             });
             continue;
         };
@@ -167,7 +172,7 @@ pub fn collect(output: &crate::storage::Location, stale: Duration) -> Result<Fle
     let rows_per_s: f64 = workers.iter().fold(0.0, |a, w| a + w.rows_per_s);
     let tokens_per_s = loaded
         .iter()
-        .filter_map(|(_, p)| p.as_ref())
+        .filter_map(|(_, p, _)| p.as_ref())
         .filter(|p| p.state == "running" && now.saturating_sub(p.updated_at) <= stale.as_secs())
         .fold(0.0, |a, p| a + p.tokens_per_s);
     let left = rows_owned.saturating_sub(rows_done) as f64;

@@ -223,6 +223,15 @@ fn status_tells_running_stale_interrupted_and_failed_workers_apart() {
     assert!(text.contains("ETA"), "{text}");
     running.kill().unwrap();
     running.wait().unwrap();
+
+    // A checkpoint damaged by hand stops that worker at its next start: status says so.
+    std::fs::write(out.join("worker-00002-of-00004/checkpoint.json"), "{\"broken").unwrap();
+    let s = status_json(&out);
+    assert_eq!(s["workers"][2]["state"], "failed", "{s}");
+    assert!(
+        s["workers"][2]["error"].as_str().unwrap().contains("is not a checkpoint this version can read"),
+        "{s}"
+    );
 }
 
 /// Writes a finished-looking fleet with long progress histories, so the page has a chart.
