@@ -47,6 +47,8 @@ TOKENIZER_FROM = {
     "llama": "llama",
     "mistral": "mistral",
     "gemma3_text": "st-gemma3",
+    # sentence-transformers' StaticEmbedding (a token table) with any of the tokenizers above.
+    "static": None,
 }
 DECODERS = {"qwen2", "qwen3", "llama", "mistral", "gemma3_text"}
 
@@ -216,22 +218,30 @@ def main():
         rng = random.Random(seed)
         arch = rng.choice(archs)
         torch.manual_seed(seed)
-        tok = AutoTokenizer.from_pretrained(os.path.join(FIX, TOKENIZER_FROM[arch]))
+        source = TOKENIZER_FROM[arch] or rng.choice([v for v in TOKENIZER_FROM.values() if v])
+        tok = AutoTokenizer.from_pretrained(os.path.join(FIX, source))
         if tok.pad_token is None:
             # The decoder fixtures carry only tokenizer.json: name a pad token as their folders do.
             vocab = tok.get_vocab()
             tok.pad_token = tok.eos_token or next(t for t in ("<|endoftext|>", "</s>", "<unk>", "<s>") if t in vocab)
-        model, desc = build(arch, rng, tok, seed)
-        hidden = desc["hidden"]
-
-        modes = ["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
-        mode = "lasttoken" if arch in DECODERS and rng.random() < 0.6 else rng.choice(modes)
-        if rng.random() < 0.15:
-            mode = rng.sample(["cls", "mean", "max"], 2)
-        include_prompt = rng.random() < 0.8
-        pooling = Pooling(hidden, pooling_mode=mode, include_prompt=include_prompt)
-        width = pooling.get_sentence_embedding_dimension()
-        after = [pooling]
+        if arch == "static":
+            from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+            hidden = rng.choice([8, 16, 48])
+            first = StaticEmbedding(tok, embedding_weights=torch.randn(len(tok), hidden))
+            desc, mode, include_prompt, model = {"hidden": hidden, "tokenizer": source}, "static", True, None
+            width = hidden
+            after = []
+        else:
+            model, desc = build(arch, rng, tok, seed)
+            hidden = desc["hidden"]
+            modes = ["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
+            mode = "lasttoken" if arch in DECODERS and rng.random() < 0.6 else rng.choice(modes)
+            if rng.random() < 0.15:
+                mode = rng.sample(["cls", "mean", "max"], 2)
+            include_prompt = rng.random() < 0.8
+            pooling = Pooling(hidden, pooling_mode=mode, include_prompt=include_prompt)
+            width = pooling.get_sentence_embedding_dimension()
+            after = [pooling]
         if rng.random() < 0.4:
             act = rng.choice([torch.nn.Tanh(), torch.nn.Identity(), torch.nn.ReLU(), torch.nn.GELU(), torch.nn.Sigmoid()])
             out = rng.choice([8, 16, 40])
@@ -246,7 +256,8 @@ def main():
         normalize = rng.random() < 0.7
         if normalize:
             after.append(Normalize())
-        limit = getattr(model.config, "max_position_embeddings", 512)
+        # (A static model has no limit; this only sizes the chunks then.)
+        limit = getattr(model.config, "max_position_embeddings", 512) if model is not None else 512
         if arch in ("xlm-roberta", "roberta", "mpnet"):
             limit -= 2  # positions start at pad + 1
         max_seq = min(rng.choice([16, 32, 64, 128]), limit)
@@ -259,12 +270,14 @@ def main():
         d = os.path.join(args.work, f"seed{seed}")
         shutil.rmtree(d, ignore_errors=True)
         hf = d + ".hf"
-        model.save_pretrained(hf)
-        tok.save_pretrained(hf)
-        t = Transformer(hf, max_seq_length=max_seq)
-        st = SentenceTransformer(modules=[t, *after], device="cpu", prompts=prompts, default_prompt_name=default_prompt)
+        if model is not None:
+            model.save_pretrained(hf)
+            tok.save_pretrained(hf)
+            first = Transformer(hf, max_seq_length=max_seq)
+        st = SentenceTransformer(modules=[first, *after], device="cpu", prompts=prompts,
+                                 default_prompt_name=default_prompt)
         st.save(d)
-        shutil.rmtree(hf)
+        shutil.rmtree(hf, ignore_errors=True)
 
         texts = TEXTS + imdb_texts(25, rng)
         rng.shuffle(texts)
@@ -278,9 +291,13 @@ def main():
             flags += ["--dimensions", str(dims)]
         if rng.random() < 0.3:
             flags += ["--batch-tokens", str(rng.choice([64, 256, 1024]))]
-        hf_tok = st[0].tokenizer
+        if model is None:
+            raw_tok = st[0].tokenizer  # tokenizers.Tokenizer; StaticEmbedding adds no special tokens
+            count = lambda t: len(raw_tok.encode(t, add_special_tokens=False).ids)  # noqa: E731
+        else:
+            count = lambda t: len(st[0].tokenizer(t)["input_ids"])  # noqa: E731
         prompt = prompts.get(default_prompt, "") if default_prompt else ""
-        overhead = len(hf_tok(prompt)["input_ids"])
+        overhead = count(prompt)
         chunk = None
         if rng.random() < args.chunk_share and max_seq - overhead >= 12:
             size = rng.randint(overhead + 12, max_seq)
@@ -294,7 +311,7 @@ def main():
         label = f"seed {seed:3d} {arch:12s} {json.dumps(desc)} pool={mode} ip={include_prompt} norm={normalize} " \
                 f"max={max_seq} prompt={default_prompt} dims={dims} chunk={chunk}"
         if r.returncode != 0:
-            if overhead >= max_seq and "no text would be left" in r.stderr:
+            if model is not None and overhead >= max_seq and "no text would be left" in r.stderr:
                 print(f"ok  {label}: refused, the prompt fills the length limit", flush=True)
             else:
                 print(f"FAIL {label}\n  {' '.join(cmd)}\n  {r.stderr.strip()}", flush=True)
@@ -320,7 +337,7 @@ def main():
                     continue
                 covered = bytearray(len(text.encode()))
                 for chunk_text, k in spans:
-                    n = len(hf_tok(prompt + chunk_text)["input_ids"])
+                    n = count(prompt + chunk_text)
                     if n > chunk[0]:
                         problems.append(f"row {row} chunk {k[1]} has {n} tokens > {chunk[0]}")
                 tb_rows = [k for _, k in spans]
@@ -337,7 +354,7 @@ def main():
                 for row, c in cov.items():
                     raw = texts[row].encode()
                     lost = [j for j in range(len(raw)) if not c[j] and raw[j:j + 1] not in (b" ", b"\n", b"\t", b"\r")]
-                    if lost and len(hf_tok(prompt + texts[row])["input_ids"]) > 0:
+                    if lost and count(prompt + texts[row]) > 0:
                         problems.append(f"row {row}: {len(lost)} bytes in no chunk")
         keys = sorted(wanted)
         with torch.no_grad():
@@ -351,7 +368,8 @@ def main():
             a = ours[k]
             worst = max(worst, float(np.max(np.abs(a - b))))
             low = min(low, float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30)))
-        missing = sorted(set(range(len(texts))) - {k[0] for k in keys})
+        # A text with no tokens at all (possible only without special tokens) is a failure.
+        missing = sorted(set(range(len(texts))) - {k[0] for k in keys} - {i for i, t in enumerate(texts) if count(t) == 0})
         scale = float(np.max(np.abs(ref))) if len(ref) else 1.0
         close = worst <= args.tolerance * max(1.0, scale) if args.dtype == "f32" else low >= args.min_cosine
         ok = close and not missing and not problems

@@ -8,13 +8,14 @@ Run with the reference venv (torch + transformers + tokenizers) from
 
 With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet; st for every
 sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert st-mpnet
-st-gemma3 st-xlmr-prompts st-modernbert st-qwen2-last; pytorch-bin, st-bert-mean's weights as
+st-gemma3 st-xlmr-prompts st-modernbert st-qwen2-last st-static st-static-m2v; pytorch-bin, st-bert-mean's weights as
 PyTorch pickles, rebuilt with it) only those are rebuilt, so adding a
 fixture leaves the others byte for byte as they were.
 
 What it writes (the parts live in scripts/fixtures/: common.py, decoders.py, encoders.py):
   tests/fixtures/<model>/            config.json, weights, tokenizer.json, reference.json
   tests/fixtures/st-<model>/         sentence-transformers folders (modules.json, 1_Pooling/, ...)
+  tests/fixtures/st-static*/         sentence-transformers StaticEmbedding folders (6.x layout; 3.x with model2vec tensors)
   tests/fixtures/pytorch-bin/        st-bert-mean's weights as pytorch_model.bin, single and sharded
   models/tiny-qwen2/                 the bundled model README's first command runs
   examples/reviews.parquet           the bundled sample input
@@ -48,6 +49,7 @@ from fixtures.common import ROOT, train_tokenizer, train_llama_tokenizer
 from fixtures.decoders import build
 from fixtures.encoders import build_st_fixtures
 from fixtures.pytorch_bin import build_pytorch_bin
+from fixtures.static import build_static_fixtures
 
 
 def sample_parquet(path, n=400):
@@ -142,6 +144,8 @@ def main():
                 "st-modernbert", "st-qwen2-last"]
     if any(want(n) for n in st_names) or "st" in wanted:
         build_st_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
+    if want("st-static") or want("st-static-m2v") or "st" in wanted:
+        build_static_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
     # After st-bert-mean: its weights again as PyTorch pickles (single and sharded).
     if want("pytorch-bin") or want("st-bert-mean") or "st" in wanted:
         build_pytorch_bin()

@@ -10,7 +10,7 @@ use crate::cli::{AttentionArg, ChunkPoolArg, DtypeArg, EmbedArgs, OutputDtypeArg
 use crate::device::{DeviceChoice, DtypeChoice};
 use crate::input::Damaged;
 use crate::model::source::ModelSource;
-use crate::model::{Attention, ModelConfig, ModelFiles};
+use crate::model::{Architecture, Attention, ModelConfig, ModelFiles};
 use crate::output::OutputDtype;
 use crate::partition::Partition;
 use crate::pool::PoolingMode;
@@ -81,7 +81,7 @@ impl EmbedConfig {
         let env = |k: &str| std::env::var(k).ok();
         let model_source = crate::model::source::resolve(&args.model, args.revision.as_deref(), &env, note)?;
         let model = ModelFiles::locate(&model_source.dir)?;
-        let model_config = ModelConfig::from_file(&model.config)?;
+        let model_config = ModelConfig::load(&model)?;
         let requested = Requested {
             pooling: args.pooling.map(|p| match p {
                 PoolingArg::Cls => PoolingMode::Cls,
@@ -166,6 +166,9 @@ impl EmbedConfig {
         }
         let attention = match args.attention {
             AttentionArg::Auto => model_config.default_attention(),
+            _ if model_config.architecture == Architecture::Static => {
+                bail!("--attention: a static-embedding model has no attention (leave --attention at auto)")
+            }
             AttentionArg::Causal if model_config.architecture.is_encoder() => bail!(
                 "--attention causal: {} is a bidirectional encoder (leave --attention at auto)",
                 model_config.architecture.as_str()

@@ -215,8 +215,14 @@ impl Embedder {
         // NOTE: when chunking, nothing is cut: a chunk is at most --chunk-tokens by construction.
         let max_tokens =
             if options.chunking.is_some() { crate::tokenize::UNLIMITED } else { options.max_tokens };
-        let tokenizer =
-            TextTokenizer::from_file_with(&files.tokenizer, max_tokens, options.prompt.clone(), lowercase)?;
+        let special_tokens = !files.is_static();
+        let tokenizer = TextTokenizer::from_file_with(
+            &files.tokenizer,
+            max_tokens,
+            options.prompt.clone(),
+            lowercase,
+            special_tokens,
+        )?;
         if let Some(chunking) = &options.chunking {
             Chunker::new(&tokenizer, chunking.settings)?;
         } else if let Some(prompt) = tokenizer.prompt() {

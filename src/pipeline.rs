@@ -21,7 +21,7 @@ use crate::embed::{Embedder, EmbedderOptions};
 use crate::heartbeat::{Heartbeat, Live};
 use crate::input::{self, Chunk, Inputs};
 use crate::lock::LockOptions;
-use crate::model::AttentionImpl;
+use crate::model::{Architecture, AttentionImpl};
 use crate::output::ShardWriter;
 use crate::progress::{Progress, WorkerProgress};
 use crate::run_spec::{InputSpec, RowSpec, RunSpec, VectorSpec};
@@ -44,6 +44,8 @@ const DEFAULT_CPU_BATCH_TOKENS: usize = 8192;
 /// The same for the (small) encoders: a batch whose activations stay in the caches ran
 /// all-MiniLM-L6-v2 ~10% faster than 8192 (BENCHMARKS.md).
 const DEFAULT_CPU_ENCODER_BATCH_TOKENS: usize = 2048;
+/// A static-embedding model's batches: a table lookup per token, nothing quadratic.
+const DEFAULT_STATIC_BATCH_TOKENS: usize = 65536;
 /// Chunks waiting between two stages.
 const QUEUE: usize = 2;
 
@@ -376,9 +378,11 @@ fn embedder_options(cfg: &EmbedConfig) -> EmbedderOptions {
         normalize: cfg.normalize,
         pooling: cfg.vectors.pooling.clone(),
         dimensions: cfg.vectors.dimensions,
-        batch_tokens: cfg.batch_tokens.unwrap_or(match cfg.model_config.architecture.is_encoder() {
-            true => DEFAULT_CPU_ENCODER_BATCH_TOKENS,
-            false => DEFAULT_CPU_BATCH_TOKENS,
+        batch_tokens: cfg.batch_tokens.unwrap_or(match cfg.model_config.architecture {
+            // NOTE: a table lookup costs nothing per token beside the tokenizer: big batches.
+            Architecture::Static => DEFAULT_STATIC_BATCH_TOKENS,
+            a if a.is_encoder() => DEFAULT_CPU_ENCODER_BATCH_TOKENS,
+            _ => DEFAULT_CPU_BATCH_TOKENS,
         }),
         attention_impl: AttentionImpl::Auto,
         chunking: cfg.chunking,
@@ -449,7 +453,7 @@ fn start_line(
         None => cfg.model.dir.display().to_string(),
     };
     format!(
-        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {} attention, dim {}; {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
+        "batch-embed: worker {} of {} ({}): {} of {} rows in {} files{}; model {} ({}, {}, dim {}; {}) on {} {:?}, loaded in {:.1}s; batches of up to {} tokens{}",
         cfg.partition.worker_id,
         cfg.partition.num_workers,
         cfg.identity_source,
@@ -459,7 +463,10 @@ fn start_line(
         if rows_before > 0 { format!(", resuming after {rows_before} done") } else { String::new() },
         model,
         cfg.model_config.architecture.as_str(),
-        cfg.attention.as_str(),
+        match cfg.model_config.architecture {
+            Architecture::Static => "no attention, no special tokens".to_string(),
+            _ => format!("{} attention", cfg.attention.as_str()),
+        },
         embedder.dim(),
         cfg.vectors.sources.join(", "),
         device_name,

@@ -55,8 +55,12 @@ impl VectorOptions {
         let st = files.sentence_transformers.as_ref();
         let mut sources = Vec::new();
 
-        let st_pooling = st.map(|s| (&s.pooling, format!("{}/config.json", s.pooling_path)));
+        let st_pooling = st.map(|s| (&s.pooling, s.pooling_source.clone()));
         let pooling = match (req.pooling, &st_pooling) {
+            (Some(mode), _) if files.is_static() && mode != PoolingMode::Mean => bail!(
+                "--pooling {}: a static-embedding model's vector is the mean of its tokens' rows (StaticEmbedding); leave --pooling out",
+                mode.as_str()
+            ),
             (Some(mode), _) => {
                 sources.push(format!("pooling {} (--pooling)", mode.as_str()));
                 // NOTE: whether the prompt's tokens are pooled stays the model's.
@@ -94,7 +98,10 @@ impl VectorOptions {
             }
             (None, None) => {
                 let n = limit.min(DEFAULT_MAX_TOKENS_CAP);
-                sources.push(format!("max tokens {n} (config.json)"));
+                sources.push(match files.is_static() {
+                    true => format!("max tokens {n} (batch-embed's cap; a static model has no limit)"),
+                    false => format!("max tokens {n} (config.json)"),
+                });
                 n
             }
         };

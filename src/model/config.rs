@@ -46,6 +46,9 @@ pub enum Architecture {
     /// ModernBERT (gte-modernbert, modernbert-embed): rotary, pre-norm, GeGLU, alternating
     /// global and sliding-window attention.
     ModernBert,
+    /// A sentence-transformers StaticEmbedding (static-retrieval-mrl, model2vec's potion
+    /// models): a token-embedding table, no layers; a text's vector is the mean of its rows.
+    Static,
 }
 
 const SUPPORTED: &str =
@@ -64,6 +67,7 @@ impl Architecture {
             Architecture::MpNet => "mpnet",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
+            Architecture::Static => "static",
         }
     }
 
@@ -76,6 +80,7 @@ impl Architecture {
                 | Architecture::MpNet
                 | Architecture::XlmRoberta
                 | Architecture::ModernBert
+                | Architecture::Static
         )
     }
 }
@@ -252,6 +257,15 @@ impl RopeParameters {
 }
 
 impl ModelConfig {
+    /// The configuration of the model in `files`: its `config.json`, or for a static-embedding
+    /// model (which has none) what its table's shape says.
+    pub fn load(files: &super::ModelFiles) -> Result<Self> {
+        match files.is_static() {
+            true => super::static_embedding::config(files),
+            false => Self::from_file(&files.config),
+        }
+    }
+
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text =

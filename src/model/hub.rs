@@ -123,15 +123,18 @@ trait Files {
 /// sentence-transformers module files. A needed file the model lacks is an error from `missing`.
 fn fetch_needed(files: &mut dyn Files, missing: &dyn Fn(&str) -> anyhow::Error) -> Result<()> {
     let modules = files.fetch("modules.json")?;
-    let transformer = match &modules {
+    let (transformer, static_embedding) = match &modules {
         Some(path) => super::sentence_transformers::transformer_path(
             &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
         )?,
-        None => String::new(),
+        None => (String::new(), false),
     };
     let at =
         |name: &str| if transformer.is_empty() { name.to_string() } else { format!("{transformer}/{name}") };
-    files.fetch(&at("config.json"))?.ok_or_else(|| missing(&at("config.json")))?;
+    // A StaticEmbedding module has a tokenizer and a table, no config.json.
+    if !static_embedding {
+        files.fetch(&at("config.json"))?.ok_or_else(|| missing(&at("config.json")))?;
+    }
     // An older BERT-family model may have only the slow tokenizer's files (tokenize/from_vocab.rs).
     if files.fetch(&at("tokenizer.json"))?.is_none() {
         if files.fetch(&at(crate::tokenize::from_vocab::VOCAB))?.is_none() {

@@ -25,6 +25,7 @@ mod qwen2;
 mod qwen3;
 pub mod sentence_transformers;
 pub mod source;
+mod static_embedding;
 mod varlen_cpu;
 mod weights;
 mod xlm_roberta;
@@ -165,6 +166,7 @@ impl EmbeddingModel for FakeModel {
 pub struct ModelFiles {
     /// The model folder (a sentence-transformers folder's top, where `modules.json` is).
     pub dir: PathBuf,
+    /// `config.json` (for a StaticEmbedding model, which has none, the `modules.json` naming it).
     pub config: PathBuf,
     pub tokenizer: PathBuf,
     pub weights: Vec<PathBuf>,
@@ -187,7 +189,13 @@ impl ModelFiles {
             Some(st) if !st.transformer_path.is_empty() => dir.join(&st.transformer_path),
             _ => dir.to_path_buf(),
         };
-        let config = model_dir.join("config.json");
+        let is_static = st.as_ref().is_some_and(|st| st.static_embedding);
+        // NOTE: a StaticEmbedding module has no config.json; modules.json, which names it, stands
+        // for it (in the hash, and in messages).
+        let config = match is_static {
+            true => dir.join("modules.json"),
+            false => model_dir.join("config.json"),
+        };
         let mut tokenizer = model_dir.join("tokenizer.json");
         if !config.is_file() {
             anyhow::bail!("{} is missing from the model directory", config.display());
@@ -272,6 +280,11 @@ impl ModelFiles {
             }
         }
         Ok(crate::run_spec::hex16(&h.finalize()))
+    }
+
+    /// The model is a sentence-transformers StaticEmbedding (a token-embedding table).
+    pub fn is_static(&self) -> bool {
+        self.sentence_transformers.as_ref().is_some_and(|st| st.static_embedding)
     }
 
     /// The sentence-transformers pipeline's Dense modules (none for a plain folder).
@@ -369,7 +382,12 @@ pub fn load(
             let vb = weights::var_builder(files, dtype, device, anchor, &["", "model."])?;
             Box::new(modernbert::load(config, vb, packed).with_context(context)?)
         }
+        // NOTE: a lookup table has no attention to pack or pad; its rows stay f32 (a mean of
+        // a few hundred rows gains nothing from bf16).
+        Architecture::Static => Box::new(static_embedding::load(files, device).with_context(context)?),
     };
+    // A table lookup has no attention: never bounded by the padded path's score elements.
+    let packed = packed || config.architecture == Architecture::Static;
     Ok(LoadedModel { model, packed, config: config.clone(), attention, dtype, device: device.clone() })
 }
 

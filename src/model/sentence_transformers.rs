@@ -3,6 +3,9 @@
 //!
 //! - `Transformer` (the first module; its `path` holds `config.json`, `tokenizer.json`, the
 //!   weights and `sentence_bert_config.json`: `max_seq_length`, `do_lower_case`),
+//! - or `StaticEmbedding` first instead (its `path` holds `tokenizer.json` and a token-embedding
+//!   table; it makes the pooled vector itself, the mean of its tokens' rows, so no Pooling
+//!   module follows it),
 //! - `Pooling` (`config.json`: `pooling_mode` — a name or a list — or the older
 //!   `pooling_mode_*_tokens` booleans, and `include_prompt`),
 //! - `Dense` (`config.json`: in/out features, bias, activation, residual; weights in
@@ -25,13 +28,15 @@ use crate::pool::{Pooling, PoolingMode};
 /// What a sentence-transformers folder says about making its vectors.
 #[derive(Clone, Debug)]
 pub struct SentenceTransformers {
-    /// The Transformer module's folder, relative to the model folder (`""` for most models,
-    /// `0_Transformer` for older ones).
+    /// The Transformer (or StaticEmbedding) module's folder, relative to the model folder (`""`
+    /// for most models, `0_Transformer` or `0_StaticEmbedding` for older ones).
     pub transformer_path: String,
-    /// From the Pooling module.
+    /// The first module is a StaticEmbedding: a token-embedding table, no transformer.
+    pub static_embedding: bool,
+    /// From the Pooling module (a StaticEmbedding's own mean).
     pub pooling: Pooling,
-    /// Its path, for messages (`1_Pooling`).
-    pub pooling_path: String,
+    /// Where it came from, for messages (`1_Pooling/config.json`).
+    pub pooling_source: String,
     /// Dense modules after the pooling, in order.
     pub dense: Vec<DenseModule>,
     /// A Normalize module ends the pipeline.
@@ -75,10 +80,18 @@ impl DenseModule {
 
 #[derive(Deserialize)]
 struct ModuleEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "module_path")]
     path: String,
     #[serde(rename = "type")]
     kind: String,
+}
+
+/// A module's folder as `modules.json` gives it, relative to the model folder: `""` for the
+/// folder itself, which model2vec writes as `"."`.
+fn module_path<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let path = String::deserialize(d)?;
+    let trimmed = path.trim_start_matches("./").trim_end_matches('/');
+    Ok(if trimmed == "." { String::new() } else { trimmed.to_string() })
 }
 
 /// The files a folder's `modules.json` makes necessary, relative to the folder: what a download
@@ -94,6 +107,7 @@ pub fn needed_files(modules_json: &str, exists: &dyn Fn(&str) -> bool) -> Result
             Kind::Transformer => {
                 files.extend(["sentence_bert_config.json", "tokenizer_config.json"].map(join));
             }
+            Kind::StaticEmbedding => {}
             Kind::Pooling => files.push(join("config.json")),
             Kind::Dense => {
                 files.push(join("config.json"));
@@ -106,13 +120,16 @@ pub fn needed_files(modules_json: &str, exists: &dyn Fn(&str) -> bool) -> Result
     Ok(files)
 }
 
-/// The Transformer module's folder named by `modules.json` (`""` when it is the model folder).
-pub fn transformer_path(modules_json: &str) -> Result<String> {
+/// The Transformer (or StaticEmbedding) module's folder named by `modules.json` (`""` when it is
+/// the model folder), and whether it is a StaticEmbedding (which has no `config.json`).
+pub fn transformer_path(modules_json: &str) -> Result<(String, bool)> {
     let modules: Vec<ModuleEntry> =
         serde_json::from_str(modules_json).context("modules.json is not a list of modules")?;
     for m in &modules {
-        if module_kind(&m.kind)? == Kind::Transformer {
-            return Ok(m.path.clone());
+        match module_kind(&m.kind)? {
+            Kind::Transformer => return Ok((m.path.clone(), false)),
+            Kind::StaticEmbedding => return Ok((m.path.clone(), true)),
+            _ => {}
         }
     }
     bail!("modules.json has no Transformer module")
@@ -121,6 +138,7 @@ pub fn transformer_path(modules_json: &str) -> Result<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Transformer,
+    StaticEmbedding,
     Pooling,
     Dense,
     Normalize,
@@ -133,17 +151,18 @@ fn module_kind(kind: &str) -> Result<Kind> {
     let name = kind.rsplit('.').next().unwrap_or(kind);
     if !kind.starts_with("sentence_transformers.") {
         bail!(
-            "modules.json names the module \"{kind}\", which is custom code (trust_remote_code); batch-embed runs only sentence-transformers' own Transformer, Pooling, Dense and Normalize modules"
+            "modules.json names the module \"{kind}\", which is custom code (trust_remote_code); batch-embed runs only sentence-transformers' own Transformer, StaticEmbedding, Pooling, Dense and Normalize modules"
         );
     }
     Ok(match name {
         "Transformer" => Kind::Transformer,
+        "StaticEmbedding" => Kind::StaticEmbedding,
         "Pooling" => Kind::Pooling,
         "Dense" => Kind::Dense,
         "Normalize" => Kind::Normalize,
         "Dropout" => Kind::Dropout,
         _ => bail!(
-            "modules.json names the module \"{kind}\", which batch-embed does not run (it runs Transformer, Pooling, Dense and Normalize)"
+            "modules.json names the module \"{kind}\", which batch-embed does not run (it runs Transformer, StaticEmbedding, Pooling, Dense and Normalize)"
         ),
     })
 }
@@ -167,6 +186,7 @@ impl SentenceTransformers {
             serde_json::from_value(modules).with_context(|| at("not a list of modules"))?;
         let mut files = vec!["modules.json".to_string()];
         let mut transformer_path = None;
+        let mut static_embedding = false;
         let mut pooling = None;
         let mut dense = Vec::new();
         let mut normalize = false;
@@ -179,9 +199,24 @@ impl SentenceTransformers {
             }
             match kind {
                 Kind::Transformer if i == 0 => transformer_path = Some(m.path.clone()),
-                Kind::Transformer => bail!("{}: the Transformer module must come first", at("module order")),
+                Kind::StaticEmbedding if i == 0 => {
+                    // NOTE: sentence-transformers' StaticEmbedding is an EmbeddingBag in "mean"
+                    // mode: the sentence vector is the mean of the text's token rows.
+                    transformer_path = Some(m.path.clone());
+                    static_embedding = true;
+                    pooling = Some((Pooling::new(PoolingMode::Mean), "StaticEmbedding".to_string()));
+                }
+                Kind::Transformer | Kind::StaticEmbedding => {
+                    bail!("{}: the {:?} module must come first", at("module order"), kind)
+                }
                 _ if transformer_path.is_none() => {
                     bail!("{}: the first module must be a Transformer", at("module order"))
+                }
+                Kind::Pooling if static_embedding => {
+                    bail!(
+                        "{}: a Pooling module after StaticEmbedding, which pools itself",
+                        at("module order")
+                    )
                 }
                 Kind::Pooling if pooling.is_some() => bail!("{}: two Pooling modules", at("module order")),
                 Kind::Pooling => {
@@ -195,7 +230,7 @@ impl SentenceTransformers {
                     pooling = Some((
                         pooling_from_config(&json)
                             .with_context(|| format!("in {}", dir.join(&rel).display()))?,
-                        m.path.clone(),
+                        rel.clone(),
                     ));
                     files.push(rel);
                 }
@@ -213,7 +248,7 @@ impl SentenceTransformers {
             }
         }
         let transformer_path = transformer_path.with_context(|| at("no Transformer module"))?;
-        let Some((pooling, pooling_path)) = pooling else {
+        let Some((pooling, pooling_source)) = pooling else {
             bail!("{}: no Pooling module, so it makes token vectors, not one vector per text", at("modules"));
         };
         let tjoin = |name: &str| {
@@ -233,7 +268,20 @@ impl SentenceTransformers {
                 sbert.get("max_seq_length").and_then(|v| v.as_u64()).map(|n| (n as usize, sbert_rel.clone()));
             do_lower_case = sbert.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(false);
         }
-        if max_seq_length.is_none() {
+        if static_embedding {
+            // NOTE: a StaticEmbedding tokenizes with its tokenizer.json as saved, so the file's
+            // own truncation (all-MiniLM's keeps `max_length: 128`) is its length limit; with none
+            // it has no limit.
+            let rel = tjoin("tokenizer.json");
+            if let Some(tj) = read_json(dir, &rel)? {
+                if let Some(n) =
+                    tj.pointer("/truncation/max_length").and_then(|v| v.as_u64()).filter(|n| *n > 0)
+                {
+                    max_seq_length = Some((n as usize, format!("{rel}'s truncation")));
+                }
+            }
+        }
+        if max_seq_length.is_none() && !static_embedding {
             // NOTE: sentence-transformers ≥ 5 saves max_seq_length as the tokenizer's
             // model_max_length; transformers writes ~1e30 there for "no limit".
             let rel = tjoin("tokenizer_config.json");
@@ -270,8 +318,9 @@ impl SentenceTransformers {
         }
         Ok(Some(SentenceTransformers {
             transformer_path,
+            static_embedding,
             pooling,
-            pooling_path,
+            pooling_source,
             dense,
             normalize,
             max_seq_length,
@@ -493,6 +542,14 @@ mod tests {
             (r#"[{"path": "", "type": "my_package.CustomPooling"}]"#, "custom code"),
             (r#"[{"path": "", "type": "sentence_transformers.models.Transformer"}]"#, "no Pooling"),
             (r#"[{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#, "first module"),
+            (
+                r#"[{"path": "", "type": "sentence_transformers.models.StaticEmbedding"}, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#,
+                "a Pooling module after StaticEmbedding",
+            ),
+            (
+                r#"[{"path": "", "type": "sentence_transformers.models.Transformer"}, {"path": "", "type": "sentence_transformers.models.StaticEmbedding"}]"#,
+                "the StaticEmbedding module must come first",
+            ),
         ] {
             write(d, "modules.json", modules);
             let err = format!("{:#}", SentenceTransformers::read(d).unwrap_err());
@@ -501,5 +558,31 @@ mod tests {
         write(d, "modules.json", &MODULES.replace("2_Dense", "2_Missing"));
         let err = format!("{:#}", SentenceTransformers::read(d).unwrap_err());
         assert!(err.contains("2_Missing/config.json is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_static_embedding_module_pools_itself_and_keeps_its_tokenizer_s_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // model2vec writes the folder itself as ".".
+        write(
+            d,
+            "modules.json",
+            r#"[{"path": ".", "type": "sentence_transformers.models.StaticEmbedding"},
+                {"path": "1_Normalize", "type": "sentence_transformers.models.Normalize"}]"#,
+        );
+        write(d, "tokenizer.json", r#"{"truncation": {"max_length": 128, "direction": "Right"}}"#);
+        let st = SentenceTransformers::read(d).unwrap().unwrap();
+        assert!(st.static_embedding && st.normalize);
+        assert_eq!(st.transformer_path, "");
+        assert_eq!(
+            (st.pooling.clone(), st.pooling_source.as_str()),
+            (Pooling::new(PoolingMode::Mean), "StaticEmbedding")
+        );
+        assert_eq!(st.max_seq_length, Some((128, "tokenizer.json's truncation".to_string())));
+        write(d, "tokenizer.json", r#"{"truncation": null}"#);
+        assert_eq!(SentenceTransformers::read(d).unwrap().unwrap().max_seq_length, None, "no limit");
+        let modules = std::fs::read_to_string(d.join("modules.json")).unwrap();
+        assert_eq!(transformer_path(&modules).unwrap(), (String::new(), true));
     }
 }

@@ -73,9 +73,7 @@ pub fn var_builder(
     anchor: &str,
     prefixes: &[&str],
 ) -> Result<VarBuilder<'static>> {
-    let vb = if files.weights.iter().any(|f| is_pickle(f)) {
-        VarBuilder::from_backend(Box::new(Pickles::open(&files.weights)?), dtype, device.clone())
-    } else {
+    if !files.weights.iter().any(|f| is_pickle(f)) {
         // Open each file alone first, so a truncated or foreign file is reported by name.
         for f in &files.weights {
             // SAFETY: the file is mapped read-only; we do not guard against it being changed on
@@ -83,10 +81,8 @@ pub fn var_builder(
             unsafe { MmapedSafetensors::new(f) }
                 .with_context(|| format!("{} is not a readable safetensors file", f.display()))?;
         }
-        // SAFETY: as above.
-        unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
-            .with_context(|| format!("cannot open the weights in {}", files.dir.display()))?
-    };
+    }
+    let vb = open(files, dtype, device)?;
     for prefix in prefixes {
         if vb.contains_tensor(&format!("{prefix}{anchor}")) {
             return Ok(match prefix.strip_suffix('.') {
@@ -98,6 +94,38 @@ pub fn var_builder(
     let tried: Vec<String> = prefixes.iter().map(|p| format!("\"{p}{anchor}\"")).collect();
     bail!("the weights in {} have no {} tensor", files.dir.display(), tried.join(" or "))
 }
+/// The names and shapes of the tensors in `files`, read from their headers (safetensors) or
+/// tensor lists (PyTorch pickles), without reading the tensors.
+pub fn shapes(files: &[PathBuf]) -> Result<HashMap<String, Vec<usize>>> {
+    let mut out = HashMap::new();
+    for path in files {
+        if is_pickle(path) {
+            for (name, info) in open_pickle(path)?.tensor_infos() {
+                out.insert(name.clone(), info.layout.dims().to_vec());
+            }
+        } else {
+            // SAFETY: mapped read-only, as every weight file is.
+            let st = unsafe { MmapedSafetensors::new(path) }
+                .with_context(|| format!("{} is not a readable safetensors file", path.display()))?;
+            for (name, view) in st.tensors() {
+                out.insert(name, view.shape().to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the weights of `files` as they are (no name prefix), whatever their format.
+pub fn open(files: &ModelFiles, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    if files.weights.iter().any(|f| is_pickle(f)) {
+        return Ok(VarBuilder::from_backend(Box::new(Pickles::open(&files.weights)?), dtype, device.clone()));
+    }
+    // SAFETY: the files are mapped read-only; we do not guard against them being changed on
+    // disk while we run, as every memory-mapped model loader does.
+    unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+        .with_context(|| format!("cannot open the weights in {}", files.dir.display()))
+}
+
 /// What identifies a weight file without reading its tensors: a safetensors file's header
 /// (tensor names, dtypes, shapes, offsets) and size; a PyTorch pickle's tensor list (names,
 /// dtypes, shapes, strides, offsets, storages) and size.

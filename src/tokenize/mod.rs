@@ -80,16 +80,19 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`, cutting texts to `max_tokens` (special tokens included).
     pub fn from_file(path: &Path, max_tokens: usize, prompt: Option<String>) -> Result<Self> {
-        Self::from_file_with(path, max_tokens, prompt, false)
+        Self::from_file_with(path, max_tokens, prompt, false, true)
     }
 
     /// [`TextTokenizer::from_file`], lowercasing texts first when `lowercase` (a
-    /// sentence-transformers folder's `do_lower_case`).
+    /// sentence-transformers folder's `do_lower_case`), and without the post-processor's special
+    /// tokens when `special_tokens` is false (a StaticEmbedding tokenizes with
+    /// `add_special_tokens=False`).
     pub fn from_file_with(
         path: &Path,
         max_tokens: usize,
         prompt: Option<String>,
         lowercase: bool,
+        special_tokens: bool,
     ) -> Result<Self> {
         // A folder from before fast tokenizers has only the slow tokenizer's vocab.txt.
         let mut json = match path.file_name().is_some_and(|n| n == from_vocab::VOCAB) {
@@ -99,6 +102,10 @@ impl TextTokenizer {
         };
         if lowercase {
             json = with_lowercase(&json)
+                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        }
+        if !special_tokens {
+            json = without_post_processor(&json)
                 .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         }
         let mut inner = Tokenizer::from_str(&json)
@@ -302,6 +309,14 @@ fn affixes(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
     // An empty text gets the affixes alone.
     let (before, after) = found?;
     (run(&[])? == [before.as_slice(), after.as_slice()].concat()).then_some((before, after))
+}
+
+/// `tokenizer.json` with no post-processor: the ids of the text alone, as `tokenizers` gives
+/// them with `add_special_tokens=False`.
+fn without_post_processor(json: &str) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(json)?;
+    v["post_processor"] = serde_json::Value::Null;
+    Ok(v.to_string())
 }
 
 /// `tokenizer.json` with a Lowercase normaliser put first, as sentence-transformers does for

@@ -57,7 +57,7 @@ fn pooling_mode(flag: &str) -> PoolingMode {
 /// The settings a case's flags resolve to, through the CLI's own precedence.
 fn options(name: &str, flags: &Flags) -> (ModelFiles, ModelConfig, VectorOptions) {
     let files = ModelFiles::locate(&fixture(name)).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let requested = Requested {
         pooling: flags.pooling.as_deref().map(pooling_mode),
         normalize: flags.normalize,
@@ -102,6 +102,12 @@ fn check_fixture(name: &str) {
             assert_eq!(got.dim, case.embeddings[0].len(), "{label}: width");
             let mut worst = 0f32;
             for (i, want) in case.embeddings.iter().enumerate() {
+                if case.token_ids[i].is_empty() {
+                    // A text sentence-transformers tokenizes to nothing (a static model's "", with
+                    // no special tokens) is a failure here, not its zero vector.
+                    assert!(got.vector(i).is_err(), "{label}: text {i} has no tokens and must fail");
+                    continue;
+                }
                 let v = got.vector(i).unwrap_or_else(|e| panic!("{label}: text {i} failed: {e:?}"));
                 let d = max_abs_diff(v, want);
                 worst = worst.max(d);
@@ -174,7 +180,9 @@ fn binary_matches_case(
     let out = dir.join("out");
     embed_with(model, &input, &out, &[]).assert().success();
     let vectors = read_vectors(&out);
-    assert_eq!(vectors.len(), case.embeddings.len());
+    // A text with no tokens (a static model's "") is a failure, not a vector.
+    let tokenized = case.token_ids.iter().filter(|ids| !ids.is_empty()).count();
+    assert_eq!(vectors.len(), tokenized);
     for (row, v) in &vectors {
         let d = max_abs_diff(v, &case.embeddings[*row as usize]);
         assert!(d < TOLERANCE, "{name} \"{}\" row {row}: differs from the golden vector by {d}", case.name);
@@ -278,6 +286,49 @@ fn qwen2_with_last_token_pooling_from_modules_json_matches_sentence_transformers
     check_fixture("st-qwen2-last");
 }
 
+#[test]
+fn static_embeddings_match_sentence_transformers() {
+    // sentence-transformers' StaticEmbedding: the 6.x layout with a WordPiece tokenizer, Normalize
+    // and prompts; the 3.x layout (0_StaticEmbedding/) with model2vec's clustered rows, token
+    // mapping and weights, and a BPE tokenizer whose appended end-of-text token is left out.
+    check_fixture("st-static");
+    check_fixture("st-static-m2v");
+}
+
+/// The binary on a static model: the start line says what it is, and the flags that do not
+/// apply to a lookup table are refused before anything is written.
+#[test]
+fn the_binary_runs_a_static_model_and_refuses_what_does_not_apply() {
+    let dir = tempdir();
+    let model = fixture("st-static-m2v");
+    let input = binary_matches_case(&model, "st-static-m2v", "default", dir.path());
+    let meta = part_metadata(&part_files(&dir.path().join("out"))[0]);
+    assert_eq!(meta["batch_embed.model_type"], "static");
+    assert_eq!(meta["batch_embed.pooling"], "mean");
+    for (args, expect) in [
+        (vec!["--pooling", "cls"], "a static-embedding model's vector is the mean of its tokens' rows"),
+        (vec!["--attention", "causal"], "a static-embedding model has no attention"),
+    ] {
+        embed_with(&model, &input, &dir.path().join("refused"), &args)
+            .assert()
+            .failure()
+            .stderr(contains(expect));
+        assert!(
+            !dir.path().join("refused").join("worker-00000-of-00001").exists(),
+            "{expect}: nothing written"
+        );
+    }
+    batch_embed()
+        .args(["embed", "--model"])
+        .arg(&model)
+        .arg("--output")
+        .arg(dir.path().join("again"))
+        .arg(&input)
+        .assert()
+        .success()
+        .stderr(contains("(static, no attention, no special tokens, dim 12; pooling mean (StaticEmbedding)"));
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -333,12 +384,12 @@ fn flags_override_the_sentence_transformers_files() {
     assert!(!v.normalize, "--no-normalize wins over --dimensions");
     // A plain transformers folder: config.json decides (Qwen: last token, normalised).
     let files = ModelFiles::locate(&tiny_model()).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let v = VectorOptions::resolve(&Requested::default(), &files, &config).unwrap();
     assert_eq!((v.pooling.describe(false).as_str(), v.normalize, v.max_tokens), ("last_token", true, 512));
     // Refusals, each naming what to change.
     let files = ModelFiles::locate(&fixture("st-bert-mean")).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     for (req, expect) in [
         (
             Requested { dimensions: Some(33), ..Requested::default() },
@@ -351,7 +402,7 @@ fn flags_override_the_sentence_transformers_files() {
         assert!(err.contains(expect), "{err}");
     }
     let files = ModelFiles::locate(&fixture("st-xlmr-prompts")).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let req = Requested { prompt_name: Some("nosuch".into()), ..Requested::default() };
     let err = format!("{:#}", VectorOptions::resolve(&req, &files, &config).unwrap_err());
     assert!(err.contains("the model's prompts are document, passage, query"), "{err}");

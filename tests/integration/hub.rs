@@ -133,6 +133,38 @@ fn a_hub_id_is_read_from_a_python_laid_out_cache_offline() {
     }
 }
 
+/// A static-embedding model from the cache: its folder has no config.json, and none is asked for.
+#[test]
+fn a_cached_static_embedding_model_is_read_offline() {
+    let dir = tempdir();
+    let input = texts_file(dir.path());
+    let plain = dir.path().join("plain");
+    embed_with(&fixture("st-static-m2v"), &input, &plain, &[]).assert().success();
+    let cache = dir.path().join("cache");
+    lay_out_cache(&cache, &files_of(&fixture("st-static-m2v")), true, &["main"]);
+    let out = dir.path().join("out");
+    embed_hub(ID, &cache, &input, &out, &[("HF_HUB_OFFLINE", "1")]).assert().success();
+    assert_same_vectors(&read_vectors(&out), &read_vectors(&plain));
+
+    // model2vec's own save_pretrained names the folder itself "." (and leaves a config.json of
+    // its own, model_type "model2vec", which the StaticEmbedding module does not read).
+    let mut files = files_of(&fixture("st-static-m2v"));
+    let moved: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("0_StaticEmbedding/")?.to_string(), v.clone())))
+        .collect();
+    files.retain(|k, _| !k.starts_with("0_StaticEmbedding/"));
+    files.extend(moved);
+    let modules = String::from_utf8(files["modules.json"].clone()).unwrap().replace("0_StaticEmbedding", ".");
+    files.insert("modules.json".into(), modules.into_bytes());
+    files.insert("config.json".into(), br#"{"model_type": "model2vec", "normalize": false}"#.to_vec());
+    let cache = dir.path().join("cache-m2v");
+    lay_out_cache(&cache, &files, true, &["main"]);
+    let out = dir.path().join("out-m2v");
+    embed_hub(ID, &cache, &input, &out, &[("HF_HUB_OFFLINE", "1")]).assert().success();
+    assert_same_vectors(&read_vectors(&out), &read_vectors(&plain));
+}
+
 #[test]
 fn a_cached_model_with_only_the_slow_tokenizer_is_read_offline() {
     let dir = tempdir();

@@ -51,7 +51,7 @@ fn embedder_with(
     attention_impl: AttentionImpl,
 ) -> Embedder {
     let files = ModelFiles::locate(&fixture(name)).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let options = EmbedderOptions {
         attention,
         max_tokens: max_tokens.unwrap_or(config.max_position_embeddings),
@@ -171,7 +171,7 @@ fn eos_appending_tokenizer_pools_the_appended_token() {
 fn normalized_vectors_are_the_reference_scaled_to_unit_length() {
     let reference = reference("qwen3");
     let files = ModelFiles::locate(&fixture("qwen3")).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let options = EmbedderOptions {
         attention: Attention::Causal,
         max_tokens: 512,
@@ -206,7 +206,7 @@ fn null_texts_fail_without_stopping_the_rest() {
 
 fn embedder_in(name: &str, dtype: DType, attention_impl: AttentionImpl, max_tokens: usize) -> Embedder {
     let files = ModelFiles::locate(&fixture(name)).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let options = EmbedderOptions {
         attention: config.default_attention(),
         max_tokens,
@@ -293,7 +293,7 @@ fn an_8192_token_text_on_the_padded_path_matches_the_packed_path() {
     assert!(config.contains("8192"));
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     let files = ModelFiles::locate(dir.path()).unwrap();
-    let config = ModelConfig::from_file(&files.config).unwrap();
+    let config = ModelConfig::load(&files).unwrap();
     let load = |kernel| {
         let options = EmbedderOptions {
             attention: Attention::Causal,
