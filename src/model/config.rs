@@ -15,6 +15,7 @@ use encoder::{distilbert_keys, encoder_config};
 
 mod encoder;
 mod gemma3;
+pub mod nomic;
 
 /// The architectures this build can run, keyed by `config.json`'s `model_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +47,16 @@ pub enum Architecture {
     /// ModernBERT (gte-modernbert, modernbert-embed): rotary, pre-norm, GeGLU, alternating
     /// global and sliding-window attention.
     ModernBert,
+    /// NomicBERT (nomic-embed-text-v1/v1.5): BERT's post-norm layers with a fused qkv, rotary
+    /// positions, no biases and a SwiGLU MLP, in GPT-2's config keys.
+    NomicBert,
     /// A sentence-transformers StaticEmbedding (static-retrieval-mrl, model2vec's potion
     /// models): a token-embedding table, no layers; a text's vector is the mean of its rows.
     Static,
 }
 
 const SUPPORTED: &str =
-    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert";
+    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert, nomic_bert";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Architecture {
             Architecture::MpNet => "mpnet",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
+            Architecture::NomicBert => "nomic_bert",
             Architecture::Static => "static",
         }
     }
@@ -80,6 +85,7 @@ impl Architecture {
                 | Architecture::MpNet
                 | Architecture::XlmRoberta
                 | Architecture::ModernBert
+                | Architecture::NomicBert
                 | Architecture::Static
         )
     }
@@ -292,6 +298,7 @@ impl ModelConfig {
                 return encoder_config(value, Architecture::XlmRoberta)
             }
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
+            "nomic_bert" => return nomic::config(value),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),
         };

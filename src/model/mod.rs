@@ -21,6 +21,7 @@ mod layers;
 mod llama;
 mod modernbert;
 mod mpnet;
+mod nomic_bert;
 mod qwen2;
 mod qwen3;
 pub mod sentence_transformers;
@@ -381,6 +382,11 @@ pub fn load(
             let anchor = "embeddings.tok_embeddings.weight";
             let vb = weights::var_builder(files, dtype, device, anchor, &["", "model."])?;
             Box::new(modernbert::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::NomicBert => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "bert.", "model."])?;
+            Box::new(nomic_bert::load(config, vb, packed).with_context(context)?)
         }
         // NOTE: a lookup table has no attention to pack or pad; its rows stay f32 (a mean of
         // a few hundred rows gains nothing from bf16).

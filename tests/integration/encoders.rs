@@ -287,6 +287,17 @@ fn qwen2_with_last_token_pooling_from_modules_json_matches_sentence_transformers
 }
 
 #[test]
+fn nomic_bert_matches_sentence_transformers_running_nomic_s_own_code() {
+    // nomic-embed-text's layout (model_type nomic_bert, GPT-2 config keys): rotary base 1000,
+    // SwiGLU with the gated width rounded up to 256, no biases, post-norm, a vocabulary padded to
+    // 64; its reference from sentence-transformers running nomic's trust_remote_code model.
+    check_fixture("st-nomic");
+    // NomicBertConfig's defaults, which its code also runs: learned absolute positions, a plain
+    // (exact) GELU MLP, biases everywhere, no token types.
+    check_fixture("st-nomic-abs");
+}
+
+#[test]
 fn static_embeddings_match_sentence_transformers() {
     // sentence-transformers' StaticEmbedding: the 6.x layout with a WordPiece tokenizer, Normalize
     // and prompts; the 3.x layout (0_StaticEmbedding/) with model2vec's clustered rows, token
@@ -339,8 +350,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// fixture texts and long ones.
 #[test]
 fn encoders_in_bf16_and_f16_stay_close_to_f32() {
-    for name in ["st-bert-mean", "st-distilbert", "st-mpnet", "st-gemma3", "st-xlmr-prompts", "st-modernbert"]
-    {
+    for name in [
+        "st-bert-mean",
+        "st-distilbert",
+        "st-mpnet",
+        "st-gemma3",
+        "st-xlmr-prompts",
+        "st-modernbert",
+        "st-nomic",
+        "st-nomic-abs",
+    ] {
         let reference = reference(name);
         let mut texts = reference.texts.clone();
         texts.push(reference.texts.iter().cycle().take(40).cloned().collect::<Vec<_>>().join(" "));

@@ -19,6 +19,7 @@ pub struct EncoderConfig {
     /// MPNet: rows of `relative_attention_bias` (`relative_attention_num_buckets`).
     pub relative_buckets: usize,
     pub modernbert: Option<ModernBertConfig>,
+    pub nomic: Option<super::nomic::NomicConfig>,
 }
 
 /// ModernBERT's own settings.
@@ -132,6 +133,7 @@ pub(super) fn encoder_config(value: serde_json::Value, architecture: Architectur
             pad_token_id: pad,
             relative_buckets: raw.relative_attention_num_buckets.unwrap_or(32),
             modernbert,
+            nomic: None,
         }),
     })
 }

@@ -235,3 +235,49 @@ fn reads_mpnet() {
     assert_eq!(enc.layer_norm_eps, 1e-5);
     assert_eq!(c.default_attention(), Attention::Bidirectional);
 }
+
+#[test]
+fn reads_nomic_bert() {
+    // nomic-embed-text-v1.5's config.json (its keys that matter): GPT-2's names, a padded
+    // vocabulary, SwiGLU without biases, rotary on the whole head.
+    let v15 = r#"{"model_type":"nomic_bert","activation_function":"swiglu","n_embd":768,"n_head":12,
+        "n_inner":3072,"n_layer":12,"n_positions":8192,"vocab_size":30528,"pad_vocab_size_multiple":64,
+        "layer_norm_epsilon":1e-12,"rotary_emb_base":1000,"rotary_emb_fraction":1.0,
+        "rotary_emb_interleaved":false,"rotary_emb_scale_base":null,"rotary_scaling_factor":null,
+        "max_trained_positions":2048,"qkv_proj_bias":false,"mlp_fc1_bias":false,"mlp_fc2_bias":false,
+        "prenorm":false,"causal":false,"type_vocab_size":2,"attn_pdrop":0.0}"#;
+    let c = ModelConfig::from_json(v15).unwrap();
+    assert_eq!((c.architecture, c.max_tokens_limit()), (Architecture::NomicBert, 8192));
+    assert_eq!((c.hidden_size, c.intermediate_size, c.head_dim, c.vocab_size), (768, 3072, 64, 30528));
+    assert_eq!((c.rope_theta, c.default_attention()), (1000.0, Attention::Bidirectional));
+    let n = c.encoder.as_ref().unwrap().nomic.as_ref().unwrap();
+    assert!(n.rotary && n.gate == Some(Activation::Silu) && !n.qkv_bias && !n.fc1_bias && !n.fc2_bias);
+    // The gated width rounds up to 256, the vocabulary to its multiple; dynamic NTK keeps texts
+    // within the trained length.
+    let small = v15
+        .replace(r#""n_inner":3072"#, r#""n_inner":100"#)
+        .replace(r#""vocab_size":30528"#, r#""vocab_size":30522"#);
+    let c = ModelConfig::from_json(&small).unwrap();
+    assert_eq!((c.intermediate_size, c.vocab_size), (256, 30528));
+    let ntk = v15.replace(r#""rotary_scaling_factor":null"#, r#""rotary_scaling_factor":2"#);
+    assert_eq!(ModelConfig::from_json(&ntk).unwrap().max_tokens_limit(), 2048);
+    // NomicBertConfig's own defaults: learned positions, GELU, biases.
+    let plain =
+        ModelConfig::from_json(r#"{"model_type":"nomic_bert","n_embd":32,"n_head":4,"n_layer":2}"#).unwrap();
+    let n = plain.encoder.as_ref().unwrap().nomic.as_ref().unwrap();
+    assert!(!n.rotary && n.gate.is_none() && n.qkv_bias && n.fc1_bias);
+    assert_eq!((plain.intermediate_size, plain.max_tokens_limit(), plain.vocab_size), (128, 1024, 50257));
+    for (from, to, expect) in [
+        (r#""prenorm":false"#, r#""prenorm":true"#, "\"prenorm\": true is not supported"),
+        (r#""rotary_emb_fraction":1.0"#, r#""rotary_emb_fraction":0.5"#, "rotary_emb_fraction 0.5"),
+        (r#""rotary_emb_interleaved":false"#, r#""rotary_emb_interleaved":true"#, "rotary_emb_interleaved"),
+        (
+            r#""activation_function":"swiglu""#,
+            r#""activation_function":"relu""#,
+            "activation_function \"relu\"",
+        ),
+    ] {
+        let err = format!("{:#}", ModelConfig::from_json(&v15.replace(from, to)).unwrap_err());
+        assert!(err.contains(expect), "{err}");
+    }
+}
