@@ -113,10 +113,11 @@ for model in "${encoders[@]}"; do
   step "$(basename "$model") (encoder, as the sentence-transformers folder says)"
   check_model "$model" "$st_compare" "" f32 bf16 f16
 done
-# NomicBERT runs in sentence-transformers only with nomic's own code (trust_remote_code), which
-# the fixtures leave out: on the GPU it is compared with ours on the CPU.
-for model in tests/fixtures/st-nomic tests/fixtures/st-nomic-abs; do
-  step "$(basename "$model") (nomic_bert, against ours on the CPU)"
+# NomicBERT and GTE's model run in sentence-transformers only with their own code
+# (trust_remote_code), which the fixtures leave out: on the GPU they are compared with ours on
+# the CPU.
+for model in tests/fixtures/st-nomic tests/fixtures/st-nomic-abs tests/fixtures/st-gte tests/fixtures/st-gte-mixed; do
+  step "$(basename "$model") (trust_remote_code architecture, against ours on the CPU)"
   check_model "$model" "" "" f32 bf16 f16
 done
 

@@ -8,7 +8,7 @@ Run with the reference venv (torch + transformers + tokenizers) from
 
 With NAMEs (qwen2-gqa qwen2-mha-bidir qwen3 mistral llama tiny-qwen2 reviews.parquet; st for every
 sentence-transformers folder, or one of st-bert-mean st-bert-cls-dense st-distilbert st-mpnet
-st-gemma3 st-xlmr-prompts st-modernbert st-qwen2-last st-static st-static-m2v st-nomic st-nomic-abs; pytorch-bin, st-bert-mean's weights as
+st-gemma3 st-xlmr-prompts st-modernbert st-qwen2-last st-static st-static-m2v st-nomic st-nomic-abs st-gte st-gte-mixed; pytorch-bin, st-bert-mean's weights as
 PyTorch pickles, rebuilt with it) only those are rebuilt, so adding a
 fixture leaves the others byte for byte as they were.
 
@@ -51,6 +51,7 @@ from fixtures.encoders import build_st_fixtures
 from fixtures.pytorch_bin import build_pytorch_bin
 from fixtures.static import build_static_fixtures
 from fixtures.nomic import build_nomic
+from fixtures.gte import build_gte
 
 
 def sample_parquet(path, n=400):
@@ -147,6 +148,8 @@ def main():
         build_st_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
     if want("st-nomic") or want("st-nomic-abs") or "st" in wanted:
         build_nomic(lambda n: want(n) or "st" in wanted)
+    if want("st-gte") or want("st-gte-mixed") or "st" in wanted:
+        build_gte(lambda n: want(n) or "st" in wanted)
     if want("st-static") or want("st-static-m2v") or "st" in wanted:
         build_static_fixtures(tok_eos, lambda n: want(n) or "st" in wanted)
     # After st-bert-mean: its weights again as PyTorch pickles (single and sharded).

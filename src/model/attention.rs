@@ -94,6 +94,16 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f32> {
     match scaling {
         RopeScaling::None => base.collect(),
         RopeScaling::Linear { factor } => base.map(|f| f / factor as f32).collect(),
+        // NOTE: GTE's NTKScalingRotaryEmbedding, in f32 as it computes it.
+        RopeScaling::Ntk { factor, mixed_b: None } => {
+            let base = theta as f32 * factor as f32;
+            let shrink = (factor as f32).powf(2.0 / head_dim as f32);
+            (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32) / shrink).collect()
+        }
+        RopeScaling::Ntk { factor, mixed_b: Some(b) } => {
+            let a = (factor as f32).ln() / ((head_dim / 2) as f32).powf(b as f32);
+            base.enumerate().map(|(i, f)| f / (a * ((i + 1) as f32).powf(b as f32)).exp()).collect()
+        }
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original } => {
             let (factor, low, high, original) =
                 (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original as f32);

@@ -15,6 +15,7 @@ use encoder::{distilbert_keys, encoder_config};
 
 mod encoder;
 mod gemma3;
+pub mod gte;
 pub mod nomic;
 
 /// The architectures this build can run, keyed by `config.json`'s `model_type`.
@@ -50,13 +51,16 @@ pub enum Architecture {
     /// NomicBERT (nomic-embed-text-v1/v1.5): BERT's post-norm layers with a fused qkv, rotary
     /// positions, no biases and a SwiGLU MLP, in GPT-2's config keys.
     NomicBert,
+    /// GTE's "new" model (gte-base/large-en-v1.5, gte-multilingual-base, arctic-embed v2):
+    /// NomicBERT's kind of layers with biases, a fused up/gate MLP and NTK-scaled rotary positions.
+    GteNew,
     /// A sentence-transformers StaticEmbedding (static-retrieval-mrl, model2vec's potion
     /// models): a token-embedding table, no layers; a text's vector is the mean of its rows.
     Static,
 }
 
 const SUPPORTED: &str =
-    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert, nomic_bert";
+    "qwen2, qwen3, llama, mistral, gemma3_text, bert, distilbert, mpnet, xlm-roberta, roberta, camembert, modernbert, nomic_bert, new (GTE)";
 
 impl Architecture {
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Architecture {
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
             Architecture::NomicBert => "nomic_bert",
+            Architecture::GteNew => "new",
             Architecture::Static => "static",
         }
     }
@@ -86,6 +91,7 @@ impl Architecture {
                 | Architecture::XlmRoberta
                 | Architecture::ModernBert
                 | Architecture::NomicBert
+                | Architecture::GteNew
                 | Architecture::Static
         )
     }
@@ -230,6 +236,13 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original: f64,
     },
+    /// GTE's fixed NTK scaling (`{"type": "ntk", "factor": f}`): the base times `f` and every
+    /// frequency divided by `f^(2/d)`; with `mixed_b`, the base kept and frequency `k` (from 1)
+    /// divided by `exp(ln f · (k / (d/2))^b)`.
+    Ntk {
+        factor: f64,
+        mixed_b: Option<f64>,
+    },
 }
 
 impl RopeParameters {
@@ -299,6 +312,8 @@ impl ModelConfig {
             }
             "modernbert" => return encoder_config(value, Architecture::ModernBert),
             "nomic_bert" => return nomic::config(value),
+            // NOTE: GTE's own model (Alibaba-NLP/new-impl); Snowflake's arctic-embed v2 names it "gte".
+            "new" | "gte" => return gte::config(value),
             "" => bail!("config.json has no \"model_type\"; supported model types: {SUPPORTED}"),
             other => bail!("model_type \"{other}\" is not supported; supported model types: {SUPPORTED}"),
         };

@@ -16,6 +16,7 @@ mod distilbert;
 mod encoder;
 mod fast_math;
 mod gemma3;
+mod gte;
 pub mod hub;
 mod layers;
 mod llama;
@@ -24,6 +25,7 @@ mod mpnet;
 mod nomic_bert;
 mod qwen2;
 mod qwen3;
+mod rotary_bert;
 pub mod sentence_transformers;
 pub mod source;
 mod static_embedding;
@@ -387,6 +389,11 @@ pub fn load(
             let anchor = "embeddings.word_embeddings.weight";
             let vb = weights::var_builder(files, dtype, device, anchor, &["", "bert.", "model."])?;
             Box::new(nomic_bert::load(config, vb, packed).with_context(context)?)
+        }
+        Architecture::GteNew => {
+            let anchor = "embeddings.word_embeddings.weight";
+            let vb = weights::var_builder(files, dtype, device, anchor, &["", "new."])?;
+            Box::new(gte::load(config, vb, packed).with_context(context)?)
         }
         // NOTE: a lookup table has no attention to pack or pad; its rows stay f32 (a mean of
         // a few hundred rows gains nothing from bf16).

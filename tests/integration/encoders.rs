@@ -298,6 +298,15 @@ fn nomic_bert_matches_sentence_transformers_running_nomic_s_own_code() {
 }
 
 #[test]
+fn gte_new_matches_sentence_transformers_running_gte_s_own_code() {
+    // GTE's "new" model (gte-base-en-v1.5's layout: fixed NTK-scaled rotary, base 500,000, fused
+    // qkv, GELU, CLS), and its other switches (NTK with mixed_b, separate q/k/v, SiLU, a token
+    // type, mean); the reference is sentence-transformers running Alibaba-NLP/new-impl's code.
+    check_fixture("st-gte");
+    check_fixture("st-gte-mixed");
+}
+
+#[test]
 fn static_embeddings_match_sentence_transformers() {
     // sentence-transformers' StaticEmbedding: the 6.x layout with a WordPiece tokenizer, Normalize
     // and prompts; the 3.x layout (0_StaticEmbedding/) with model2vec's clustered rows, token

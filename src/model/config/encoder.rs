@@ -20,6 +20,7 @@ pub struct EncoderConfig {
     pub relative_buckets: usize,
     pub modernbert: Option<ModernBertConfig>,
     pub nomic: Option<super::nomic::NomicConfig>,
+    pub gte: Option<super::gte::GteConfig>,
 }
 
 /// ModernBERT's own settings.
@@ -134,6 +135,7 @@ pub(super) fn encoder_config(value: serde_json::Value, architecture: Architectur
             relative_buckets: raw.relative_attention_num_buckets.unwrap_or(32),
             modernbert,
             nomic: None,
+            gte: None,
         }),
     })
 }

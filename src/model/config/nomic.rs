@@ -191,6 +191,7 @@ pub(super) fn config(value: serde_json::Value) -> Result<ModelConfig> {
             pad_token_id: 0,
             relative_buckets: 0,
             modernbert: None,
+            gte: None,
             nomic: Some(NomicConfig {
                 rotary,
                 gate,

@@ -281,3 +281,36 @@ fn reads_nomic_bert() {
         assert!(err.contains(expect), "{err}");
     }
 }
+
+#[test]
+fn reads_gte_new() {
+    // gte-base-en-v1.5's config.json (its keys that matter).
+    let v15 = r#"{"model_type":"new","vocab_size":30528,"hidden_size":768,"num_hidden_layers":12,
+        "num_attention_heads":12,"intermediate_size":3072,"hidden_act":"gelu","max_position_embeddings":8192,
+        "type_vocab_size":0,"layer_norm_type":"layer_norm","layer_norm_eps":1e-12,"position_embedding_type":"rope",
+        "rope_theta":500000,"rope_scaling":{"factor":2.0,"type":"ntk"},"pack_qkv":true,"unpad_inputs":false,
+        "use_memory_efficient_attention":false,"logn_attention_scale":false}"#;
+    let c = ModelConfig::from_json(v15).unwrap();
+    assert_eq!((c.architecture, c.max_tokens_limit(), c.head_dim), (Architecture::GteNew, 8192, 64));
+    assert_eq!(c.rope_scaling, RopeScaling::Ntk { factor: 2.0, mixed_b: None });
+    let g = c.encoder.as_ref().unwrap().gte.as_ref().unwrap();
+    assert!(g.rotary && g.pack_qkv);
+    assert_eq!(c.encoder.as_ref().unwrap().type_vocab_size, 0);
+    // Snowflake's arctic-embed v2 names the same code "gte".
+    assert_eq!(
+        ModelConfig::from_json(&v15.replace(r#""new""#, r#""gte""#)).unwrap().architecture,
+        Architecture::GteNew
+    );
+    for (from, to, expect) in [
+        (r#""logn_attention_scale":false"#, r#""logn_attention_scale":true"#, "logn_attention_scale"),
+        (
+            r#""layer_norm_type":"layer_norm""#,
+            r#""layer_norm_type":"rms_norm""#,
+            "layer_norm_type \"rms_norm\"",
+        ),
+        (r#""type":"ntk""#, r#""type":"dynamic""#, "rope_scaling type \"dynamic\""),
+    ] {
+        let err = format!("{:#}", ModelConfig::from_json(&v15.replace(from, to)).unwrap_err());
+        assert!(err.contains(expect), "{err}");
+    }
+}
