@@ -335,7 +335,6 @@ def main():
                 if not spans:
                     problems.append(f"row {row} has no chunks")
                     continue
-                covered = bytearray(len(text.encode()))
                 for chunk_text, k in spans:
                     n = count(prompt + chunk_text)
                     if n > chunk[0]:

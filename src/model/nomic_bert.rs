@@ -12,11 +12,11 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-use super::attention::{Rotary, MAX_ATTENTION_ELEMENTS};
+use super::attention::MAX_ATTENTION_ELEMENTS;
 use super::config::nomic::NomicConfig;
 use super::config::{Activation, RopeScaling};
 use super::encoder::{LayerNorm, Linear};
-use super::rotary_bert::{stack, Layer, Mlp, RotaryBert};
+use super::rotary_bert::{positions_and_types, stack, Layer, Mlp, RotaryBert};
 use super::ModelConfig;
 
 pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBert> {
@@ -45,24 +45,8 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBer
         .collect::<Result<Vec<_>>>()?;
     let (dtype, device) = (vb.dtype(), vb.device().clone());
     let emb = vb.pp("embeddings");
-    let token_type = match enc.type_vocab_size {
-        0 => None,
-        t => Some(emb.pp("token_type_embeddings").get((t, h), "weight")?.get(0)?),
-    };
-    let (rotary, position_embeddings) = match n.rotary {
-        true => (
-            Some(Rotary::new(
-                cfg.head_dim,
-                cfg.rope_theta,
-                RopeScaling::None,
-                cfg.max_position_embeddings,
-                dtype,
-                &device,
-            )?),
-            None,
-        ),
-        false => (None, Some(emb.pp("position_embeddings").get((cfg.max_position_embeddings, h), "weight")?)),
-    };
+    let (token_type, rotary, position_embeddings) =
+        positions_and_types(&emb, cfg, enc.type_vocab_size, n.rotary, RopeScaling::None)?;
     Ok(RotaryBert {
         word_embeddings: emb.pp("word_embeddings").get((cfg.vocab_size, h), "weight")?,
         token_type,

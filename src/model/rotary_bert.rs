@@ -6,11 +6,13 @@
 //! the computation is here.
 
 use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
 
 use super::attention::{self, Rotary, Visible, MAX_ATTENTION_ELEMENTS};
-use super::config::Activation;
+use super::config::{Activation, RopeScaling};
 use super::encoder::{cpu_f32, queries_for, split_qkv, LayerNorm, Linear};
 use super::varlen_cpu::Queries;
+use super::ModelConfig;
 use crate::batch::Batch;
 
 /// One layer's tensors.
@@ -53,6 +55,41 @@ pub struct RotaryBert {
     pub attention_limit: std::sync::atomic::AtomicUsize,
     pub dtype: DType,
     pub device: Device,
+}
+
+/// The embedding parts every architecture here names alike under `emb`
+/// (`token_type_embeddings`, `position_embeddings`): token type 0's row (none without token
+/// types), and rotary tables of `scaling` (`rotary`) or the learned position table.
+pub fn positions_and_types(
+    emb: &VarBuilder,
+    cfg: &ModelConfig,
+    type_vocab_size: usize,
+    rotary: bool,
+    scaling: RopeScaling,
+) -> Result<(Option<Tensor>, Option<Rotary>, Option<Tensor>)> {
+    let h = cfg.hidden_size;
+    let token_type = match type_vocab_size {
+        0 => None,
+        t => Some(emb.pp("token_type_embeddings").get((t, h), "weight")?.get(0)?),
+    };
+    Ok(match rotary {
+        true => {
+            let (dtype, device) = (emb.dtype(), emb.device());
+            let table = Rotary::new(
+                cfg.head_dim,
+                cfg.rope_theta,
+                scaling,
+                cfg.max_position_embeddings,
+                dtype,
+                device,
+            )?;
+            (token_type, Some(table), None)
+        }
+        false => {
+            let table = emb.pp("position_embeddings").get((cfg.max_position_embeddings, h), "weight")?;
+            (token_type, None, Some(table))
+        }
+    })
 }
 
 /// `[a | b]` of two projections of the same input, as one (rows of `a` first).
