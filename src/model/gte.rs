@@ -12,10 +12,9 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-use super::attention::MAX_ATTENTION_ELEMENTS;
 use super::config::gte::GteConfig;
 use super::encoder::{LayerNorm, Linear};
-use super::rotary_bert::{positions_and_types, stack, Layer, Mlp, RotaryBert};
+use super::rotary_bert::{stack, Layer, Mlp, Parts, RotaryBert};
 use super::ModelConfig;
 
 pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBert> {
@@ -52,25 +51,15 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBer
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (dtype, device) = (vb.dtype(), vb.device().clone());
     let emb = vb.pp("embeddings");
-    let (token_type, rotary, position_embeddings) =
-        positions_and_types(&emb, cfg, enc.type_vocab_size, g.rotary, cfg.rope_scaling)?;
-    Ok(RotaryBert {
-        word_embeddings: emb.pp("word_embeddings").get((cfg.vocab_size, h), "weight")?,
-        token_type,
-        position_embeddings,
+    let parts = Parts {
         emb_norm: LayerNorm::load(emb.pp("LayerNorm"), h, eps, true)?,
-        layers,
-        rotary,
+        emb,
+        type_vocab_size: enc.type_vocab_size,
+        rotary: g.rotary,
+        scaling: cfg.rope_scaling,
         mlp: Mlp::Gated(enc.activation),
-        intermediate: i,
-        heads: cfg.num_attention_heads,
-        head_dim: cfg.head_dim,
-        hidden_size: h,
         packed,
-        attention_limit: std::sync::atomic::AtomicUsize::new(MAX_ATTENTION_ELEMENTS),
-        dtype,
-        device,
-    })
+    };
+    RotaryBert::assemble(cfg, layers, parts)
 }

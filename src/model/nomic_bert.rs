@@ -12,11 +12,10 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 
-use super::attention::MAX_ATTENTION_ELEMENTS;
 use super::config::nomic::NomicConfig;
 use super::config::{Activation, RopeScaling};
 use super::encoder::{LayerNorm, Linear};
-use super::rotary_bert::{positions_and_types, stack, Layer, Mlp, RotaryBert};
+use super::rotary_bert::{stack, Layer, Mlp, Parts, RotaryBert};
 use super::ModelConfig;
 
 pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBert> {
@@ -43,26 +42,16 @@ pub fn load(cfg: &ModelConfig, vb: VarBuilder, packed: bool) -> Result<RotaryBer
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (dtype, device) = (vb.dtype(), vb.device().clone());
     let emb = vb.pp("embeddings");
-    let (token_type, rotary, position_embeddings) =
-        positions_and_types(&emb, cfg, enc.type_vocab_size, n.rotary, RopeScaling::None)?;
-    Ok(RotaryBert {
-        word_embeddings: emb.pp("word_embeddings").get((cfg.vocab_size, h), "weight")?,
-        token_type,
-        position_embeddings,
+    let parts = Parts {
         emb_norm: LayerNorm::load(vb.pp("emb_ln"), h, eps, true)?,
-        layers,
-        rotary,
+        emb,
+        type_vocab_size: enc.type_vocab_size,
+        rotary: n.rotary,
+        scaling: RopeScaling::None,
         // NOTE: NomicBertBlock hands a plain MLP F.gelu (exact) whatever gelu variant is named.
         mlp: n.gate.map_or(Mlp::Plain(Activation::Gelu), Mlp::Gated),
-        intermediate: i,
-        heads: cfg.num_attention_heads,
-        head_dim: cfg.head_dim,
-        hidden_size: h,
         packed,
-        attention_limit: std::sync::atomic::AtomicUsize::new(MAX_ATTENTION_ELEMENTS),
-        dtype,
-        device,
-    })
+    };
+    RotaryBert::assemble(cfg, layers, parts)
 }

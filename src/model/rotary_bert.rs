@@ -38,29 +38,29 @@ pub enum Mlp {
 }
 
 pub struct RotaryBert {
-    pub word_embeddings: Tensor,
+    word_embeddings: Tensor,
     /// Row 0 of the token-type table, added to every token (`None` without token types).
-    pub token_type: Option<Tensor>,
+    token_type: Option<Tensor>,
     /// Learned absolute positions, where the model has no rotary ones.
-    pub position_embeddings: Option<Tensor>,
-    pub emb_norm: LayerNorm,
-    pub layers: Vec<Layer>,
-    pub rotary: Option<Rotary>,
-    pub mlp: Mlp,
-    pub intermediate: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub hidden_size: usize,
-    pub packed: bool,
-    pub attention_limit: std::sync::atomic::AtomicUsize,
-    pub dtype: DType,
-    pub device: Device,
+    position_embeddings: Option<Tensor>,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    rotary: Option<Rotary>,
+    mlp: Mlp,
+    intermediate: usize,
+    heads: usize,
+    head_dim: usize,
+    hidden_size: usize,
+    packed: bool,
+    attention_limit: std::sync::atomic::AtomicUsize,
+    dtype: DType,
+    device: Device,
 }
 
 /// The embedding parts every architecture here names alike under `emb`
 /// (`token_type_embeddings`, `position_embeddings`): token type 0's row (none without token
 /// types), and rotary tables of `scaling` (`rotary`) or the learned position table.
-pub fn positions_and_types(
+fn positions_and_types(
     emb: &VarBuilder,
     cfg: &ModelConfig,
     type_vocab_size: usize,
@@ -90,6 +90,47 @@ pub fn positions_and_types(
             (token_type, None, Some(table))
         }
     })
+}
+
+/// What each architecture's file hands over besides its layers: how the embedding parts are
+/// found and what the model does.
+pub struct Parts<'a> {
+    /// The embeddings' folder (`word_embeddings`, `token_type_embeddings`,
+    /// `position_embeddings` under it).
+    pub emb: VarBuilder<'a>,
+    pub emb_norm: LayerNorm,
+    pub type_vocab_size: usize,
+    /// Rotary positions of `scaling`; else learned ones.
+    pub rotary: bool,
+    pub scaling: RopeScaling,
+    pub mlp: Mlp,
+    pub packed: bool,
+}
+
+impl RotaryBert {
+    /// The model of `cfg` from its layers and `parts`.
+    pub fn assemble(cfg: &ModelConfig, layers: Vec<Layer>, parts: Parts<'_>) -> Result<Self> {
+        let Parts { emb, emb_norm, type_vocab_size, rotary, scaling, mlp, packed } = parts;
+        let (token_type, rotary, position_embeddings) =
+            positions_and_types(&emb, cfg, type_vocab_size, rotary, scaling)?;
+        Ok(RotaryBert {
+            word_embeddings: emb.pp("word_embeddings").get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            token_type,
+            position_embeddings,
+            emb_norm,
+            layers,
+            rotary,
+            mlp,
+            intermediate: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim,
+            hidden_size: cfg.hidden_size,
+            packed,
+            attention_limit: std::sync::atomic::AtomicUsize::new(MAX_ATTENTION_ELEMENTS),
+            dtype: emb.dtype(),
+            device: emb.device().clone(),
+        })
+    }
 }
 
 /// `[a | b]` of two projections of the same input, as one (rows of `a` first).
